@@ -1,0 +1,387 @@
+"""Batch machinery shared by the per-slide stages (tile, embed, predict).
+
+- ``Shard``: a stable subset of slides for one cluster array task (``--shard i/n`` or Slurm's array variables).
+- ``SlideLock``: a per-slide lock file holding host, pid and start time; a lock whose process is gone (same host)
+  or whose heartbeat is older than ``stale_after_s`` is taken over, so a killed job's slide is redone next run.
+- ``atomic_path``/``atomic_write_text``: write to a temporary name beside the target and rename when complete.
+- ``run_slide_batch``: the loop over slides: skip finished ones (unless overwrite), lock, run, record
+  ok/failed/skipped with a one-line reason, rewrite the manifest CSV after every slide, go on after failures.
+
+Each run writes its own manifest, ``<out>/manifests/<stage>.csv`` or ``<stage>.shard-<i>-of-<n>.csv``, so shards
+never write the same file; ``read_manifest`` merges them (latest record per slide wins).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from .errors import ConfigError, LockedError, SlideError, WsiPipelineError
+
+__all__ = [
+    "Shard",
+    "resolve_shard",
+    "SlideRecord",
+    "BatchResult",
+    "SlideLock",
+    "atomic_path",
+    "atomic_write_text",
+    "remove_path",
+    "manifest_path",
+    "read_manifest",
+    "run_slide_batch",
+    "available_cpus",
+]
+
+log = logging.getLogger(__name__)
+
+Status = Literal["ok", "failed", "skipped"]
+
+
+# --------------------------------------------------------------------------------------------- sharding
+@dataclass(frozen=True)
+class Shard:
+    """Array task ``index`` (0-based) of ``count``; slides sorted by id are dealt round-robin."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ConfigError(f"shard {self.index}/{self.count}: need 0 <= i < n (e.g. --shard 0/4)")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """Parse ``"i/n"`` (0-based i)."""
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError as err:
+            raise ConfigError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. --shard 0/4") from err
+        return cls(index, count)
+
+    def select(self, items: Sequence[Any], key: Callable[[Any], str] = lambda item: item.slide_id) -> list[Any]:
+        """This shard's items: a stable, balanced subset; the shards of one count cover every item once."""
+        return sorted(items, key=key)[self.index :: self.count]
+
+    @property
+    def tag(self) -> str:
+        return f"shard-{self.index}-of-{self.count}"
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def resolve_shard(option: str | None, environ: dict[str, str] | None = None) -> Shard | None:
+    """The shard from ``--shard`` or, when unset, from ``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``.
+
+    Slurm array ids may start anywhere (``--array=1-8``), so the index is taken relative to
+    ``SLURM_ARRAY_TASK_MIN``.
+    """
+    if option:
+        return Shard.parse(option)
+    env = os.environ if environ is None else environ
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        task = int(env["SLURM_ARRAY_TASK_ID"])
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return Shard(task - first, int(env["SLURM_ARRAY_TASK_COUNT"]))
+    return None
+
+
+def available_cpus(environ: dict[str, str] | None = None) -> int:
+    """CPUs this process may use: ``SLURM_CPUS_PER_TASK``, else the CPU affinity mask, never ``os.cpu_count()``."""
+    env = os.environ if environ is None else environ
+    if env.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return max(1, int(env["SLURM_CPUS_PER_TASK"]))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS has no affinity API
+        return max(1, os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------------------------- files
+def atomic_path(final: Path) -> Path:
+    """A temporary sibling of ``final`` unique to this host and process (hidden, so globs skip it)."""
+    return final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or a directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------- locks
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SlideLock:
+    """An exclusive lock file for one slide of one stage, safe across processes and hosts on a shared disk.
+
+    The file holds ``{"host", "pid", "started"}``. A lock is stale, and taken over, when its holder ran on this
+    host and is no longer alive, or when its heartbeat (the file's mtime) is older than ``stale_after_s``.
+    Call ``heartbeat()`` during long work so a live holder never looks stale.
+    """
+
+    def __init__(self, path: Path, *, stale_after_s: float = 3 * 3600) -> None:
+        self.path = path
+        self.stale_after_s = stale_after_s
+        self._held = False
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def _is_stale(self) -> bool:
+        holder = self._holder()
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        same_host = holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
+        if same_host and not _pid_alive(holder["pid"]):
+            return True
+        return age > self.stale_after_s
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps(
+            {"host": socket.gethostname(), "pid": os.getpid(), "started": datetime.now(timezone.utc).isoformat()}
+        )
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._is_stale():
+                    log.warning("taking over stale lock %s (%s)", self.path, self._holder())
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.unlink()
+                    continue
+                holder = self._holder()
+                raise LockedError(
+                    f"{self.path}: held by {holder.get('host')}:{holder.get('pid')} since {holder.get('started')}"
+                ) from None
+            with os.fdopen(fd, "w") as handle:
+                handle.write(payload)
+            self._held = True
+            return
+        raise LockedError(f"{self.path}: could not take the lock")
+
+    def heartbeat(self) -> None:
+        if self._held:
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        if self._held:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self._held = False
+
+    def __enter__(self) -> SlideLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# --------------------------------------------------------------------------------------------- manifest
+@dataclass
+class SlideRecord:
+    """One line of a stage's manifest."""
+
+    slide_id: str
+    path: str
+    status: Status
+    n_tiles: int | None = None
+    seconds: float | None = None
+    error: str = ""
+    host: str = field(default_factory=socket.gethostname)
+    finished_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+MANIFEST_COLUMNS = [f.name for f in fields(SlideRecord)]
+
+
+def manifest_path(out_dir: Path, stage: str, shard: Shard | None = None) -> Path:
+    """``<out>/manifests/<stage>.csv``, or ``<stage>.shard-i-of-n.csv`` for one array task."""
+    name = f"{stage}.{shard.tag}.csv" if shard else f"{stage}.csv"
+    return Path(out_dir) / "manifests" / name
+
+
+def _write_manifest(path: Path, records: Sequence[SlideRecord]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS)
+    writer.writeheader()
+    for record in records:
+        writer.writerow(asdict(record))
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_manifest(out_dir: Path, stage: str) -> list[SlideRecord]:
+    """All records of ``stage`` under ``out_dir`` (every shard's file), the latest per slide, sorted by id."""
+    latest: dict[str, SlideRecord] = {}
+    for path in sorted((Path(out_dir) / "manifests").glob(f"{stage}*.csv")):
+        if not (path.name == f"{stage}.csv" or path.name.startswith(f"{stage}.shard-")):
+            continue
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                record = SlideRecord(
+                    slide_id=row["slide_id"],
+                    path=row["path"],
+                    status=row["status"],  # type: ignore[arg-type]
+                    n_tiles=int(row["n_tiles"]) if row.get("n_tiles") else None,
+                    seconds=float(row["seconds"]) if row.get("seconds") else None,
+                    error=row.get("error", ""),
+                    host=row.get("host", ""),
+                    finished_at=row.get("finished_at", ""),
+                )
+                previous = latest.get(record.slide_id)
+                if previous is None or record.finished_at >= previous.finished_at:
+                    latest[record.slide_id] = record
+    return [latest[key] for key in sorted(latest)]
+
+
+# --------------------------------------------------------------------------------------------- the loop
+class SlideItem(Protocol):
+    slide_id: str
+    path: Any
+
+
+@dataclass
+class BatchResult:
+    """What a batch did; ``failed`` is non-empty when any slide failed (the CLI then exits non-zero)."""
+
+    records: list[SlideRecord]
+    manifest: Path
+
+    def by_status(self, status: Status) -> list[SlideRecord]:
+        return [r for r in self.records if r.status == status]
+
+    @property
+    def failed(self) -> list[SlideRecord]:
+        return self.by_status("failed")
+
+    def summary(self) -> str:
+        counts = {s: len(self.by_status(s)) for s in ("ok", "skipped", "failed")}  # type: ignore[arg-type]
+        return f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed (manifest: {self.manifest})"
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as a single manifest-friendly line; typed errors keep their own message."""
+    text = str(err).strip().replace("\n", " ") or err.__class__.__name__
+    if isinstance(err, WsiPipelineError):
+        return text
+    return f"{err.__class__.__name__}: {text}"
+
+
+def run_slide_batch(
+    items: Sequence[SlideItem],
+    process: Callable[[SlideItem, SlideLock], int | None],
+    *,
+    stage: str,
+    out_dir: Path,
+    is_done: Callable[[SlideItem], bool],
+    overwrite: bool = False,
+    shard: Shard | None = None,
+    stale_after_s: float = 3 * 3600,
+    on_record: Callable[[SlideRecord], None] | None = None,
+) -> BatchResult:
+    """Run ``process(item, lock)`` for each item of this shard, recording one manifest line per slide.
+
+    ``process`` returns the number of tiles (or None) and raises on failure; it must write its outputs
+    atomically. ``SlideError`` and any other ``Exception`` become a failed record and the batch goes on;
+    ``KeyboardInterrupt`` stops the batch (the slide's lock is released and its partial output stays temporary).
+    A slide locked by a live process elsewhere is recorded as skipped.
+    """
+    out_dir = Path(out_dir)
+    chosen = shard.select(items) if shard else sorted(items, key=lambda item: item.slide_id)
+    manifest = manifest_path(out_dir, stage, shard)
+    records: list[SlideRecord] = []
+
+    def record(item: SlideItem, status: Status, **kwargs: Any) -> None:
+        rec = SlideRecord(slide_id=item.slide_id, path=str(item.path), status=status, **kwargs)
+        records.append(rec)
+        _write_manifest(manifest, records)
+        if on_record:
+            on_record(rec)
+        level = logging.WARNING if status == "failed" else logging.INFO
+        log.log(level, "%s %s: %s %s", stage, item.slide_id, status, rec.error or "")
+
+    for item in chosen:
+        if not overwrite and is_done(item):
+            record(item, "skipped", error="already done (use --overwrite to redo)")
+            continue
+        lock = SlideLock(out_dir / ".locks" / stage / f"{item.slide_id}.lock", stale_after_s=stale_after_s)
+        try:
+            lock.acquire()
+        except LockedError as err:
+            record(item, "skipped", error=f"locked: {err}")
+            continue
+        start = time.perf_counter()
+        try:
+            # Another process may have finished the slide while we waited for the lock.
+            if not overwrite and is_done(item):
+                record(item, "skipped", error="already done (use --overwrite to redo)")
+                continue
+            n_tiles = process(item, lock)
+        except (SlideError, Exception) as err:  # noqa: BLE001 - a bad slide must never stop the batch
+            if not isinstance(err, SlideError):
+                log.debug("unexpected error on %s", item.slide_id, exc_info=True)
+            record(item, "failed", seconds=round(time.perf_counter() - start, 3), error=one_line(err))
+        else:
+            record(item, "ok", n_tiles=n_tiles, seconds=round(time.perf_counter() - start, 3))
+        finally:
+            lock.release()
+    if not records:
+        _write_manifest(manifest, records)
+    return BatchResult(records=records, manifest=manifest)
+
+
+@contextlib.contextmanager
+def temporary_then_rename(final: Path) -> Iterator[Path]:
+    """Yield a temporary path for ``final``; on success replace ``final`` with it, on error remove it."""
+    tmp = atomic_path(final)
+    remove_path(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        remove_path(tmp)
+        raise
+    if final.exists():
+        remove_path(final)
+    os.replace(tmp, final)
+
+
+__all__ += ["temporary_then_rename", "one_line", "MANIFEST_COLUMNS"]

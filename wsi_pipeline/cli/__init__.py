@@ -1,0 +1,85 @@
+"""The ``wsi-pipeline`` command line. This file only assembles commands and handles errors in one place."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from .. import __version__
+from ..errors import WsiPipelineError
+from .embed import embed
+from .predict import predict
+from .submit import submit
+from .tile import tile
+from .train import train
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="wsi-pipeline",
+    help="Whole-slide images to diagnosis: tile -> embed -> train -> predict.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"wsi-pipeline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-v info, -vv debug)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=err_console, show_path=verbose > 1, rich_tracebacks=True)],
+        force=True,
+    )
+
+
+app.command(no_args_is_help=True)(tile)
+app.command(no_args_is_help=True)(embed)
+app.command(no_args_is_help=True)(train)
+app.command(no_args_is_help=True)(predict)
+app.command(no_args_is_help=True)(submit)
+
+
+def main() -> None:
+    """Entry point: run the app; known errors become one line on stderr and exit code 1."""
+    try:
+        app(standalone_mode=False)
+    except WsiPipelineError as err:
+        if os.environ.get("WSI_PIPELINE_DEBUG"):
+            raise
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished slides are kept and the next run resumes")
+        sys.exit(130)
+    except Exception as err:  # click usage errors
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise

@@ -1,0 +1,216 @@
+"""Typed configuration: dataclasses filled from YAML files and command-line overrides.
+
+Each stage owns a dataclass (``TileConfig`` in ``wsi_pipeline.tiling``, ``EmbedConfig`` ...). Its field defaults
+are the truth; ``configs/<stage>.yaml`` shows the same defaults (a test keeps them equal). Values are resolved in
+this order, later winning:
+
+1. the dataclass defaults,
+2. the ``<stage>:`` section of a ``--config FILE`` (a preset from ``configs/presets/`` or the user's own),
+3. explicit CLI options, and ``--set key=value`` (dotted keys reach nested dataclasses, values parsed as YAML).
+
+Unknown keys and values of the wrong type raise ``ConfigError`` naming the key, so typos never pass silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["load_config", "config_to_dict", "parse_set_overrides", "read_yaml", "merge_overrides"]
+
+T = TypeVar("T")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; check the --config path")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__}); fix the syntax") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (tile:, embed:, ...) at the top level")
+    return data
+
+
+def parse_set_overrides(items: Iterable[str] | None) -> dict[str, Any]:
+    """Parse ``["a.b=1", "c=foo"]`` into ``{"a.b": 1, "c": "foo"}`` (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set mask.method=otsu")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from err
+    return out
+
+
+def merge_overrides(*mappings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Merge flat override mappings left to right, dropping ``None`` values (options the user did not give)."""
+    merged: dict[str, Any] = {}
+    for mapping in mappings:
+        for key, value in (mapping or {}).items():
+            if value is not None:
+                merged[key] = value
+    return merged
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the field's annotated type, or raise ConfigError."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a section (mapping), got {value!r}")
+        return _build(hint, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if hint is Path:
+        return Path(value)
+    return value
+
+
+def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}")
+    kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass config as plain YAML/JSON-safe data (paths become strings, tuples lists)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        return value
+
+    return plain(config)
+
+
+def load_config(
+    cls: type[T],
+    section: str,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> T:
+    """Build a stage config: dataclass defaults <- ``section`` of ``config_file`` <- ``overrides``.
+
+    Parameters
+    ----------
+    cls
+        The stage's config dataclass, e.g. ``TileConfig``.
+    section
+        Its section name in config files, e.g. ``"tile"``.
+    config_file
+        Optional YAML file with top-level sections; other stages' sections are ignored.
+    overrides
+        Flat mapping of dotted keys to values (``{"mask.method": "fixed"}``); ``None`` values are ignored.
+
+    Examples
+    --------
+    >>> from wsi_pipeline.tiling import TileConfig
+    >>> cfg = load_config(TileConfig, "tile", None, {"target_mpp": 1.0})
+    """
+    tree: dict[str, Any] = config_to_dict(cls())
+    if config_file is not None:
+        data = read_yaml(config_file)
+        section_data = data.get(section) or {}
+        if not isinstance(section_data, Mapping):
+            raise ConfigError(f"{config_file}: section {section!r} must be a mapping")
+        tree = _deep_merge(tree, section_data)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, key, value)
+    return _build(cls, tree, section)
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

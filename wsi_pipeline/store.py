@@ -1,0 +1,273 @@
+"""The per-slide zarr v3 store: one ``<stores_dir>/<slide_id>.zarr`` group per slide.
+
+Layout (``LAYOUT_VERSION = 1``)::
+
+    <slide_id>.zarr/
+      zarr.json                    group attrs:
+                                     wsi_pipeline: {layout_version, package_version, created, host, complete}
+                                     slide:  {id, path, vendor, width, height, mpp_x, mpp_y, mpp_source, level_count}
+                                     tiling: {target_mpp, tile_size, stride, tile_size_level0, stride_level0,
+                                              read_level, read_size, min_tissue, n_tiles, ...}
+                                     mask:   {method, level, mpp, thresholds and areas used ...}
+                                     config: the full tile config that made the store
+      coords            int64   (N, 2)  level-0 pixel (x, y) of each tile's top-left corner
+      tissue_fraction   float32 (N,)    fraction of each tile covered by the tissue mask
+      features/<encoder> float16 (N, D) patch embeddings, one array per encoder; attrs: encoder preset, timm name,
+                                        weights source and sha256, precision, input size, mean/std, package version,
+                                        complete: true
+      scores/<run_name>  float32 (N,)   per-tile attention written by ``predict``; attrs: checkpoint, model, ...
+
+Row ``i`` of every array is tile ``i``. Stores are written under a temporary name and renamed when complete, and
+arrays added later (features, scores) are written under a temporary name inside the store and renamed, so a
+crash never leaves anything that looks finished. ``is_complete`` and ``has_features`` are the checks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from . import __version__
+from .batch import atomic_path, remove_path
+from .errors import MissingPrerequisiteError, StoreError
+
+__all__ = [
+    "LAYOUT_VERSION",
+    "STORE_SUFFIX",
+    "store_path",
+    "slide_id_from_store",
+    "list_stores",
+    "is_complete",
+    "provenance",
+    "write_tile_store",
+    "open_store",
+    "read_attrs",
+    "read_coords",
+    "list_encoders",
+    "has_features",
+    "read_features",
+    "FeatureWriter",
+    "write_scores",
+    "read_scores",
+]
+
+LAYOUT_VERSION = 1
+STORE_SUFFIX = ".zarr"
+FEATURES = "features"
+SCORES = "scores"
+
+
+def store_path(stores_dir: str | Path, slide_id: str) -> Path:
+    """Where the store of ``slide_id`` lives; ``slide_id_from_store`` is its inverse."""
+    return Path(stores_dir) / f"{slide_id}{STORE_SUFFIX}"
+
+
+def slide_id_from_store(path: str | Path) -> str:
+    name = Path(path).name
+    if not name.endswith(STORE_SUFFIX):
+        raise StoreError(f"{path}: not a slide store (expected a <slide_id>{STORE_SUFFIX} folder)")
+    return name[: -len(STORE_SUFFIX)]
+
+
+def provenance() -> dict[str, Any]:
+    """What made an output: package version, time and host. Stored in every store, array and checkpoint."""
+    return {
+        "layout_version": LAYOUT_VERSION,
+        "package_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+    }
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when ``path`` is a finished tile store (a temporary or crashed one never is)."""
+    meta = Path(path) / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+    except Exception:  # noqa: BLE001 - unreadable metadata means not finished
+        return False
+    return bool(attrs.get("wsi_pipeline", {}).get("complete"))
+
+
+def list_stores(stores_dir: str | Path) -> list[Path]:
+    """The complete slide stores directly inside ``stores_dir``, sorted by slide id."""
+    stores_dir = Path(stores_dir)
+    if not stores_dir.is_dir():
+        raise MissingPrerequisiteError(
+            f"{stores_dir}: no such folder of slide stores; run `wsi-pipeline tile SLIDES --out {stores_dir}` first"
+        )
+    return sorted(p for p in stores_dir.glob(f"*{STORE_SUFFIX}") if not p.name.startswith(".") and is_complete(p))
+
+
+def write_tile_store(
+    final: str | Path,
+    coords: np.ndarray,
+    tissue_fraction: np.ndarray,
+    attrs: Mapping[str, Any],
+) -> Path:
+    """Write a new tile store atomically (temporary folder, then rename over ``final``).
+
+    ``attrs`` holds the ``slide``, ``tiling``, ``mask`` and ``config`` sections; ``wsi_pipeline`` provenance is
+    added here, with ``complete: true`` written last.
+    """
+    final = Path(final)
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    tissue_fraction = np.asarray(tissue_fraction, dtype=np.float32).reshape(-1)
+    if len(coords) != len(tissue_fraction):
+        raise ValueError("coords and tissue_fraction must have the same length")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(final)
+    remove_path(tmp)
+    try:
+        group = zarr.open_group(str(tmp), mode="w")
+        n = max(len(coords), 1)
+        group.create_array("coords", shape=coords.shape, dtype="int64", chunks=(n, 2))[...] = coords
+        group.create_array("tissue_fraction", shape=tissue_fraction.shape, dtype="float32", chunks=(n,))[...] = (
+            tissue_fraction
+        )
+        group.attrs.update({**dict(attrs), "wsi_pipeline": {**provenance(), "complete": False}})
+        group.attrs["wsi_pipeline"] = {**group.attrs["wsi_pipeline"], "complete": True}
+        remove_path(final)
+        os.replace(tmp, final)
+    except BaseException:
+        remove_path(tmp)
+        raise
+    return final
+
+
+def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
+    """Open a finished store, or raise a ``StoreError`` that says which command makes it."""
+    path = Path(path)
+    if not is_complete(path):
+        raise StoreError(f"{path}: not a finished slide store; run `wsi-pipeline tile` (with --overwrite) to make it")
+    return zarr.open_group(str(path), mode=mode)
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    return open_store(path).attrs.asdict()
+
+
+def read_coords(path: str | Path) -> np.ndarray:
+    return np.asarray(open_store(path)["coords"][...])
+
+
+def list_encoders(path: str | Path) -> list[str]:
+    """Encoders with finished embeddings in this store."""
+    group = open_store(path)
+    if FEATURES not in group:
+        return []
+    feats = group[FEATURES]
+    return sorted(name for name in feats.array_keys() if not name.startswith(".") and feats[name].attrs.get("complete"))
+
+
+def has_features(path: str | Path, encoder: str) -> bool:
+    try:
+        return encoder in list_encoders(path)
+    except StoreError:
+        return False
+
+
+def read_features(path: str | Path, encoder: str) -> np.ndarray:
+    """The (N, D) embeddings of ``encoder``; one read of the whole bag."""
+    if not has_features(path, encoder):
+        found = list_encoders(path) if is_complete(path) else []
+        raise MissingPrerequisiteError(
+            f"{path}: no finished '{encoder}' embeddings (found: {', '.join(found) or 'none'}); "
+            f"run `wsi-pipeline embed {Path(path).parent} --encoder {encoder}`"
+        )
+    return np.asarray(zarr.open_array(str(Path(path) / FEATURES / encoder), mode="r")[...])
+
+
+def _rows_per_chunk(n: int, row_bytes: int, target_bytes: int = 64 << 20) -> int:
+    # Large chunks so a whole bag loads in one or a few reads.
+    return int(max(1, min(max(n, 1), target_bytes // max(row_bytes, 1))))
+
+
+class FeatureWriter:
+    """Write ``features/<encoder>`` block by block, then commit it with a rename.
+
+    Examples
+    --------
+    >>> with FeatureWriter(store, "uni", n_tiles, 1024, attrs={...}) as writer:  # doctest: +SKIP
+    ...     writer.write(0, block)
+    """
+
+    def __init__(
+        self,
+        store: str | Path,
+        encoder: str,
+        n_tiles: int,
+        dim: int,
+        *,
+        dtype: str = "float16",
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if "/" in encoder or encoder.startswith("."):
+            raise StoreError(f"invalid encoder name for a store array: {encoder!r}")
+        self.store = Path(store)
+        self.encoder = encoder
+        self.n_tiles, self.dim = n_tiles, dim
+        self.attrs = dict(attrs or {})
+        self.final = self.store / FEATURES / encoder
+        self.tmp_name = atomic_path(self.final).name
+        group = open_store(self.store, mode="a").require_group(FEATURES)
+        remove_path(self.store / FEATURES / self.tmp_name)
+        rows = _rows_per_chunk(n_tiles, dim * np.dtype(dtype).itemsize)
+        self.array = group.create_array(self.tmp_name, shape=(n_tiles, dim), dtype=dtype, chunks=(rows, dim))
+        self.written = 0
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        self.array[start : start + len(block)] = block
+        self.written += len(block)
+
+    def commit(self) -> Path:
+        if self.written != self.n_tiles:
+            raise StoreError(f"{self.store}: wrote {self.written} of {self.n_tiles} embeddings; not committing")
+        self.array.attrs.update({**self.attrs, "wsi_pipeline": provenance(), "complete": True})
+        remove_path(self.final)
+        os.replace(self.store / FEATURES / self.tmp_name, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        remove_path(self.store / FEATURES / self.tmp_name)
+
+    def __enter__(self) -> FeatureWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def write_scores(store: str | Path, name: str, scores: np.ndarray, attrs: Mapping[str, Any] | None = None) -> Path:
+    """Store per-tile scores (e.g. attention) as ``scores/<name>``, atomically."""
+    store = Path(store)
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    group = open_store(store, mode="a").require_group(SCORES)
+    final = store / SCORES / name
+    tmp_name = atomic_path(final).name
+    remove_path(store / SCORES / tmp_name)
+    array = group.create_array(tmp_name, shape=scores.shape, dtype="float32", chunks=(max(len(scores), 1),))
+    array[...] = scores
+    array.attrs.update({**dict(attrs or {}), "wsi_pipeline": provenance(), "complete": True})
+    remove_path(final)
+    os.replace(store / SCORES / tmp_name, final)
+    return final
+
+
+def read_scores(store: str | Path, name: str) -> np.ndarray:
+    path = Path(store) / SCORES / name
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"{store}: no scores named {name!r}; run `wsi-pipeline predict` first")
+    return np.asarray(zarr.open_array(str(path), mode="r")[...])
