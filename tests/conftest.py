@@ -56,3 +56,24 @@ def _few_threads() -> None:
         torch.set_num_threads(2)
     except ImportError:
         pass
+
+
+# --------------------------------------------------------------------------------------------- generated slides
+# Realistic pyramidal slides made by tests/slide_factory.py (real H&E pixels when ../shared is present).
+@pytest.fixture(scope="session")
+def generated_slide(tmp_path_factory: pytest.TempPathFactory):
+    """A 4000 x 3000 px Aperio-style JPEG slide at 0.25 mpp with tissue in known boxes (a ``GeneratedSlide``)."""
+    from tests.slide_factory import make_pyramid_slide
+
+    return make_pyramid_slide(tmp_path_factory.mktemp("generated") / "generated.svs", width=4000, height=3000)
+
+
+@pytest.fixture(scope="session")
+def tiled_store(generated_slide, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The finished tile store (224 px at 0.5 mpp) of ``generated_slide``: input for embed tests."""
+    from wsi_pipeline.slide import Slide
+    from wsi_pipeline.tiling import TileConfig, tile_slide
+
+    out = tmp_path_factory.mktemp("tiles")
+    slide = Slide(generated_slide.path, slide_id="generated")
+    return tile_slide(slide, out, config=TileConfig())

@@ -20,7 +20,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -143,18 +145,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+STALE_AFTER_S = 15 * 60  # a lock whose heartbeat is older than this is abandoned (its holder was killed)
+HEARTBEAT_S = 60.0
+
+
 class SlideLock:
     """An exclusive lock file for one slide of one stage, safe across processes and hosts on a shared disk.
 
-    The file holds ``{"host", "pid", "started"}``. A lock is stale, and taken over, when its holder ran on this
-    host and is no longer alive, or when its heartbeat (the file's mtime) is older than ``stale_after_s``.
-    Call ``heartbeat()`` during long work so a live holder never looks stale.
+    The file holds ``{"host", "pid", "started", "token"}``. A lock is stale, and taken over, when its holder ran on
+    this host and is no longer alive, or when its heartbeat (the file's mtime) is older than ``stale_after_s``.
+    While held, a daemon thread refreshes the heartbeat every ``min(60 s, stale_after_s / 4)``, so a live holder
+    never looks stale and a killed one (SIGKILL, lost node) is taken over after ``stale_after_s`` on any host.
+    Taking over happens under a short-lived ``<lock>.takeover`` file, so two processes that both find the same
+    stale lock never both end up holding it; ``release`` only removes the lock if it still holds our token.
     """
 
-    def __init__(self, path: Path, *, stale_after_s: float = 3 * 3600) -> None:
+    def __init__(self, path: Path, *, stale_after_s: float = STALE_AFTER_S) -> None:
         self.path = path
         self.stale_after_s = stale_after_s
         self._held = False
+        self._token = ""
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def _holder(self) -> dict[str, Any]:
         try:
@@ -173,19 +185,45 @@ class SlideLock:
             return True
         return age > self.stale_after_s
 
+    def _take_over(self) -> None:
+        """Remove a stale lock, re-checking under a takeover mutex so only one of several racers removes it."""
+        mutex = self.path.with_name(self.path.name + ".takeover")
+        try:
+            fd = os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            # Someone else is taking over; a mutex left by a process killed inside this tiny section expires.
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - mutex.stat().st_mtime > 60:
+                    mutex.unlink()
+            time.sleep(0.05)
+            return
+        try:
+            os.close(fd)
+            if self._is_stale():
+                log.warning("taking over stale lock %s (%s)", self.path, self._holder())
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                mutex.unlink()
+
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._token = f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}-{time.time_ns()}"
         payload = json.dumps(
-            {"host": socket.gethostname(), "pid": os.getpid(), "started": datetime.now(timezone.utc).isoformat()}
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": datetime.now(timezone.utc).isoformat(),
+                "token": self._token,
+            }
         )
-        for _ in range(3):
+        for _ in range(20):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 if self._is_stale():
-                    log.warning("taking over stale lock %s (%s)", self.path, self._holder())
-                    with contextlib.suppress(FileNotFoundError):
-                        self.path.unlink()
+                    self._take_over()
                     continue
                 holder = self._holder()
                 raise LockedError(
@@ -194,8 +232,23 @@ class SlideLock:
             with os.fdopen(fd, "w") as handle:
                 handle.write(payload)
             self._held = True
+            self._start_heartbeat()
             return
         raise LockedError(f"{self.path}: could not take the lock")
+
+    def _owned(self) -> bool:
+        return self._holder().get("token") == self._token
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        interval = max(0.05, min(HEARTBEAT_S, self.stale_after_s / 4))
+
+        def beat() -> None:
+            while not self._stop.wait(interval):
+                self.heartbeat()
+
+        self._beat = threading.Thread(target=beat, name=f"heartbeat {self.path.name}", daemon=True)
+        self._beat.start()
 
     def heartbeat(self) -> None:
         if self._held:
@@ -204,8 +257,13 @@ class SlideLock:
 
     def release(self) -> None:
         if self._held:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            self._stop.set()
+            if self._beat is not None and self._beat is not threading.current_thread():
+                self._beat.join()
+            # Never remove a lock that was taken over from us (it is someone else's now).
+            if self._owned():
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
             self._held = False
 
     def __enter__(self) -> SlideLock:
@@ -315,16 +373,60 @@ def run_slide_batch(
     is_done: Callable[[SlideItem], bool],
     overwrite: bool = False,
     shard: Shard | None = None,
-    stale_after_s: float = 3 * 3600,
+    stale_after_s: float = STALE_AFTER_S,
     on_record: Callable[[SlideRecord], None] | None = None,
 ) -> BatchResult:
     """Run ``process(item, lock)`` for each item of this shard, recording one manifest line per slide.
 
     ``process`` returns the number of tiles (or None) and raises on failure; it must write its outputs
     atomically. ``SlideError`` and any other ``Exception`` become a failed record and the batch goes on;
-    ``KeyboardInterrupt`` stops the batch (the slide's lock is released and its partial output stays temporary).
+    ``KeyboardInterrupt`` stops the batch (the slide's lock is released and its partial output stays temporary);
+    so does SIGTERM, which Slurm sends on ``scancel``, at the time limit and on preemption.
     A slide locked by a live process elsewhere is recorded as skipped.
     """
+    with _sigterm_as_interrupt():
+        return _run_slide_batch(
+            items,
+            process,
+            stage=stage,
+            out_dir=out_dir,
+            is_done=is_done,
+            overwrite=overwrite,
+            shard=shard,
+            stale_after_s=stale_after_s,
+            on_record=on_record,
+        )
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into ``KeyboardInterrupt`` so locks are released and temporary outputs removed on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_slide_batch(
+    items: Sequence[SlideItem],
+    process: Callable[[SlideItem, SlideLock], int | None],
+    *,
+    stage: str,
+    out_dir: Path,
+    is_done: Callable[[SlideItem], bool],
+    overwrite: bool,
+    shard: Shard | None,
+    stale_after_s: float,
+    on_record: Callable[[SlideRecord], None] | None,
+) -> BatchResult:
     out_dir = Path(out_dir)
     chosen = shard.select(items) if shard else sorted(items, key=lambda item: item.slide_id)
     manifest = manifest_path(out_dir, stage, shard)
@@ -336,7 +438,8 @@ def run_slide_batch(
         _write_manifest(manifest, records)
         if on_record:
             on_record(rec)
-        level = logging.WARNING if status == "failed" else logging.INFO
+        # A caller that watches records (the CLI's progress and summary table) reports failures itself.
+        level = logging.WARNING if status == "failed" and on_record is None else logging.INFO
         log.log(level, "%s %s: %s %s", stage, item.slide_id, status, rec.error or "")
 
     for item in chosen:
@@ -384,4 +487,4 @@ def temporary_then_rename(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
-__all__ += ["temporary_then_rename", "one_line", "MANIFEST_COLUMNS"]
+__all__ += ["temporary_then_rename", "one_line", "MANIFEST_COLUMNS", "STALE_AFTER_S"]

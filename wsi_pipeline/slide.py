@@ -47,6 +47,7 @@ def resolve_mpp(properties: dict[str, str], override: float | None = None) -> tu
     candidates = [
         ("openslide.mpp-x", properties.get("openslide.mpp-x")),
         ("aperio.MPP", properties.get("aperio.MPP")),
+        ("tiff.XResolution", _mpp_from_tiff_tags(properties)),
     ]
     for key, raw in candidates:
         if raw is None:
@@ -57,13 +58,26 @@ def resolve_mpp(properties: dict[str, str], override: float | None = None) -> tu
             continue
         if not math.isfinite(value) or value <= 0:
             continue
-        from_tiff_tags = key == "openslide.mpp-x" and "tiff.XResolution" in properties
+        from_tiff_tags = key == "tiff.XResolution" or (key == "openslide.mpp-x" and "tiff.XResolution" in properties)
         if from_tiff_tags and any(abs(value - d) / d < 1e-3 for d in _DEFAULT_DPI_MPP):
             return None, f"its TIFF resolution ({value:.1f} um/px) is a {round(25400 / value)}-dpi writer default"
         if not _PLAUSIBLE_MPP[0] <= value <= _PLAUSIBLE_MPP[1]:
             return None, f"{key}={value:g} is not a plausible scan resolution"
         return value, key
     return None, "no microns-per-pixel in its metadata"
+
+
+def _mpp_from_tiff_tags(properties: dict[str, str]) -> str | None:
+    """mpp from TIFF resolution tags when OpenSlide left them unparsed (unit inch or centimeter only)."""
+    unit = properties.get("tiff.ResolutionUnit", "").lower()
+    per_unit_um = {"centimeter": 1e4, "inch": 25400.0}.get(unit)
+    try:
+        resolution = float(properties.get("tiff.XResolution", ""))
+    except ValueError:
+        return None
+    if per_unit_um is None or not resolution > 0:
+        return None
+    return str(per_unit_um / resolution)
 
 
 class Slide:
@@ -182,12 +196,23 @@ class Slide:
             "width": width,
             "height": height,
             "mpp": mpp,
+            "mpp_x": mpp,
+            "mpp_y": self._mpp_y(mpp, source),
             "mpp_source": source,
             "level_count": self.level_count,
             "level_dimensions": [list(d) for d in self.level_dimensions],
             "level_downsamples": self.level_downsamples,
             "objective_power": self.osr.properties.get("openslide.objective-power"),
         }
+
+    def _mpp_y(self, mpp_x: float | None, source: str) -> float | None:
+        # Pixels are square for every scanner we know; record mpp-y when the slide states its own.
+        if mpp_x is None or source == "override":
+            return mpp_x
+        try:
+            return float(self.osr.properties["openslide.mpp-y"])
+        except (KeyError, ValueError):
+            return mpp_x
 
     # ------------------------------------------------------------------ pixels
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:

@@ -5,11 +5,19 @@ Layout (``LAYOUT_VERSION = 1``)::
     <slide_id>.zarr/
       zarr.json                    group attrs:
                                      wsi_pipeline: {layout_version, package_version, created, host, complete}
-                                     slide:  {id, path, vendor, width, height, mpp_x, mpp_y, mpp_source, level_count}
+                                     slide:  Slide.info(): {id, path, vendor, width, height, mpp, mpp_x, mpp_y,
+                                              mpp_source, level_count, level_dimensions, level_downsamples,
+                                              objective_power}
                                      tiling: {target_mpp, tile_size, stride, tile_size_level0, stride_level0,
-                                              read_level, read_size, min_tissue, n_tiles, ...}
-                                     mask:   {method, level, mpp, thresholds and areas used ...}
+                                              read_level, read_mpp, read_size, min_tissue, edge, max_tiles, seed,
+                                              grid_shape, n_candidates, n_tiles, order: "row-major"}
+                                     mask:   {method, level, mpp, scale, shape, threshold (used), the TissueMaskConfig
+                                              fields, kernel sizes in mask px, tissue_fraction}
                                      config: the full tile config that made the store
+                                     signature: the config minus qc; a re-run with another one is refused
+      Tile i is read as slide.read_region(coords[i], tiling.read_level, (read_size, read_size)) and resized to
+      tile_size: read_size = round(tile_size_level0 / level_downsamples[read_level]), tile_size_level0 =
+      tile_size * target_mpp / slide.mpp (a float; the read square is exact to half a read-level pixel).
       coords            int64   (N, 2)  level-0 pixel (x, y) of each tile's top-left corner
       tissue_fraction   float32 (N,)    fraction of each tile covered by the tissue mask
       features/<encoder> float16 (N, D) patch embeddings, one array per encoder; attrs: encoder preset, timm name,

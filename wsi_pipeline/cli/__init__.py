@@ -12,6 +12,7 @@ from rich.logging import RichHandler
 
 from .. import __version__
 from ..errors import WsiPipelineError
+from .convert import convert_mil
 from .embed import embed
 from .predict import predict
 from .submit import submit
@@ -57,12 +58,16 @@ app.command(no_args_is_help=True)(embed)
 app.command(no_args_is_help=True)(train)
 app.command(no_args_is_help=True)(predict)
 app.command(no_args_is_help=True)(submit)
+app.command(name="convert-mil", no_args_is_help=True)(convert_mil)
 
 
 def main() -> None:
     """Entry point: run the app; known errors become one line on stderr and exit code 1."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of a typer.Exit: pass it on.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except WsiPipelineError as err:
         if os.environ.get("WSI_PIPELINE_DEBUG"):
             raise

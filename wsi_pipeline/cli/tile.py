@@ -1,10 +1,126 @@
-"""`wsi-pipeline tile` (placeholder until its stage lands)."""
+"""`wsi-pipeline tile`: find tissue and write one store of tile coordinates per slide."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..batch import BatchResult, SlideRecord, resolve_shard
+from ..config import load_config, merge_overrides, parse_set_overrides
+from ..discovery import SLIDE_EXTENSIONS, discover_slides
+from ..tiling import TileConfig, tile_slides
+from ._options import ConfigOpt, OutDirOpt, OverwriteOpt, SetOpt, ShardOpt
+
+__all__ = ["tile"]
+
+console = Console(stderr=True)
+
+_STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "bold red"}
 
 
-def tile() -> None:
-    """Not built yet."""
-    raise typer.BadParameter("the tile stage is not built yet")
+def _short_reason(rec: SlideRecord) -> str:
+    # The slide is named in its row; drop the path that library messages start with.
+    prefix = f"{rec.path}: "
+    return rec.error[len(prefix) :] if rec.error.startswith(prefix) else rec.error
+
+
+def _summary_table(result: BatchResult) -> Table:
+    table = Table(title=f"tile: {result.summary()}", title_justify="left", show_lines=False)
+    table.add_column("slide")
+    table.add_column("status")
+    table.add_column("tiles", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("reason", overflow="fold")
+    for rec in result.records:
+        style = _STATUS_STYLE.get(rec.status, "")
+        table.add_row(
+            rec.slide_id,
+            f"[{style}]{rec.status}[/]",
+            "" if rec.n_tiles is None else str(rec.n_tiles),
+            "" if rec.seconds is None else f"{rec.seconds:.1f}",
+            _short_reason(rec),
+        )
+    return table
+
+
+def tile(
+    slides: Annotated[
+        list[Path], typer.Argument(help="Slide files, folders of slides, or CSV manifests (path[,slide_id,mpp]).")
+    ],
+    out: OutDirOpt,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    target_mpp: Annotated[
+        float | None, typer.Option("--target-mpp", help="Tile resolution in um/px (default 0.5, about 20x).")
+    ] = None,
+    tile_size: Annotated[int | None, typer.Option("--tile-size", help="Tile side in pixels at --target-mpp.")] = None,
+    stride: Annotated[
+        int | None, typer.Option("--stride", help="Grid step in pixels at --target-mpp (< tile size: overlap).")
+    ] = None,
+    min_tissue: Annotated[
+        float | None, typer.Option("--min-tissue", help="Keep tiles with at least this tissue fraction (0-1).")
+    ] = None,
+    slide_mpp: Annotated[
+        float | None, typer.Option("--slide-mpp", help="Level-0 um/px for slides without (or with wrong) metadata.")
+    ] = None,
+    mpp_csv: Annotated[
+        Path | None, typer.Option("--mpp-csv", help="CSV with columns slide,mpp: per-slide level-0 um/px.")
+    ] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search slide folders recursively.")] = False,
+    ext: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ext", help=f"Slide file extensions in folders (repeatable; default {' '.join(SLIDE_EXTENSIONS)})."
+        ),
+    ] = None,
+    shard: ShardOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Find tissue and write tile coordinates: OUT/<slide_id>.zarr, OUT/qc/*.png, OUT/geojson/*.geojson,
+    OUT/manifests/tile*.csv. Finished slides are skipped; exit code 1 when any slide failed.
+
+    Example: wsi-pipeline tile slides/ --out tiles/ --target-mpp 0.5 --tile-size 224
+    """
+    overrides = merge_overrides(
+        parse_set_overrides(set_),
+        {"target_mpp": target_mpp, "tile_size": tile_size, "stride": stride, "min_tissue": min_tissue},
+    )
+    cfg = load_config(TileConfig, "tile", config, overrides)
+    chosen_shard = resolve_shard(shard)
+    entries = discover_slides(
+        slides,
+        recursive=recursive,
+        extensions=ext or SLIDE_EXTENSIONS,
+        mpp_csv=mpp_csv,
+        slide_mpp=slide_mpp,
+    )
+    n_slides = len(chosen_shard.select(entries)) if chosen_shard else len(entries)
+    shard_text = f" (shard {chosen_shard} of {len(entries)} slides)" if chosen_shard else ""
+    console.print(
+        f"tile: {n_slides} slide(s){shard_text} -> {out}  [{cfg.tile_size} px @ {cfg.target_mpp:g} um/px, "
+        f"stride {cfg.step}, tissue >= {cfg.min_tissue:g}]",
+        highlight=False,
+    )
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("tiling", total=n_slides)
+
+        def on_record(rec: SlideRecord) -> None:
+            progress.update(task, advance=1, description=f"{rec.slide_id}: {rec.status}")
+
+        result = tile_slides(entries, out, config=cfg, shard=chosen_shard, overwrite=overwrite, on_record=on_record)
+    console.print(_summary_table(result))
+    if result.failed:
+        raise typer.Exit(1)

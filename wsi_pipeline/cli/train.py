@@ -1,10 +1,90 @@
-"""`wsi-pipeline train` (placeholder until its stage lands)."""
+"""`wsi-pipeline train`: MIL models on stored bags (split CSV or stratified k-fold CV)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..config import load_config, merge_overrides, parse_set_overrides
+from ._options import ConfigOpt, DeviceOpt, EncoderOpt, OutDirOpt, OverwriteOpt, SeedOpt, SetOpt
+
+__all__ = ["train"]
+
+console = Console()
 
 
-def train() -> None:
-    """Not built yet."""
-    raise typer.BadParameter("the train stage is not built yet")
+def train(
+    stores: Annotated[Path, typer.Argument(help="Folder of <slide_id>.zarr stores, or a CSV slide_id,store.")],
+    labels: Annotated[Path, typer.Option("--labels", "-l", help="CSV slide_id,label[,group column].")],
+    out: OutDirOpt,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="MIL model: abmil, acmil or asmil.")] = None,
+    encoder: EncoderOpt = None,
+    split_csv: Annotated[
+        Path | None, typer.Option("--split-csv", help="CSV slide_id,split[,fold] (train/val/test) instead of CV.")
+    ] = None,
+    folds: Annotated[int | None, typer.Option("--folds", "-k", help="Folds of stratified CV.")] = None,
+    group_column: Annotated[
+        str | None, typer.Option("--group-column", help="Labels CSV column (e.g. patient) kept on one side.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs per fold.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="AdamW learning rate.")] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train a MIL model (ASMIL by default) on stored embeddings; writes <out>/<model>_<encoder>_<split>_seed<n>/."""
+    from ..training import TrainConfig
+    from ..training import train as run_train
+
+    options = {
+        "model": model,
+        "encoder": encoder,
+        "split_csv": split_csv,
+        "folds": folds,
+        "group_column": group_column,
+        "epochs": epochs,
+        "lr": lr,
+        "seed": seed,
+        "device": device,
+    }
+    cfg = load_config(TrainConfig, "train", config, merge_overrides(options, parse_set_overrides(set_)))
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"train {cfg.model}", total=None, info="")
+
+        def on_epoch(fold: int, epoch: int, total: int, row: dict) -> None:
+            progress.update(
+                task,
+                total=total,
+                completed=epoch,
+                description=f"fold {fold}",
+                info=f"loss {row['train_loss']:.3f}"
+                + (f" val f1 {row['val_f1_macro']:.3f}" if "val_f1_macro" in row else ""),
+            )
+
+        result = run_train(stores, labels, out, cfg, overwrite=overwrite, on_epoch=on_epoch)
+    table = Table(title=f"{result.run_dir} (test, mean ± std over {len(result.folds)} fold(s))")
+    for key in ("accuracy", "balanced_accuracy", "f1_macro", "auc"):
+        table.add_column(key)
+    stats = result.summary["test_mean_std"]
+    table.add_row(
+        *(
+            f"{stats[k]['mean']:.3f} ± {stats[k]['std']:.3f}"
+            for k in ("accuracy", "balanced_accuracy", "f1_macro", "auc")
+        )
+    )
+    console.print(table)

@@ -1,0 +1,282 @@
+"""Training: splits, metrics, attention stability, config defaults, reproducibility and the run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from wsi_pipeline.config import load_config
+from wsi_pipeline.errors import ConfigError, StoreMismatchError
+from wsi_pipeline.mil_benchmarks import MIL_ENCODER, convert_mil_csv
+from wsi_pipeline.training import (
+    Labels,
+    TrainConfig,
+    classification_metrics,
+    entropy,
+    js_divergence,
+    load_checkpoint,
+    make_splits,
+    parse_run_dir,
+    read_labels,
+    run_dir,
+    stability_between,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _musk_subset(mil_dir: Path, out: Path, n_per_class: int = 12) -> tuple[Path, Path]:
+    """Convert the first ``n_per_class`` bags of each class of the real Musk1 CSV into stores."""
+    rows = (mil_dir / "musk1.csv").read_text().splitlines()
+    keep: dict[str, list[str]] = {"0": [], "1": []}
+    for row in rows:
+        label, bag = row.split(",", 2)[:2]
+        if bag not in keep[label] and len(keep[label]) < n_per_class:
+            keep[label].append(bag)
+    bags = set(keep["0"] + keep["1"])
+    subset = out / "musk_small.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    subset.write_text("\n".join(r for r in rows if r.split(",", 2)[1] in bags) + "\n")
+    return convert_mil_csv(subset, out / "converted")
+
+
+@pytest.fixture
+def musk_small(mil_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    return _musk_subset(mil_dir, tmp_path / "data")
+
+
+# ----------------------------------------------------------------------------------------- config
+def test_train_yaml_mirrors_defaults() -> None:
+    assert load_config(TrainConfig, "train", ROOT / "configs" / "train.yaml") == TrainConfig()
+
+
+def test_predict_yaml_mirrors_defaults() -> None:
+    from wsi_pipeline.predict import PredictConfig
+
+    assert load_config(PredictConfig, "predict", ROOT / "configs" / "predict.yaml") == PredictConfig()
+
+
+def test_benchmark_preset_loads() -> None:
+    cfg = load_config(TrainConfig, "train", ROOT / "configs" / "presets" / "mil-benchmark.yaml", {"model": "abmil"})
+    assert cfg.folds == 10 and cfg.encoder == MIL_ENCODER and cfg.standardize
+    with pytest.raises(ConfigError, match="anchor"):
+        load_config(TrainConfig, "train", None, {"anchor": "sometimes"})
+
+
+# ----------------------------------------------------------------------------------------- stability
+def test_stability_is_zero_for_identical_and_grows_with_change() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(50))
+    assert js_divergence(p, p) == pytest.approx(0.0, abs=1e-12)
+    assert stability_between({"a": p}, {"a": p.copy()}) == pytest.approx(0.0, abs=1e-12)
+    q = rng.dirichlet(np.ones(50))
+    values = [js_divergence(p, (1 - t) * p + t * q) for t in (0.1, 0.3, 0.6, 1.0)]
+    assert all(b > a for a, b in zip(values, values[1:], strict=False))
+    one_hot_a, one_hot_b = np.eye(50)[0], np.eye(50)[1]
+    assert js_divergence(one_hot_a, one_hot_b) == pytest.approx(math.log(2))
+    assert math.isnan(stability_between({}, {"a": p}))
+    assert entropy(np.ones(8)) == pytest.approx(math.log(8))
+    assert entropy(one_hot_a) == pytest.approx(0.0)
+
+
+# ----------------------------------------------------------------------------------------- metrics
+def test_metrics_binary_multiclass_and_missing_class() -> None:
+    y = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
+    m = classification_metrics(y, probs, 2)
+    assert m["accuracy"] == 0.75 and m["auc"] == 1.0 and m["confusion"] == [[1, 1], [0, 2]]
+    assert m["f1_macro"] == pytest.approx((2 / 3 + 0.8) / 2)
+    y3 = np.array([0, 1, 2, 2])
+    p3 = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.2, 0.7], [0.3, 0.3, 0.4]])
+    m3 = classification_metrics(y3, p3, 3)
+    assert m3["accuracy"] == 1.0 and m3["auc"] == pytest.approx(1.0)
+    missing = classification_metrics(np.array([1, 1]), np.array([[0.2, 0.8], [0.6, 0.4]]), 2)
+    assert math.isnan(missing["auc"]) and missing["accuracy"] == 0.5
+
+
+# ----------------------------------------------------------------------------------------- splits
+def test_stratified_cv_covers_every_slide_once_and_keeps_groups(tmp_path: Path) -> None:
+    ids = [f"s{i:02d}" for i in range(40)]
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text(
+        "slide_id,label,patient\n"
+        + "\n".join(f"{s},{'tumour' if i % 2 else 'normal'},p{i // 2}" for i, s in enumerate(ids))
+        + "\n"
+    )
+    labels = read_labels(labels_csv, group_column="patient")
+    assert labels.classes == ["normal", "tumour"]
+    splits = make_splits(labels, split_csv=None, folds=5, val_fraction=0.2, seed=3)
+    assert sorted(s for split in splits for s in split.test) == ids
+    patient = dict(zip(labels.slide_ids, labels.groups, strict=True))
+    for split in splits:
+        sides = [{patient[s] for s in part} for part in (split.train, split.val, split.test)]
+        assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+        assert split.val and set(labels.y[[labels.slide_ids.index(s) for s in split.test]]) == {0, 1}
+    again = make_splits(labels, split_csv=None, folds=5, val_fraction=0.2, seed=3)
+    assert [s.test for s in again] == [s.test for s in splits]
+
+
+def test_split_csv_and_label_errors(tmp_path: Path) -> None:
+    labels = Labels(["a", "b", "c", "d"], np.array([0, 1, 0, 1]), ["x", "y"])
+    split_csv = tmp_path / "split.csv"
+    split_csv.write_text("slide_id,split\na,train\nb,train\nc,val\nd,test\nzz,test\n")
+    (split,) = make_splits(labels, split_csv=split_csv, folds=5, val_fraction=0.1, seed=0)
+    assert (split.train, split.val, split.test) == (["a", "b"], ["c"], ["d"])
+    split_csv.write_text("slide_id,split\na,training\n")
+    with pytest.raises(ConfigError, match="not train, val or test"):
+        make_splits(labels, split_csv=split_csv, folds=5, val_fraction=0.1, seed=0)
+    bad = tmp_path / "labels.csv"
+    bad.write_text("slide,diagnosis\na,x\n")
+    with pytest.raises(ConfigError, match="needs columns slide_id, label"):
+        read_labels(bad)
+
+
+def test_run_dir_round_trip(tmp_path: Path) -> None:
+    path = run_dir(tmp_path, model="asmil", encoder="uni_v2", split="cv5", seed=7)
+    assert path.name == "asmil_uni_v2_cv5_seed7"
+    assert parse_run_dir(path) == {"model": "asmil", "encoder": "uni_v2", "split": "cv5", "seed": 7}
+
+
+# ----------------------------------------------------------------------------------------- training
+def _small_config(**kw) -> TrainConfig:
+    base = {
+        "folds": 3,
+        "epochs": 2,
+        "val_fraction": 0.2,
+        "standardize": True,
+        "lr": 5e-4,
+        "model_kwargs": {"hidden_dim": 32},
+        "plots": False,
+    }
+    return TrainConfig(**{**base, **kw})
+
+
+def test_seeded_runs_are_reproducible_on_cpu(musk_small: tuple[Path, Path], tmp_path: Path) -> None:
+    stores, labels = musk_small
+    cfg = _small_config(model="asmil", anchor="ema", drop="token", model_kwargs={"hidden_dim": 32, "n_tokens": 12})
+    first = train(stores, labels, tmp_path / "a", cfg)
+    second = train(stores, labels, tmp_path / "b", cfg)
+    strip = [[{k: v for k, v in row.items() if k != "seconds"} for row in f.history] for f in first.folds]
+    assert strip == [[{k: v for k, v in row.items() if k != "seconds"} for row in f.history] for f in second.folds]
+    assert [f.test for f in first.folds] == [f.test for f in second.folds]
+    other = train(
+        stores,
+        labels,
+        tmp_path / "c",
+        _small_config(model="asmil", seed=1, model_kwargs={"hidden_dim": 32, "n_tokens": 12}),
+    )
+    assert other.folds[0].history[0]["train_loss"] != first.folds[0].history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("model", ["abmil", "acmil"])
+def test_asmil_plugins_work_with_baselines(model: str, musk_small: tuple[Path, Path], tmp_path: Path) -> None:
+    stores, labels = musk_small
+    drop = "token" if model == "acmil" else "instance"
+    cfg = _small_config(model=model, anchor="frozen", drop=drop, n_drop=2 if model == "acmil" else 1, folds=2, epochs=1)
+    result = train(stores, labels, tmp_path, cfg)
+    ckpt = load_checkpoint(result.folds[0].out_dir / "checkpoint_best.pt")
+    assert ckpt["config"]["resolved"] == {"anchor": "frozen", "drop": drop}
+
+
+def test_run_folder_layout_and_checkpoint(musk_small: tuple[Path, Path], tmp_path: Path) -> None:
+    stores, labels = musk_small
+    result = train(stores, labels, tmp_path, _small_config(model="abmil", plots=True, patience=1, epochs=3))
+    run = result.run_dir
+    assert run.name == "abmil_mil-features_cv3_seed0"
+    for name in ("config.yaml", "classes.json", "train.log", "summary.json", "summary.csv"):
+        assert (run / name).is_file(), name
+    for k in range(3):
+        fold = run / f"fold_{k}"
+        for name in (
+            "checkpoint_best.pt",
+            "checkpoint_last.pt",
+            "metrics.csv",
+            "metrics.json",
+            "curves.png",
+            "stability.png",
+            "predictions_test.csv",
+        ):
+            assert (fold / name).is_file(), f"fold_{k}/{name}"
+    ckpt = load_checkpoint(run / "fold_0" / "checkpoint_best.pt")
+    assert ckpt["model_name"] == "abmil" and ckpt["encoder"] == MIL_ENCODER and ckpt["in_dim"] == 166
+    assert ckpt["classes"] == ["0", "1"] and ckpt["package_version"] and ckpt["layout_version"] == 1
+    assert ckpt["model_kwargs"]["n_classes"] == 2 and ckpt["feature_norm"]["mean"].shape == (166,)
+    assert ckpt["config"]["resolved"] == {"anchor": "none", "drop": "none"}
+    metrics = json.loads((run / "fold_0" / "metrics.json").read_text())
+    assert {"attn_js", "attn_entropy", "val_f1_macro", "val_auc"} <= set(metrics["history"][-1])
+    assert len(metrics["history"]) >= 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["test_mean_std"]["accuracy"]) == {"mean", "std"} and len(summary["folds"]) == 3
+    # A second call resumes: finished folds are kept, not retrained.
+    mtime = (run / "fold_0" / "checkpoint_best.pt").stat().st_mtime_ns
+    train(stores, labels, tmp_path, _small_config(model="abmil", plots=True, patience=1, epochs=3))
+    assert (run / "fold_0" / "checkpoint_best.pt").stat().st_mtime_ns == mtime
+
+
+def test_wrong_encoder_is_a_clear_error(musk_small: tuple[Path, Path], tmp_path: Path) -> None:
+    stores, labels = musk_small
+    with pytest.raises(StoreMismatchError, match="no finished 'uni' embeddings"):
+        train(stores, labels, tmp_path, _small_config(model="abmil", encoder="uni"))
+
+
+def test_abmil_reaches_published_range_on_musk1(mil_dir: Path, tmp_path: Path) -> None:
+    """A short 5-fold CV of ABMIL on all of Musk1 (a few seconds); the full 10-fold protocol is in the README."""
+    stores, labels = convert_mil_csv(mil_dir / "musk1.csv", tmp_path / "musk1")
+    cfg = load_config(
+        TrainConfig,
+        "train",
+        ROOT / "configs" / "presets" / "mil-benchmark.yaml",
+        {"model": "abmil", "folds": 5, "epochs": 15, "plots": False},
+    )
+    result = train(stores, labels, tmp_path / "runs", cfg)
+    assert result.summary["test_mean_std"]["accuracy"]["mean"] >= 0.8
+
+
+def test_cli_train_passes_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from wsi_pipeline.cli import app
+    from wsi_pipeline.training import TrainResult
+
+    seen = {}
+
+    def fake_train(stores, labels, out, cfg, **kwargs):
+        seen.update(stores=stores, labels=labels, out=out, cfg=cfg)
+        stats = {k: {"mean": 0.5, "std": 0.1} for k in ("accuracy", "balanced_accuracy", "f1_macro", "auc")}
+        return TrainResult(out, [], {"test_mean_std": stats})
+
+    monkeypatch.setattr("wsi_pipeline.training.train", fake_train)
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(tmp_path),
+            "-l",
+            "labels.csv",
+            "-o",
+            "runs",
+            "-m",
+            "abmil",
+            "-k",
+            "4",
+            "--epochs",
+            "7",
+            "--set",
+            "anchor=ema",
+            "--seed",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert (cfg.model, cfg.folds, cfg.epochs, cfg.anchor, cfg.seed) == ("abmil", 4, 7, "ema", 3)
+    assert seen["labels"] == Path("labels.csv")
+
+
+def test_torch_threads_untouched() -> None:
+    assert torch.get_num_threads() >= 1

@@ -1,0 +1,34 @@
+"""MIL models on bags of tile embeddings (ABMIL, ACMIL, ASMIL) and ASMIL's training plug-ins.
+
+Build models by name with ``create_model(name, in_dim=..., n_classes=..., **overrides)``; ``list_models()`` gives
+the registered names. Every model returns a ``MILOutput`` with slide logits and instance-attention logits.
+"""
+
+from . import abmil as _abmil  # noqa: F401  (registers the models)
+from . import acmil as _acmil  # noqa: F401
+from . import asmil as _asmil  # noqa: F401
+from ._base import MILOutput, as_bag, default_hidden_dim
+from ._registry import create_model, is_model, list_models, register_model
+from .abmil import ABMIL
+from .acmil import ACMIL, diversity_loss, stochastic_topk_mask
+from .asmil import ASMIL
+from .plugins import Anchor, RandomDropping, anchor_loss, sigmax
+
+__all__ = [
+    "MILOutput",
+    "as_bag",
+    "default_hidden_dim",
+    "create_model",
+    "is_model",
+    "list_models",
+    "register_model",
+    "ABMIL",
+    "ACMIL",
+    "ASMIL",
+    "diversity_loss",
+    "stochastic_topk_mask",
+    "Anchor",
+    "RandomDropping",
+    "anchor_loss",
+    "sigmax",
+]

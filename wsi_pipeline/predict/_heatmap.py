@@ -1,0 +1,103 @@
+"""Attention heatmaps over the slide thumbnail and the top-k tiles as image patches."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+__all__ = ["scale_scores", "draw_heatmap", "save_top_tiles"]
+
+log = logging.getLogger(__name__)
+
+Scaling = Literal["rank", "percentile", "linear"]
+
+
+def scale_scores(scores: np.ndarray, scaling: Scaling = "rank") -> np.ndarray:
+    """Map tile scores to [0, 1] so that a concentrated attention stays visible.
+
+    ``rank``: the tile's rank among all tiles (uniform colours whatever the spread); ``percentile``: linear between
+    the 1st and 99th percentiles, clipped; ``linear``: min-max.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size == 0:
+        return scores
+    if scaling == "rank":
+        order = scores.argsort(kind="stable")
+        ranks = np.empty_like(scores)
+        ranks[order] = np.arange(len(scores))
+        return ranks / max(len(scores) - 1, 1)
+    if scaling == "percentile":
+        lo, hi = np.percentile(scores, [1, 99])
+    elif scaling == "linear":
+        lo, hi = scores.min(), scores.max()
+    else:
+        raise ValueError(f"scaling {scaling!r} is not one of 'rank', 'percentile', 'linear'")
+    return np.clip((scores - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+
+
+def draw_heatmap(
+    thumbnail: np.ndarray,
+    thumb_scale: float,
+    coords: np.ndarray,
+    tile_size_level0: int,
+    scores: np.ndarray,
+    out_png: Path,
+    *,
+    scaling: Scaling = "rank",
+    title: str = "",
+    alpha: float = 0.5,
+) -> Path:
+    """Draw each tile's scaled score over ``thumbnail`` (level-0 px per thumbnail px: ``thumb_scale``) with a
+    colour bar; tiles without a score stay transparent."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    h, w = thumbnail.shape[:2]
+    overlay = np.full((h, w), np.nan, dtype=np.float32)
+    values = scale_scores(scores, scaling)
+    size = max(1, int(round(tile_size_level0 / thumb_scale)))
+    for (x, y), value in zip(np.asarray(coords), values, strict=True):
+        col, row = int(x / thumb_scale), int(y / thumb_scale)
+        overlay[row : row + size, col : col + size] = value
+    fig, ax = plt.subplots(figsize=(8, 8 * h / max(w, 1) + 0.5))
+    ax.imshow(thumbnail)
+    image = ax.imshow(np.ma.masked_invalid(overlay), cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
+    label = {"rank": "attention (rank, 1 = highest)", "percentile": "attention (1st-99th percentile)"}
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=label.get(scaling, "attention (min-max)"))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out_png
+
+
+def save_top_tiles(
+    slide: object,
+    coords: np.ndarray,
+    tile_size_level0: int,
+    scores: np.ndarray,
+    out_dir: Path,
+    *,
+    k: int = 8,
+) -> list[Path]:
+    """Save the ``k`` highest-scoring tiles, read at level 0 from ``slide`` (a ``Slide``), as PNGs named
+    ``rank<r>_x<x>_y<y>.png``."""
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    top = np.argsort(-np.asarray(scores), kind="stable")[:k]
+    paths = []
+    for rank, index in enumerate(top, start=1):
+        x, y = (int(v) for v in coords[index])
+        pixels = slide.read_region((x, y), 0, (tile_size_level0, tile_size_level0))  # type: ignore[attr-defined]
+        path = out_dir / f"rank{rank:02d}_x{x}_y{y}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,292 @@
+"""The tile stage: tissue mask -> tile grid at a target mpp -> one zarr store per slide (+ QC picture, GeoJSON)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..batch import BatchResult, Shard, SlideLock, SlideRecord, remove_path, run_slide_batch
+from ..config import config_to_dict
+from ..errors import NoTissueError, StoreMismatchError
+from ..slide import Slide
+from ..store import is_complete, open_store, store_path, write_tile_store
+from ..tissue import tissue_mask_with_info
+from ._config import TileConfig
+from ._grid import grid_positions, select_tiles, tissue_fractions
+
+__all__ = ["tile_slide", "tile_slides", "TileGrid", "compute_tile_grid", "check_store_settings", "STAGE"]
+
+log = logging.getLogger(__name__)
+
+STAGE = "tile"
+
+
+@dataclass
+class TileGrid:
+    """What ``compute_tile_grid`` found for one slide: the kept tiles, the mask, and how to read the tiles."""
+
+    coords: np.ndarray
+    fractions: np.ndarray
+    mask: np.ndarray
+    mask_scale: tuple[float, float]
+    mask_info: dict[str, Any]
+    overview: np.ndarray
+    tiling: dict[str, Any]
+
+
+def compute_tile_grid(slide: Slide, config: TileConfig) -> TileGrid:
+    """Mask the slide's tissue and lay the grid; no file is written.
+
+    Raises
+    ------
+    MissingMppError
+        The slide has no resolution and none was given.
+    NoTissueError
+        No tissue, or no tile with at least ``config.min_tissue`` tissue.
+    SlideReadError
+        A region of the mask level cannot be decoded.
+    """
+    mpp = slide.mpp
+    width, height = slide.dimensions
+    if config.target_mpp < mpp * 0.95:
+        log.warning(
+            "%s: target %.3g um/px is finer than the scan (%.3g um/px); tiles are upsampled",
+            slide.path,
+            config.target_mpp,
+            mpp,
+        )
+    overview, scale = slide.read_at_mpp(config.mask_mpp)
+    mask_h, mask_w = overview.shape[:2]
+    mask_scale = (width / mask_w, height / mask_h)  # level-0 px per mask px, per axis (rounding differs)
+    mask_mpp = mpp * math.sqrt(mask_scale[0] * mask_scale[1])
+    mask, mask_info = tissue_mask_with_info(overview, mask_mpp, config.mask)
+    if not mask.any():
+        raise NoTissueError(
+            f"{slide.path}: no tissue found (threshold {mask_info['threshold']:.0f}); check the slide or lower "
+            "--set mask.min_threshold / use --set mask.method=fixed"
+        )
+    size0 = config.tile_size * config.target_mpp / mpp
+    step0 = config.step * config.target_mpp / mpp
+    xs = grid_positions(width, size0, step0, config.edge)
+    ys = grid_positions(height, size0, step0, config.edge)
+    fractions = tissue_fractions(mask, xs, ys, size0, mask_scale)
+    coords, kept = select_tiles(fractions, xs, ys, config.min_tissue, max_tiles=config.max_tiles, seed=config.seed)
+    if len(coords) == 0:
+        raise NoTissueError(
+            f"{slide.path}: tissue found but no tile of {config.tile_size} px at {config.target_mpp} um/px has "
+            f">= {config.min_tissue:.0%} tissue; lower --min-tissue or --tile-size"
+        )
+    read_level = slide.best_level_for_mpp(config.target_mpp)
+    downsample = slide.level_downsamples[read_level]
+    tiling = {
+        "target_mpp": config.target_mpp,
+        "tile_size": config.tile_size,
+        "stride": config.step,
+        "tile_size_level0": size0,
+        "stride_level0": step0,
+        "read_level": read_level,
+        "read_mpp": mpp * downsample,
+        "read_size": max(1, round(size0 / downsample)),
+        "min_tissue": config.min_tissue,
+        "edge": config.edge,
+        "max_tiles": config.max_tiles,
+        "seed": config.seed,
+        "grid_shape": [len(ys), len(xs)],
+        "n_candidates": int(np.count_nonzero(fractions > 0)),
+        "n_tiles": len(coords),
+        "order": "row-major",
+    }
+    mask_attrs = {
+        **config_to_dict(config.mask),
+        **mask_info,
+        "mpp": mask_mpp,
+        "scale": list(mask_scale),
+        "shape": [mask_h, mask_w],
+        "level": slide.best_level_for_mpp(config.mask_mpp),
+    }
+    return TileGrid(
+        coords=coords,
+        fractions=kept,
+        mask=mask,
+        mask_scale=mask_scale,
+        mask_info=mask_attrs,
+        overview=overview,
+        tiling=tiling,
+    )
+
+
+def tile_slide(slide: Slide, out_dir: str | Path, *, config: TileConfig | None = None) -> Path:
+    """Tile one slide into ``<out_dir>/<slide_id>.zarr`` (and its QC picture and GeoJSON when enabled).
+
+    Parameters
+    ----------
+    slide
+        The slide (its ``mpp`` override and ``slide_id`` are used).
+    out_dir
+        Output folder of the stores.
+    config
+        Tiling settings; defaults to ``TileConfig()``.
+
+    Returns
+    -------
+    Path
+        The finished store. It replaces any store of the same slide; use ``tile_slides`` for skip/resume logic.
+
+    Examples
+    --------
+    >>> from wsi_pipeline.slide import Slide
+    >>> from wsi_pipeline.tiling import TileConfig, tile_slide
+    >>> from wsi_pipeline.store import read_coords
+    >>> store = tile_slide(Slide("CMU-1-Small-Region.svs"), "out/", config=TileConfig(target_mpp=0.5))  # doctest: +SKIP
+    >>> coords = read_coords(store)  # then: wsi-pipeline embed out/ --encoder ...  # doctest: +SKIP
+    """
+    return _tile_one(slide, Path(out_dir), config or TileConfig())[0]
+
+
+def _tile_one(slide: Slide, out_dir: Path, config: TileConfig) -> tuple[Path, int]:
+    with slide:
+        grid = compute_tile_grid(slide, config)
+        info = slide.info()
+        if config.qc.enabled:
+            # QC first: a finished store then always has its pictures beside it.
+            from ..qc import write_qc
+
+            write_qc(out_dir, slide, grid, thumbnail_size=config.qc.thumbnail_size, geojson=config.qc.geojson)
+    attrs = {
+        "slide": info,
+        "tiling": grid.tiling,
+        "mask": grid.mask_info,
+        "config": config_to_dict(config),
+        "signature": config.signature(),
+    }
+    path = write_tile_store(store_path(out_dir, slide.slide_id), grid.coords, grid.fractions, attrs)
+    return path, len(grid.coords)
+
+
+def check_store_settings(path: Path, config: TileConfig, mpp: float | None = None) -> bool:
+    """True when the finished store at ``path`` was made with ``config`` (and ``mpp`` override, if given).
+
+    Raises ``StoreMismatchError`` when it was made with other tiling settings; False when there is no finished store.
+    """
+    if not is_complete(path):
+        return False
+    attrs = open_store(path).attrs.asdict()
+    stored = attrs.get("signature") or {}
+    wanted = config_to_dict(config.signature())
+    diffs = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    stored_mpp = (attrs.get("slide") or {}).get("mpp")
+    if mpp is not None and stored_mpp is not None and not math.isclose(stored_mpp, mpp, rel_tol=1e-6):
+        diffs.append(f"slide mpp ({stored_mpp} vs {mpp})")
+    if diffs:
+        raise StoreMismatchError(
+            f"{path}: made with other settings ({', '.join(diffs)}); use --overwrite or another --out"
+        )
+    return True
+
+
+def _as_entries(slides: Any) -> list[Any]:
+    """``SlideEntry``-like items as given; plain paths (a folder, files, manifests) go through ``discover_slides``."""
+    from ..discovery import discover_slides
+
+    if isinstance(slides, (str, Path)):
+        return discover_slides([slides])
+    items = list(slides)
+    if items and all(isinstance(item, (str, Path)) for item in items):
+        return discover_slides(items)
+    if not all(hasattr(item, "slide_id") and hasattr(item, "path") for item in items):
+        raise TypeError("slides: pass SlideEntry items (see discover_slides) or paths, not a mix")
+    return items
+
+
+def _remove_stale_temporaries(out_dir: Path, slide_id: str) -> None:
+    """Temporaries of a killed run (``.<name>.tmp-<host>-<pid>``); safe because we hold the slide's lock."""
+    from ..qc import qc_paths
+
+    finals = [store_path(out_dir, slide_id), *qc_paths(out_dir, slide_id)]
+    for final in finals:
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):
+            remove_path(stale)
+
+
+def tile_slides(
+    slides: Sequence[Any] | str | Path,
+    out_dir: str | Path,
+    *,
+    config: TileConfig | None = None,
+    shard: Shard | None = None,
+    overwrite: bool = False,
+    on_record: Callable[[SlideRecord], None] | None = None,
+) -> BatchResult:
+    """Tile many slides: skip finished ones, record every slide in ``<out_dir>/manifests/tile*.csv``, go on after
+    failures.
+
+    Parameters
+    ----------
+    slides
+        ``SlideEntry`` items (``slide_id``, ``path``, ``mpp``), e.g. from ``discover_slides``; or paths (a folder,
+        slide files, CSV manifests), which go through ``discover_slides`` with its defaults.
+    out_dir
+        Output folder: ``<slide_id>.zarr`` stores, ``manifests/``, ``qc/``, ``geojson/``.
+    config
+        Tiling settings; defaults to ``TileConfig()``.
+    shard
+        Process only this shard's slides (see ``resolve_shard``); its manifest is ``tile.shard-i-of-n.csv``.
+    overwrite
+        Redo slides whose store is already finished (also those made with other settings).
+    on_record
+        Called with each slide's record as soon as it is known (progress bars).
+
+    Returns
+    -------
+    BatchResult
+        Records (ok / failed with reason / skipped) and the manifest path; ``result.failed`` is non-empty when a slide
+        failed. A finished store made with other settings fails its slide (StoreMismatchError) unless ``overwrite``.
+
+    Examples
+    --------
+    >>> from wsi_pipeline.discovery import discover_slides
+    >>> result = tile_slides(discover_slides(["slides/"]), "out/", config=TileConfig())  # doctest: +SKIP
+    >>> result.summary()  # doctest: +SKIP
+    '3 ok, 0 skipped, 1 failed (manifest: out/manifests/tile.csv)'
+    """
+    config = config or TileConfig()
+    out_dir = Path(out_dir)
+    slides = _as_entries(slides)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def is_done(item: Any) -> bool:
+        # A finished store with other settings is "not done": process() then fails it with a clear reason.
+        try:
+            return check_store_settings(store_path(out_dir, item.slide_id), config, getattr(item, "mpp", None))
+        except StoreMismatchError:
+            return False
+
+    def process(item: Any, lock: SlideLock) -> int:
+        final = store_path(out_dir, item.slide_id)
+        if not overwrite:
+            check_store_settings(final, config, getattr(item, "mpp", None))
+        _remove_stale_temporaries(out_dir, item.slide_id)
+        start = time.perf_counter()
+        slide = Slide(item.path, mpp=getattr(item, "mpp", None), slide_id=item.slide_id)
+        _, n_tiles = _tile_one(slide, out_dir, config)
+        lock.heartbeat()
+        log.info("%s: %d tiles in %.1fs", item.slide_id, n_tiles, time.perf_counter() - start)
+        return n_tiles
+
+    return run_slide_batch(
+        list(slides),
+        process,
+        stage=STAGE,
+        out_dir=out_dir,
+        is_done=is_done,
+        overwrite=overwrite,
+        shard=shard,
+        on_record=on_record,
+    )

@@ -1,0 +1,162 @@
+"""Bags of embeddings from the stores: one whole-bag read per slide, optionally all cached in memory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from ..errors import StoreMismatchError
+from ..store import FEATURES, list_encoders, read_attrs, read_features
+
+__all__ = ["BagLoader", "resolve_encoder", "feature_shape"]
+
+log = logging.getLogger(__name__)
+
+
+def feature_shape(store: Path, encoder: str) -> tuple[int, int]:
+    """``(N, D)`` of a store's embeddings without reading them."""
+    return tuple(zarr.open_array(str(Path(store) / FEATURES / encoder), mode="r").shape)  # type: ignore[return-value]
+
+
+def resolve_encoder(stores: Sequence[Path], encoder: str | None) -> str:
+    """The encoder whose features to use: ``encoder`` if every store has it, else the one they all share."""
+    if not stores:
+        raise StoreMismatchError("no stores to read; check the stores folder or CSV")
+    common = set(list_encoders(stores[0]))
+    for path in stores[1:]:
+        common &= set(list_encoders(path))
+    if encoder is None:
+        if len(common) != 1:
+            raise StoreMismatchError(
+                f"{stores[0].parent}: the stores share the encoders [{', '.join(sorted(common)) or 'none'}]; "
+                "pass --encoder NAME"
+            )
+        return common.pop()
+    missing = [p for p in stores if encoder not in list_encoders(p)]
+    if missing:
+        raise StoreMismatchError(
+            f"{missing[0]}: no finished '{encoder}' embeddings ({len(missing)} store(s) lack them); "
+            f"run `wsi-pipeline embed {missing[0].parent} --encoder {encoder}` or pass the right --encoder"
+        )
+    return encoder
+
+
+class BagLoader:
+    """Bags as float32 tensors ``(N, D)``, read whole from the stores.
+
+    Parameters
+    ----------
+    stores
+        Slide id -> store path.
+    encoder
+        ``features/<encoder>`` to read.
+    cache
+        ``"memory"`` keeps every bag as a tensor after its first read; ``"auto"`` does so when the bags fit in
+        ``max_cache_gb``; ``"none"`` reads each bag on demand (with one bag of read-ahead).
+    device
+        Where cached bags live (the training device, so a step never copies).
+    """
+
+    def __init__(
+        self,
+        stores: dict[str, Path],
+        encoder: str,
+        *,
+        cache: str = "auto",
+        max_cache_gb: float = 8.0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.stores, self.encoder, self.device = dict(stores), encoder, torch.device(device)
+        shapes = {sid: feature_shape(path, encoder) for sid, path in self.stores.items()}
+        dims = {shape[1] for shape in shapes.values()}
+        if len(dims) != 1:
+            raise StoreMismatchError(f"'{encoder}' embeddings have different dimensions across stores: {dims}")
+        self.in_dim = dims.pop()
+        self.n_instances = {sid: shape[0] for sid, shape in shapes.items()}
+        total_gb = sum(self.n_instances.values()) * self.in_dim * 4 / 1e9
+        self.cached = cache == "memory" or (cache == "auto" and total_gb <= max_cache_gb)
+        self._cache: dict[str, torch.Tensor] = {}
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+        self._prepared: dict[str, torch.Tensor] = {}
+        log.info(
+            "%d bags of '%s' (D=%d, %.2f GB as float32), cache=%s",
+            len(stores),
+            encoder,
+            self.in_dim,
+            total_gb,
+            "memory" if self.cached else "none",
+        )
+
+    def _read(self, slide_id: str) -> torch.Tensor:
+        array = read_features(self.stores[slide_id], self.encoder)
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+    def _prepare(self, bag: torch.Tensor) -> torch.Tensor:
+        bag = bag.to(self.device, non_blocking=True)
+        if self.mean is not None and self.std is not None:
+            bag = (bag - self.mean) / self.std
+        return bag
+
+    def set_standardization(self, mean: torch.Tensor | None, std: torch.Tensor | None) -> None:
+        """Apply ``(x - mean) / std`` to every bag from now on (clears the cache of standardised bags)."""
+        self.mean = None if mean is None else mean.to(self.device)
+        self.std = None if std is None else std.to(self.device)
+        self._prepared = {}
+
+    def fit_standardization(self, slide_ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of every instance of ``slide_ids`` (the training bags), in float64."""
+        total = torch.zeros(self.in_dim, dtype=torch.float64)
+        sq = torch.zeros(self.in_dim, dtype=torch.float64)
+        count = 0
+        for sid in slide_ids:
+            bag = self._raw(sid).double().cpu()
+            total += bag.sum(0)
+            sq += (bag * bag).sum(0)
+            count += bag.shape[0]
+        mean = total / max(count, 1)
+        std = (sq / max(count, 1) - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
+        return mean.float(), std.float()
+
+    def _raw(self, slide_id: str) -> torch.Tensor:
+        if slide_id in self._cache:
+            return self._cache[slide_id]
+        bag = self._read(slide_id)
+        if self.cached:
+            bag = bag.to(self.device)
+            self._cache[slide_id] = bag
+        return bag
+
+    def get(self, slide_id: str) -> torch.Tensor:
+        """The bag of ``slide_id`` on the device, standardised when set."""
+        if slide_id in self._prepared:
+            return self._prepared[slide_id]
+        bag = self._prepare(self._raw(slide_id))
+        if self.cached:
+            # Keep the standardised bag instead of the raw one: one copy per bag in memory.
+            self._prepared[slide_id] = bag
+            self._cache.pop(slide_id, None)
+        return bag
+
+    def iterate(self, slide_ids: Sequence[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(slide_id, bag)`` in order; uncached bags are read one ahead in a background thread."""
+        if self.cached:
+            for sid in slide_ids:
+                yield sid, self.get(sid)
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._read, slide_ids[0]) if slide_ids else None
+            for i, sid in enumerate(slide_ids):
+                bag = pending.result()  # type: ignore[union-attr]
+                if i + 1 < len(slide_ids):
+                    pending = pool.submit(self._read, slide_ids[i + 1])
+                yield sid, self._prepare(bag)
+
+    def store_attrs(self, slide_id: str) -> dict:
+        return read_attrs(self.stores[slide_id])

@@ -1,0 +1,88 @@
+"""Run folders and checkpoints: every path of a run is built here, and a checkpoint carries all it needs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import CheckpointError
+from ..store import LAYOUT_VERSION, provenance
+
+__all__ = ["run_dir", "parse_run_dir", "fold_dir", "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
+
+CHECKPOINT_FORMAT = 1
+_REQUIRED = ("model_name", "model_kwargs", "state_dict", "classes", "in_dim", "encoder", "config")
+_RUN_RE = re.compile(r"^(?P<model>[^_]+)_(?P<encoder>.+?)_(?P<split>cv\d+|split-.+)_seed(?P<seed>-?\d+)$")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text)
+
+
+def run_dir(out: str | Path, *, model: str, encoder: str, split: str, seed: int) -> Path:
+    """``<out>/<model>_<encoder>_<split>_seed<seed>``; ``parse_run_dir`` is its inverse."""
+    return Path(out) / f"{_safe(model).replace('_', '-')}_{_safe(encoder)}_{_safe(split)}_seed{seed}"
+
+
+def parse_run_dir(path: str | Path) -> dict[str, Any]:
+    """The settings a run folder's name records: model, encoder, split tag and seed."""
+    match = _RUN_RE.match(Path(path).name)
+    if not match:
+        raise ValueError(f"{path}: not a run folder name (<model>_<encoder>_<split>_seed<seed>)")
+    return {**match.groupdict(), "seed": int(match["seed"])}
+
+
+def fold_dir(run: Path, fold: int) -> Path:
+    return Path(run) / f"fold_{fold}"
+
+
+def save_checkpoint(path: Path, model: nn.Module, **meta: Any) -> Path:
+    """Write a checkpoint atomically: ``meta`` (model_name, model_kwargs, classes, in_dim, encoder, config, ...)
+    plus the state dict, the package version and the store layout version."""
+    from ..batch import atomic_path
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "package_version": __version__,
+        "layout_version": LAYOUT_VERSION,
+        "provenance": provenance(),
+        **meta,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by ``train``, or raise ``CheckpointError`` saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; pass a checkpoint_best.pt from a train run")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({err.__class__.__name__}); re-train") from err
+    missing = [key for key in _REQUIRED if not isinstance(ckpt, dict) or key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a wsi-pipeline checkpoint (missing {', '.join(missing)})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
+    from ..mil import create_model
+
+    try:
+        model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise CheckpointError(f"checkpoint of model {ckpt['model_name']!r} does not load: {err}") from err
+    return model.to(device).eval()

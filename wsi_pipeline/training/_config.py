@@ -1,0 +1,68 @@
+"""``TrainConfig``: every setting of a training run (``configs/train.yaml`` mirrors these defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["TrainConfig", "resolve_plugins"]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of ``train``; defaults follow docs/ASMIL.md (AdamW 1e-4 / 1e-5, cosine per iteration, clip 5).
+
+    ``anchor`` and ``drop`` default to ``auto``: the ASMIL recipe (EMA anchor, token dropping) for ``asmil`` and
+    off for the baselines; set them explicitly to plug ASMIL's components into any model.
+    """
+
+    model: str = "asmil"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    encoder: str | None = None  # features/<encoder> in the stores; None: the only encoder they have
+    # data and splits
+    split_csv: Path | None = None  # slide_id,split[,fold] with split in train/val/test
+    folds: int = 5  # stratified k-fold CV when no split CSV
+    val_fraction: float = 0.1  # of each CV training part held out for model selection (0: none, use last epoch)
+    group_column: str | None = None  # labels CSV column (e.g. patient) whose slides stay on one side of a split
+    standardize: bool = False  # z-score features with mean/std of the training bags (kept in the checkpoint)
+    cache: Literal["auto", "memory", "none"] = "auto"
+    max_cache_gb: float = 8.0
+    # optimisation
+    epochs: int = 50
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float | None = 5.0
+    selection: Literal["f1_auc", "loss", "accuracy"] = "f1_auc"
+    patience: int | None = None  # early stopping after this many epochs without a better val score
+    # ASMIL plug-ins
+    anchor: Literal["auto", "ema", "frozen", "none"] = "auto"
+    anchor_momentum: float = 0.999
+    anchor_tau: float = 0.5
+    anchor_weight: float = 1.0
+    anchor_reduction: Literal["sum", "mean"] = "sum"
+    drop: Literal["auto", "none", "token", "instance"] = "auto"
+    n_drop: int = 10
+    # run
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    deterministic: bool = True
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        if self.folds < 2:
+            raise ValueError("folds must be >= 2")
+        if not 0.0 <= self.val_fraction < 0.5:
+            raise ValueError("val_fraction must be in [0, 0.5)")
+
+
+def resolve_plugins(config: TrainConfig) -> tuple[str, str]:
+    """The anchor mode and dropping mode a run uses once ``auto`` is resolved: ASMIL's recipe for ``asmil``."""
+    is_asmil = config.model == "asmil"
+    anchor = config.anchor if config.anchor != "auto" else ("ema" if is_asmil else "none")
+    drop = config.drop if config.drop != "auto" else ("token" if is_asmil else "none")
+    return anchor, drop

@@ -1,0 +1,473 @@
+"""The training loop: one fold (``train_fold``) and all folds of a run (``train``)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.nn import functional as F
+
+from .. import __version__
+from ..batch import atomic_write_text
+from ..config import config_to_dict
+from ..errors import MissingPrerequisiteError
+from ..mil import Anchor, RandomDropping, create_model
+from ..store import FEATURES
+from ._bags import BagLoader, resolve_encoder
+from ._checkpoint import fold_dir, run_dir, save_checkpoint
+from ._config import TrainConfig, resolve_plugins
+from ._metrics import SCALARS, classification_metrics, mean_std, selection_score
+from ._plots import plot_history
+from ._splits import Labels, Split, make_splits, read_labels, resolve_stores, split_tag
+from ._stability import mean_entropy, stability_between
+
+__all__ = ["FoldResult", "TrainResult", "train_epoch", "train_fold", "train", "resolve_device", "evaluate"]
+
+log = logging.getLogger(__name__)
+# Progress lines of a run always go to its train.log; they reach the console only at -v (through ``log``).
+run_log = logging.getLogger("wsi_pipeline.training.run")
+run_log.propagate = False
+run_log.setLevel(logging.INFO)
+
+
+def _note(message: str, *args: Any) -> None:
+    log.info(message, *args)
+    run_log.info(message, *args)
+
+
+EpochCallback = Callable[[int, int, int, dict[str, Any]], None]
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    best_epoch: int
+    val: dict[str, Any]
+    test: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    out_dir: Path | None = None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    folds: list[FoldResult]
+    summary: dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, loader: BagLoader, slide_ids: list[str], labels: dict[str, int] | None = None
+) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
+    """Class probabilities ``(S, C)``, mean CE loss (NaN without labels) and each slide's attention ``(N,)``."""
+    model.eval()
+    probs, losses, attention = [], [], {}
+    for sid, bag in loader.iterate(slide_ids):
+        out = model(bag)
+        probs.append(torch.softmax(out.logits.float(), dim=-1)[0])  # (C,)
+        if labels is not None:
+            target = torch.tensor([labels[sid]], device=bag.device)
+            losses.append(F.cross_entropy(out.logits.float(), target))
+        attention[sid] = out.attention()[0]  # (N,)
+    if not probs:
+        return np.zeros((0, 0)), math.nan, {}
+    probs_np = torch.stack(probs).cpu().numpy()
+    loss = float(torch.stack(losses).mean()) if losses else math.nan
+    return probs_np, loss, {sid: a.cpu().numpy() for sid, a in attention.items()}
+
+
+def _cosine(total_steps: int) -> Callable[[int], float]:
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    lines = [",".join(keys)] + [",".join(_fmt(row.get(k, "")) for k in keys) for row in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def train_epoch(
+    model: nn.Module,
+    bags: Iterable[tuple[str, torch.Tensor]],
+    targets: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    dropper: RandomDropping | None = None,
+    anchor: Anchor | None = None,
+    grad_clip: float | None = 5.0,
+) -> torch.Tensor:
+    """One pass over ``bags`` with batches of one bag; returns the summed loss as a tensor (no per-step sync).
+
+    Loss = CE(slide logits) [+ mean CE of branch logits] [+ model aux losses] [+ anchor loss]; the scheduler steps
+    per iteration and the anchor follows the student after every optimiser step.
+    """
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_sum = torch.zeros((), device=next(model.parameters()).device)
+    for sid, bag in bags:
+        target = targets[sid]  # (1,)
+        keep = None
+        if dropper is not None:
+            bag, keep = dropper(model, bag)  # (N', D), (T',) or None
+        out = model(bag) if keep is None else model(bag, keep_tokens=keep)
+        loss = F.cross_entropy(out.logits, target)
+        if out.branch_logits is not None:
+            n_branches = out.branch_logits.shape[1]
+            loss = loss + F.cross_entropy(out.branch_logits.flatten(0, 1), target.expand(n_branches))
+        for extra in out.aux_losses.values():
+            loss = loss + extra
+        if anchor is not None:
+            loss = loss + anchor.loss(bag, out)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if anchor is not None:
+            anchor.update(model)
+        loss_sum += loss.detach()
+    return loss_sum
+
+
+def train_fold(
+    split: Split,
+    labels: Labels,
+    loader: BagLoader,
+    config: TrainConfig,
+    *,
+    out_dir: Path,
+    meta: dict[str, Any],
+    on_epoch: EpochCallback | None = None,
+) -> FoldResult:
+    """Train one fold and write its checkpoints, per-epoch metrics, test predictions and plots into ``out_dir``.
+
+    The model is selected on the validation slides (``config.selection``); with no validation slides the last
+    epoch is kept. Attention stability is tracked on the validation slides (the training slides when there are
+    none).
+    """
+    device = loader.device
+    seed = config.seed + split.fold
+    _seed_everything(seed)
+    generator = torch.Generator().manual_seed(seed)
+    y_of = dict(zip(labels.slide_ids, labels.y.tolist(), strict=True))
+    n_classes = len(labels.classes)
+
+    norm = None
+    if config.standardize:
+        mean, std = loader.fit_standardization(split.train)
+        loader.set_standardization(mean, std)
+        norm = {"mean": mean, "std": std}
+    else:
+        loader.set_standardization(None, None)
+
+    model_kwargs = {**config.model_kwargs, "in_dim": loader.in_dim, "n_classes": n_classes}
+    model = create_model(config.model, **model_kwargs).to(device)
+    anchor_mode, drop_mode = resolve_plugins(config)
+    anchor = None
+    if anchor_mode != "none":
+        anchor = Anchor(
+            model,
+            mode=anchor_mode,  # type: ignore[arg-type]
+            momentum=config.anchor_momentum,
+            tau=config.anchor_tau,
+            weight=config.anchor_weight,
+            reduction=config.anchor_reduction,
+            rebuild=lambda: create_model(config.model, **model_kwargs),
+        )
+    dropper = RandomDropping(drop_mode, config.n_drop, generator)  # type: ignore[arg-type]
+    dropper.check(model)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * len(split.train)
+    scheduler = (
+        torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps)) if config.schedule == "cosine" else None
+    )
+    targets = {sid: torch.tensor([y_of[sid]], device=device) for sid in split.train}
+    monitor = split.val or split.train
+    monitor_name = "val" if split.val else "train"
+
+    history: list[dict[str, Any]] = []
+    previous_attention: dict[str, np.ndarray] = {}
+    best_score, best_epoch, best_state, stale = -math.inf, 0, None, 0
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        order = [split.train[i] for i in torch.randperm(len(split.train), generator=generator).tolist()]
+        loss_sum = train_epoch(
+            model,
+            loader.iterate(order),
+            targets,
+            optimizer,
+            scheduler=scheduler,
+            dropper=dropper,
+            anchor=anchor,
+            grad_clip=config.grad_clip,
+        )
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": float(loss_sum) / max(len(split.train), 1)}
+        row["lr"] = optimizer.param_groups[0]["lr"]
+
+        probs, val_loss, attention = evaluate(model, loader, monitor, y_of)
+        if split.val:
+            metrics = classification_metrics(np.array([y_of[s] for s in split.val]), probs, n_classes)
+            metrics["loss"] = val_loss
+            row.update({f"val_{k}": metrics[k] for k in SCALARS})
+        row["attn_js"] = stability_between(previous_attention, attention)
+        row["attn_entropy"] = mean_entropy(attention)
+        row["attn_entropy_norm"] = mean_entropy(attention, normalised=True)
+        row["seconds"] = time.perf_counter() - start
+        previous_attention = attention
+        history.append(row)
+
+        score = selection_score(metrics, config.selection) if split.val else float(epoch)
+        if score > best_score:
+            best_score, best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        if on_epoch is not None:
+            on_epoch(split.fold, epoch, config.epochs, row)
+        _note(
+            "fold %d epoch %d/%d: %s",
+            split.fold,
+            epoch,
+            config.epochs,
+            ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "epoch"),
+        )
+        if config.patience is not None and split.val and stale >= config.patience:
+            _note("fold %d: early stop at epoch %d (best %d)", split.fold, epoch, best_epoch)
+            break
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_meta = {
+        **meta,
+        "model_name": config.model,
+        "model_kwargs": model_kwargs,
+        "in_dim": loader.in_dim,
+        "fold": split.fold,
+        "feature_norm": norm,
+    }
+    save_checkpoint(out_dir / "checkpoint_last.pt", model, epoch=history[-1]["epoch"], **ckpt_meta)
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    save_checkpoint(out_dir / "checkpoint_best.pt", model, epoch=best_epoch, **ckpt_meta)
+
+    result = FoldResult(split.fold, best_epoch, {}, {}, history, out_dir)
+    for name, ids in (("val", split.val), ("test", split.test)):
+        probs, loss, _ = evaluate(model, loader, ids, y_of)
+        y_true = np.array([y_of[s] for s in ids], dtype=np.int64)
+        metrics = classification_metrics(y_true, probs, n_classes)
+        metrics["loss"] = loss
+        setattr(result, name, metrics)
+        if name == "test" and ids:
+            rows = [
+                {
+                    "slide_id": s,
+                    "label": labels.classes[y_of[s]],
+                    "predicted": labels.classes[int(p.argmax())],
+                    **{f"prob_{c}": float(p[i]) for i, c in enumerate(labels.classes)},
+                }
+                for s, p in zip(ids, probs, strict=True)
+            ]
+            _write_rows(out_dir / "predictions_test.csv", rows)
+
+    _write_rows(out_dir / "metrics.csv", history)
+    fold_json = {
+        "fold": split.fold,
+        "best_epoch": best_epoch,
+        "stability_set": monitor_name,
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+        "n_test": len(split.test),
+        "val": result.val,
+        "test": result.test,
+        "history": history,
+    }
+    atomic_write_text(out_dir / "metrics.json", json.dumps(fold_json, indent=1, default=float) + "\n")
+    if config.plots:
+        plot_history(history, out_dir)
+    return result
+
+
+def _store_provenance(store: Path, encoder: str) -> dict[str, Any]:
+    """What the checkpoint must record to re-make inputs from raw slides: the tiling and embedding settings."""
+    import zarr
+
+    attrs = zarr.open_group(str(store), mode="r").attrs.asdict()
+    feature_attrs = zarr.open_array(str(store / FEATURES / encoder), mode="r").attrs.asdict()
+    return {"tiling": attrs.get("tiling"), "tile_config": attrs.get("config"), "embedding": feature_attrs}
+
+
+def train(
+    stores: str | Path,
+    labels_csv: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    overwrite: bool = False,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Train a MIL model on stored bags for every fold of a split CSV or a stratified k-fold CV.
+
+    Parameters
+    ----------
+    stores
+        Folder of ``<slide_id>.zarr`` stores, or a CSV ``slide_id,store``.
+    labels_csv
+        ``slide_id,label[,<group_column>]``; string labels map to classes in sorted order.
+    out_dir
+        Parent of the run folder ``<model>_<encoder>_<split>_seed<seed>/``.
+    config
+        ``TrainConfig``; defaults follow docs/ASMIL.md.
+    overwrite
+        Retrain folds that already finished (otherwise they are kept and the run resumes).
+    on_epoch
+        Called after each epoch with ``(fold, epoch, epochs, row)`` (the CLI's progress bar).
+
+    Returns
+    -------
+    TrainResult
+        The run folder, per-fold results and the summary (per-fold and mean +- std test metrics).
+
+    Examples
+    --------
+    >>> from wsi_pipeline.training import TrainConfig, train
+    >>> result = train("stores/", "labels.csv", "runs/", TrainConfig(model="abmil", encoder="uni"))  # doctest: +SKIP
+    """
+    config = config or TrainConfig()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.deterministic:
+        # CPU runs are bit-reproducible for a fixed thread count; on CUDA this picks deterministic kernels.
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    store_map = resolve_stores(stores)
+    labels = read_labels(labels_csv, group_column=config.group_column)
+    usable = [sid for sid in labels.slide_ids if sid in store_map]
+    if len(usable) < len(labels.slide_ids):
+        log.warning(
+            "%d labelled slides have no store in %s and are left out", len(labels.slide_ids) - len(usable), stores
+        )
+    if not usable:
+        raise MissingPrerequisiteError(
+            f"{labels_csv}: none of its slide ids has a store in {stores}; check the ids or run `wsi-pipeline tile`"
+        )
+    labels = labels.subset(usable)
+    encoder = resolve_encoder([store_map[s] for s in usable], config.encoder)
+    config = replace(config, encoder=encoder)
+    anchor_mode, drop_mode = resolve_plugins(config)
+    device = resolve_device(config.device)
+    loader = BagLoader(
+        {s: store_map[s] for s in usable}, encoder, cache=config.cache, max_cache_gb=config.max_cache_gb, device=device
+    )
+    splits = make_splits(
+        labels, split_csv=config.split_csv, folds=config.folds, val_fraction=config.val_fraction, seed=config.seed
+    )
+    run = run_dir(
+        out_dir, model=config.model, encoder=encoder, split=split_tag(config.split_csv, config.folds), seed=config.seed
+    )
+    run.mkdir(parents=True, exist_ok=True)
+    config_dict = {**config_to_dict(config), "resolved": {"anchor": anchor_mode, "drop": drop_mode}}
+    atomic_write_text(run / "config.yaml", yaml.safe_dump({"train": config_dict}, sort_keys=False))
+    atomic_write_text(run / "classes.json", json.dumps(labels.class_to_index, indent=1) + "\n")
+    meta = {
+        "config": config_dict,
+        "classes": labels.classes,
+        "encoder": encoder,
+        "source": _store_provenance(store_map[usable[0]], encoder),
+    }
+
+    handler = logging.FileHandler(run / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_log = logging.getLogger("wsi_pipeline")
+    package_log.addHandler(handler)
+    run_log.addHandler(handler)
+    try:
+        _note(
+            "run %s: %s, %d slides, %d classes, %d fold(s), device %s, anchor=%s drop=%s, package %s",
+            run,
+            config.model,
+            len(usable),
+            len(labels.classes),
+            len(splits),
+            device,
+            anchor_mode,
+            drop_mode,
+            __version__,
+        )
+        results = []
+        for split in splits:
+            fdir = fold_dir(run, split.fold)
+            done = fdir / "metrics.json"
+            if done.is_file() and (fdir / "checkpoint_best.pt").is_file() and not overwrite:
+                _note("fold %d already trained; kept (use --overwrite to redo)", split.fold)
+                saved = json.loads(done.read_text())
+                results.append(
+                    FoldResult(split.fold, saved["best_epoch"], saved["val"], saved["test"], saved["history"], fdir)
+                )
+                continue
+            results.append(train_fold(split, labels, loader, config, out_dir=fdir, meta=meta, on_epoch=on_epoch))
+        summary = _summarise(run, results)
+    finally:
+        package_log.removeHandler(handler)
+        run_log.removeHandler(handler)
+        handler.close()
+    return TrainResult(run, results, summary)
+
+
+def _summarise(run: Path, results: list[FoldResult]) -> dict[str, Any]:
+    """Write ``summary.json`` and ``summary.csv``: each fold's val/test metrics, then mean and std over folds."""
+    summary = {
+        "folds": [{"fold": r.fold, "best_epoch": r.best_epoch, "val": r.val, "test": r.test} for r in results],
+        "test_mean_std": mean_std([r.test for r in results]),
+        "val_mean_std": mean_std([r.val for r in results]),
+    }
+    atomic_write_text(run / "summary.json", json.dumps(summary, indent=1, default=float) + "\n")
+    rows = [
+        {"fold": r.fold, "best_epoch": r.best_epoch, **{f"test_{k}": r.test.get(k, math.nan) for k in SCALARS}}
+        for r in results
+    ]
+    for stat in ("mean", "std"):
+        rows.append(
+            {"fold": stat, "best_epoch": "", **{f"test_{k}": summary["test_mean_std"][k][stat] for k in SCALARS}}
+        )
+    with (run / "summary.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
+    return summary
