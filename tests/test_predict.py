@@ -102,6 +102,13 @@ def test_train_predict_round_trip_on_a_real_slide(trained: tuple[Path, Path], tm
     from PIL import Image
 
     assert Image.open(tiles[0]).size == (TILE, TILE)
+    # predict reproduces the probabilities train computed for the fold's test slides (same normalisation, model).
+    with (checkpoint.parent / "predictions_test.csv").open() as fh:
+        at_train = {r["slide_id"]: float(r["prob_upper"]) for r in csv.DictReader(fh)}
+    assert at_train
+    for row in rows:
+        if row["slide_id"] in at_train:
+            assert float(row["prob_upper"]) == pytest.approx(at_train[row["slide_id"]], abs=1e-5)
 
 
 def test_missing_slide_file_skips_heatmap_but_predicts(trained: tuple[Path, Path], tmp_path: Path) -> None:
@@ -177,10 +184,14 @@ def test_one_command_from_raw_slide_to_diagnosis(cmu_slide: Path, tmp_path: Path
     run = train(stores, labels, tmp_path / "runs", cfg)
     checkpoint = run.run_dir / "fold_0" / "checkpoint_best.pt"
 
-    from_slide = predict_slides(checkpoint, [cmu_slide], tmp_path / "p1", PredictConfig(heatmaps=False, device="cpu"))
+    from_slide = predict_slides(
+        checkpoint, [cmu_slide], tmp_path / "p1", PredictConfig(top_k=2, thumbnail_size=256, device="cpu")
+    )
     from_store = predict_slides(checkpoint, [stores / "a.zarr"], tmp_path / "p2", PredictConfig(heatmaps=False))
     assert not from_slide.failed and [r["slide_id"] for r in from_slide.rows] == [cmu_slide.stem]
     assert (tmp_path / "p1" / "stores" / f"{cmu_slide.stem}.zarr").is_dir()
+    assert (tmp_path / "p1" / "heatmaps" / f"{cmu_slide.stem}.png").is_file()
+    assert len(list((tmp_path / "p1" / "top_tiles" / cmu_slide.stem).glob("*.png"))) == 2
     made, ref = from_slide.rows[0], from_store.rows[0]
     assert made["n_tiles"] == ref["n_tiles"] and made["predicted_class"] == ref["predicted_class"]
     assert made["prob_x"] == pytest.approx(ref["prob_x"], abs=1e-5)

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..config import load_config, merge_overrides, parse_set_overrides
+from ..mil import list_models
 from ._options import ConfigOpt, DeviceOpt, EncoderOpt, OutDirOpt, OverwriteOpt, SeedOpt, SetOpt
 
 __all__ = ["train"]
@@ -22,7 +23,7 @@ def train(
     stores: Annotated[Path, typer.Argument(help="Folder of <slide_id>.zarr stores, or a CSV slide_id,store.")],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="CSV slide_id,label[,group column].")],
     out: OutDirOpt,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="MIL model: abmil, acmil or asmil.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help=f"MIL model: {', '.join(list_models())}.")] = None,
     encoder: EncoderOpt = None,
     split_csv: Annotated[
         Path | None, typer.Option("--split-csv", help="CSV slide_id,split[,fold] (train/val/test) instead of CV.")

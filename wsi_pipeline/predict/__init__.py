@@ -1,13 +1,14 @@
 """``predict``: class probabilities and attention heatmaps from a trained checkpoint."""
 
 from ._heatmap import draw_heatmap, save_top_tiles, scale_scores
-from ._predict import PredictConfig, PredictResult, check_store, predict_slides, scores_name_for
+from ._predict import PredictConfig, PredictResult, check_store, predict_slides, predict_store, scores_name_for
 
 __all__ = [
     "PredictConfig",
     "PredictResult",
     "check_store",
     "predict_slides",
+    "predict_store",
     "scores_name_for",
     "draw_heatmap",
     "save_top_tiles",

@@ -32,7 +32,7 @@ from ..training._splits import resolve_stores
 from ..training._train import resolve_device
 from ._heatmap import draw_heatmap, save_top_tiles
 
-__all__ = ["PredictConfig", "PredictResult", "predict_slides", "check_store", "scores_name_for"]
+__all__ = ["PredictConfig", "PredictResult", "predict_store", "predict_slides", "check_store", "scores_name_for"]
 
 log = logging.getLogger(__name__)
 
@@ -166,21 +166,45 @@ def _heatmap(
         return f"{store}: slide file {slide_path} not found"
     from ..slide import Slide
 
+    tile_size = int(round(float(tile_size)))  # level-0 size may be fractional (target mpp / slide mpp)
+
     with Slide(slide_path) as wsi:
         thumb, scale = wsi.thumbnail(config.thumbnail_size)
         draw_heatmap(
             thumb,
             scale,
             coords,
-            int(tile_size),
+            tile_size,
             scores,
             out_dir / "heatmaps" / f"{sid}.png",
             scaling=config.scaling,
             title=title,
         )
         if config.top_k > 0:
-            save_top_tiles(wsi, coords, int(tile_size), scores, out_dir / "top_tiles" / sid, k=config.top_k)
+            save_top_tiles(wsi, coords, tile_size, scores, out_dir / "top_tiles" / sid, k=config.top_k)
     return None
+
+
+def predict_store(
+    store: Path, model: torch.nn.Module, ckpt: dict[str, Any], *, device: torch.device | str = "cpu"
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Predict one store: ``(row, attention (N,), probabilities (C,))`` where ``row`` holds the predicted class,
+    ``prob_<class>`` columns and ``n_tiles``; the bag is normalised as in training."""
+    classes = list(ckpt["classes"])
+    bag = torch.from_numpy(np.asarray(read_features(store, ckpt["encoder"]), dtype=np.float32)).to(device)  # (N, D)
+    norm = ckpt.get("feature_norm")
+    if norm:
+        bag = (bag - norm["mean"].to(device)) / norm["std"].to(device)  # (N, D)
+    with torch.inference_mode():
+        out = model(bag)
+        probs = torch.softmax(out.logits.float(), dim=-1)[0].cpu().numpy()  # (C,)
+        attention = out.attention()[0].cpu().numpy()  # (N,)
+    row = {
+        "predicted_class": classes[int(probs.argmax())],
+        **{f"prob_{c}": float(p) for c, p in zip(classes, probs, strict=True)},
+        "n_tiles": len(attention),
+    }
+    return row, attention, probs
 
 
 def predict_slides(
@@ -239,24 +263,12 @@ def predict_slides(
     device = resolve_device(config.device)
     model = model_from_checkpoint(ckpt, device)
     classes = list(ckpt["classes"])
-    norm = ckpt.get("feature_norm")
     name = config.scores_name or scores_name_for(checkpoint, ckpt)
     rows, failed, no_heatmap = [], list(made_failed), []
     for sid, store in sorted(stores.items()):
         try:
-            bag = torch.from_numpy(np.asarray(read_features(store, ckpt["encoder"]), dtype=np.float32)).to(device)
-            if norm:
-                bag = (bag - norm["mean"].to(device)) / norm["std"].to(device)
-            with torch.inference_mode():
-                out = model(bag)
-                probs = torch.softmax(out.logits.float(), dim=-1)[0].cpu().numpy()  # (C,)
-                attention = out.attention()[0].cpu().numpy()  # (N,)
-            row = {
-                "slide_id": sid,
-                "predicted_class": classes[int(probs.argmax())],
-                "n_tiles": len(attention),
-                **{f"prob_{c}": float(p) for c, p in zip(classes, probs, strict=True)},
-            }
+            row, attention, probs = predict_store(store, model, ckpt, device=device)
+            row = {"slide_id": sid, **row}
             if config.write_scores:
                 write_scores(
                     store,

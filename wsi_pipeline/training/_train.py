@@ -23,8 +23,8 @@ from torch.nn import functional as F
 from .. import __version__
 from ..batch import atomic_write_text
 from ..config import config_to_dict
-from ..errors import MissingPrerequisiteError
-from ..mil import Anchor, RandomDropping, create_model
+from ..errors import ConfigError, MissingPrerequisiteError
+from ..mil import Anchor, RandomDropping, create_model, is_model, list_models
 from ..store import FEATURES
 from ._bags import BagLoader, resolve_encoder
 from ._checkpoint import fold_dir, run_dir, save_checkpoint
@@ -196,7 +196,10 @@ def train_fold(
         loader.set_standardization(None, None)
 
     model_kwargs = {**config.model_kwargs, "in_dim": loader.in_dim, "n_classes": n_classes}
-    model = create_model(config.model, **model_kwargs).to(device)
+    try:
+        model = create_model(config.model, **model_kwargs).to(device)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"train.model_kwargs {config.model_kwargs} do not fit {config.model!r}: {err}") from err
     anchor_mode, drop_mode = resolve_plugins(config)
     anchor = None
     if anchor_mode != "none":
@@ -210,7 +213,10 @@ def train_fold(
             rebuild=lambda: create_model(config.model, **model_kwargs),
         )
     dropper = RandomDropping(drop_mode, config.n_drop, generator)  # type: ignore[arg-type]
-    dropper.check(model)
+    try:
+        dropper.check(model)
+    except ValueError as err:
+        raise ConfigError(f"train.drop: {err}") from err
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -370,6 +376,8 @@ def train(
     >>> result = train("stores/", "labels.csv", "runs/", TrainConfig(model="abmil", encoder="uni"))  # doctest: +SKIP
     """
     config = config or TrainConfig()
+    if not is_model(config.model):
+        raise ConfigError(f"train.model: unknown MIL model {config.model!r}; valid names: {', '.join(list_models())}")
     if config.threads:
         torch.set_num_threads(config.threads)
     if config.deterministic:
@@ -395,6 +403,14 @@ def train(
     loader = BagLoader(
         {s: store_map[s] for s in usable}, encoder, cache=config.cache, max_cache_gb=config.max_cache_gb, device=device
     )
+    # Fail on a bad model/plug-in setting before anything is written.
+    try:
+        probe = create_model(config.model, **{**config.model_kwargs, "in_dim": loader.in_dim, "n_classes": 2})
+        RandomDropping(drop_mode, config.n_drop).check(probe)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"train: model {config.model!r} with {config.model_kwargs} and drop={drop_mode}: {err}"
+        ) from err
     splits = make_splits(
         labels, split_csv=config.split_csv, folds=config.folds, val_fraction=config.val_fraction, seed=config.seed
     )
