@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,3 +281,31 @@ def test_a_job_killed_mid_slide_is_redone_by_the_next_run(tmp_path: Path, sig: s
     )
     assert [r.status for r in result.records] == ["ok"]
     assert _output(tmp_path, item).read_text() == "slide-000"
+
+
+def _fork_then_terminate_child() -> int | None:
+    """Inside a batch: fork a child (as DataLoader workers are) and SIGTERM it; return the signal it died of."""
+    holder: list[int | None] = []
+
+    def process(item: Item, lock: SlideLock) -> int:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                time.sleep(30)
+            finally:
+                os._exit(3)  # reached only if SIGTERM became an exception in the child
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        holder.append(os.WTERMSIG(status) if os.WIFSIGNALED(status) else None)
+        return 1
+
+    with tempfile.TemporaryDirectory() as out:
+        run_slide_batch(_items(1), process, stage="demo", out_dir=Path(out), is_done=lambda item: False)
+    return holder[0]
+
+
+def test_forked_workers_still_die_on_sigterm() -> None:
+    # Only the batch's own process turns SIGTERM into KeyboardInterrupt; a worker would otherwise hang at exit.
+    with CTX.Pool(1) as pool:  # a fresh process, so pytest's own threads are not forked
+        assert pool.apply(_fork_then_terminate_child) == signal.SIGTERM

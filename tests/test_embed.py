@@ -129,10 +129,14 @@ def test_interrupted_slide_never_looks_finished(stores: Path, monkeypatch: pytes
     assert result.records[0].status == "failed" and "killed mid-slide" in result.records[0].error
     first = store.list_stores(stores)[0]
     assert not store.has_features(first, ENC)
-    assert [p.name for p in (first / "features").iterdir()] == []  # the temporary array is gone
+    assert [p.name for p in (first / "features").iterdir() if p.is_dir()] == []  # the temporary array is gone
     monkeypatch.setattr(EmbedRuntime, "forward", real_forward)
+    killed = first / "features" / f".{ENC}.tmp-otherhost-12345"  # what a SIGKILLed run leaves behind
+    shutil.copytree(store.list_stores(stores)[1] / "features" / ENC, killed)
+    assert not store.has_features(first, ENC)  # a leftover temporary never counts as finished
     resumed = embed_stores(stores, config=FAST)
     assert [r.status for r in resumed.records] == ["ok", "skipped"]
+    assert not killed.exists() and store.has_features(first, ENC)
 
 
 def test_unreadable_slide_is_recorded_and_batch_goes_on(stores: Path) -> None:
@@ -148,6 +152,16 @@ def test_unreadable_slide_is_recorded_and_batch_goes_on(stores: Path) -> None:
     assert "\n" not in status["a-unreadable"].error and "Traceback" not in status["a-unreadable"].error
     assert sorted(r.status for r in result.records) == ["failed", "ok", "ok"]
     assert not store.has_features(store.store_path(stores, "a-unreadable"), ENC)
+
+
+def test_overflowing_embeddings_are_never_committed(stores: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_forward = EmbedRuntime.forward
+    monkeypatch.setattr(EmbedRuntime, "forward", lambda self, tiles: real_forward(self, tiles) * 1e6)
+    result = embed_stores(stores, config=FAST)  # 1e6 does not fit in float16
+    assert all(r.status == "failed" and "non-finite" in r.error for r in result.records)
+    assert not any(store.has_features(p, ENC) for p in store.list_stores(stores))
+    ok = embed_stores(stores, config=dataclasses.replace(FAST, dtype="float32"))
+    assert all(r.status == "ok" for r in ok.records)
 
 
 def test_store_without_tiling_attrs_fails_with_the_command(stores: Path) -> None:

@@ -139,6 +139,12 @@ def test_strict_chain_and_partial_runs(run_inputs: dict[str, Path], tmp_path: Pa
     ]
 
 
+def test_weights_may_be_a_file_or_a_name(run_inputs: dict[str, Path], monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.chdir(run_inputs["labels"].parent)
+    assert _spec(run_inputs, weights="labels.csv").weights == str(run_inputs["labels"].absolute())
+    assert _spec(run_inputs, weights="hf-hub:org/model").env()["WSI_WEIGHTS"] == "hf-hub:org/model"
+
+
 def test_validate_names_the_missing_option(run_inputs: dict[str, Path]) -> None:
     with pytest.raises(ConfigError, match="--labels"):
         RunSpec(out=run_inputs["out"], slides=[str(run_inputs["slides"])], encoder="x").validate()

@@ -398,17 +398,37 @@ def run_slide_batch(
         )
 
 
+_sigterm_owner: list[int] = []  # pid of the process whose SIGTERM becomes KeyboardInterrupt
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    if os.getpid() not in _sigterm_owner:  # a forked child got the signal before the reset below ran
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _default_sigterm_in_child() -> None:
+    # Forked children (DataLoader workers...) must die on SIGTERM as usual: the parent terminates them that way,
+    # and an exception there can leave a worker hanging at exit.
+    if signal.getsignal(signal.SIGTERM) is _interrupt:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_sigterm_in_child)
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into ``KeyboardInterrupt`` so locks are released and temporary outputs removed on the way out."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    _sigterm_owner[:] = [os.getpid()]
     try:
         yield
     finally:

@@ -32,7 +32,9 @@ def submit(
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: stores/, runs/, predictions/, logs/.")] = ...,
     encoder: EncoderOpt = None,
-    weights: Annotated[Path | None, typer.Option("--weights", help="Local encoder weights file.")] = None,
+    weights: Annotated[
+        str | None, typer.Option("--weights", "-w", help="Local weights file, hf-hub:ORG/NAME, or 'random' (embed).")
+    ] = None,
     labels: Annotated[Path | None, typer.Option("--labels", help="Labels CSV for train.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="MIL model for train (default: the config's).")] = None,
     checkpoint: Annotated[
@@ -86,7 +88,7 @@ def submit(
         out=out,
         slides=[str(s) for s in slides or []],
         encoder=encoder,
-        weights=str(weights) if weights else None,
+        weights=weights,
         labels=str(labels) if labels else None,
         model=model,
         checkpoint=str(checkpoint) if checkpoint else None,

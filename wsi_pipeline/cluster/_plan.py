@@ -67,10 +67,13 @@ class RunSpec:
     def __post_init__(self) -> None:
         self.out = Path(self.out).absolute()
         self.slides = [str(Path(s).absolute()) for s in self.slides]
-        for name in ("weights", "labels", "checkpoint", "config"):
+        for name in ("labels", "checkpoint", "config"):
             value = getattr(self, name)
             if value:
                 setattr(self, name, str(Path(value).absolute()))
+        # --weights may also be `random` or `hf-hub:ORG/NAME`; only local files become absolute paths.
+        if self.weights and Path(self.weights).exists():
+            self.weights = str(Path(self.weights).absolute())
 
     @property
     def stores(self) -> Path:
@@ -108,7 +111,7 @@ class RunSpec:
                 f"predict without train needs --checkpoint or a trained model under {self.runs}; "
                 "or add train to --stages"
             )
-        for path in [*self.slides, self.labels, self.config, self.weights, self.checkpoint]:
+        for path in [*self.slides, self.labels, self.config, self.checkpoint]:
             if path and not Path(path).exists():
                 raise ConfigError(f"{path}: no such file or folder; check the path")
 

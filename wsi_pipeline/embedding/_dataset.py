@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from ..encoders import EncoderConfig
 from ..slide import Slide
 
-__all__ = ["TileDataset", "prepare_tile", "to_model_input", "worker_init"]
+__all__ = ["TileDataset", "prepare_tile", "to_model_input"]
 
 _INTERPOLATION = {
     "bilinear": cv2.INTER_LINEAR,
@@ -78,9 +78,3 @@ class TileDataset(Dataset):
 
     def close(self) -> None:
         self.slide.close()
-
-
-def worker_init(_: int) -> None:
-    # One thread per reader: the workers already run in parallel; OpenCV's own pool would oversubscribe the CPUs.
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..batch import BatchResult, Shard, SlideLock, available_cpus, run_slide_batch
+from ..batch import BatchResult, Shard, SlideLock, available_cpus, remove_path, run_slide_batch
 from ..config import config_to_dict
 from ..encoders import Encoder, create_encoder
-from ..errors import ConfigError, SlideError, SlideOpenError, StoreError
+from ..errors import ConfigError, EncoderError, SlideError, SlideOpenError, StoreError
 from ..slide import Slide
 from ..store import FeatureWriter, has_features, list_stores, open_store, slide_id_from_store
 from ._config import EmbedConfig
-from ._dataset import TileDataset, to_model_input, worker_init
+from ._dataset import TileDataset, to_model_input
 
 __all__ = [
     "embed_slide",
@@ -116,6 +116,8 @@ class EmbedRuntime:
     def create(cls, encoder: Encoder, config: EmbedConfig) -> EmbedRuntime:
         device = resolve_device(config.device)
         precision = resolve_precision(config.precision, device, encoder.precision)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # every batch has the same shape: pick the fastest kernels once
         model = encoder.model.to(device).eval()
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -141,10 +143,11 @@ class EmbedRuntime:
             # A fixed batch shape avoids recompiling for the last, shorter batch.
             pad = tiles.new_zeros((self.config.batch_size - n, *tiles.shape[1:]))
             tiles = torch.cat([tiles, pad])
-        x = to_model_input(tiles, self.mean, self.std, channels_last=self.config.channels_last)
-        with torch.inference_mode(), self.autocast():
-            out = self.model(x)  # (B, D)
-        return out[:n].float()
+        with torch.inference_mode():
+            x = to_model_input(tiles, self.mean, self.std, channels_last=self.config.channels_last)  # (B, 3, S, S)
+            with self.autocast():
+                out = self.model(x)  # (B, D)
+            return out[:n].float()
 
 
 class _ChunkSink:
@@ -207,7 +210,8 @@ def _batches(dataset: TileDataset, runtime: EmbedRuntime) -> Iterator[tuple[torc
         num_workers=workers,
         pin_memory=runtime.device.type == "cuda",
         prefetch_factor=runtime.config.prefetch_factor if workers else None,
-        worker_init_fn=worker_init if workers else None,
+        # No cv2.setNumThreads() in the workers: after a fork it can deadlock on the parent's OpenCV thread pool
+        # (DataLoader already gives each worker one torch thread).
     )
     try:
         yield from loader
@@ -274,6 +278,7 @@ def embed_slide(
         "read_size": read_size,
         "config": config_to_dict(runtime.config),
     }
+    _remove_stale_temporaries(store, enc.enc_name)
     writer = FeatureWriter(store, enc.enc_name, len(coords), enc.dim, dtype=runtime.config.dtype, attrs=attrs)
     sink = _ChunkSink(writer, runtime.config.dtype)
     cuda = runtime.device.type == "cuda"
@@ -281,9 +286,12 @@ def embed_slide(
         progress(slide_id, 0, len(coords))
     beat = time.monotonic()
     pending: tuple[torch.Tensor, Any] | None = None
+    # Overflow (fp16 autocast, float16 storage) is tracked on the device, so no batch waits for a check.
+    nonfinite = torch.zeros((), dtype=torch.bool, device=runtime.device)
     try:
         for _, tiles in _batches(dataset, runtime):
             feats = runtime.forward(tiles).to(torch.float16 if runtime.config.dtype == "float16" else torch.float32)
+            nonfinite |= ~torch.isfinite(feats).all()
             if cuda:
                 # Copy back without waiting; the event says when it has landed, one batch later.
                 host, event = feats.to("cpu", non_blocking=True), torch.cuda.Event()
@@ -298,6 +306,11 @@ def embed_slide(
                 beat = time.monotonic()
         if pending is not None:
             _land(pending, sink, progress, slide_id, len(coords))
+        if bool(nonfinite):
+            raise EncoderError(
+                f"{store}: {enc.enc_name} gave non-finite embeddings ({runtime.precision}, stored as "
+                f"{runtime.config.dtype}); use --precision fp32 or --set dtype=float32"
+            )
         sink.flush()
         writer.commit()
     except BaseException:
@@ -306,6 +319,13 @@ def embed_slide(
     finally:
         dataset.close()
     return len(coords)
+
+
+def _remove_stale_temporaries(store: Path, name: str) -> None:
+    """Drop half-written arrays of this encoder left by killed runs (we hold the slide's lock for this encoder)."""
+    for leftover in (store / "features").glob(f".{name}.tmp-*"):
+        log.info("removing %s left by an interrupted run", leftover)
+        remove_path(leftover)
 
 
 def _land(

@@ -25,6 +25,7 @@ __all__ = [
     "create_encoder",
     "enc_name",
     "describe_encoders",
+    "encoders_markdown",
 ]
 
 _ENCODERS: dict[str, Callable[..., EncoderConfig]] = {}
@@ -76,6 +77,8 @@ def _timm_config(name: str) -> EncoderConfig:
     return EncoderConfig(
         name=enc_name(model_name),
         timm_name=arch,
+        # Headless: the loader drops the checkpoint's classifier, whatever its number of classes.
+        timm_kwargs={"num_classes": 0},
         input_size=int(pre.get("input_size", (3, 224, 224))[-1]),
         resize="resize",
         interpolation=pre.get("interpolation") if pre.get("interpolation") in ("bilinear", "bicubic") else "bicubic",
@@ -103,7 +106,7 @@ def _hf_hub_config(name: str, offline: bool) -> EncoderConfig:
     return EncoderConfig(
         name=enc_name(name),
         timm_name=arch,
-        timm_kwargs=dict(data.get("model_args", {}), num_classes=data.get("num_classes", 0)),
+        timm_kwargs=dict(data.get("model_args", {}), num_classes=0),
         input_size=int(pre.get("input_size", (3, 224, 224))[-1]),
         interpolation=pre.get("interpolation") if pre.get("interpolation") in ("bilinear", "bicubic") else "bicubic",
         mean=tuple(pre.get("mean", (0.485, 0.456, 0.406))),
@@ -164,6 +167,14 @@ def create_encoder(
     return build_encoder(cfg, weights=weights, offline=offline, seed=seed)
 
 
+def _pooling_words(cfg: EncoderConfig) -> str:
+    if cfg.pooling == "model":
+        return "cls token" if "vit" in cfg.timm_name else "global avg pool"
+    return {"cls": "cls token", "cls_mean": "cls + mean of patch tokens", "mean_patch": "mean of patch tokens"}[
+        cfg.pooling
+    ]
+
+
 def describe_encoders() -> list[dict[str, Any]]:
     """One row per preset (name, timm model, dim, input, pooling, precision, weights, license), from the registry."""
     rows = []
@@ -182,7 +193,7 @@ def describe_encoders() -> list[dict[str, Any]]:
                 "timm_name": cfg.timm_name,
                 "dim": cfg.dim,
                 "input": resize,
-                "pooling": cfg.pooling,
+                "pooling": _pooling_words(cfg),
                 "precision": cfg.precision,
                 "weights": weights,
                 "license": cfg.license,
@@ -190,3 +201,13 @@ def describe_encoders() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def encoders_markdown() -> str:
+    """The preset table in Markdown, generated from the registry (pasted into the README; a test keeps it current)."""
+    columns = ["name", "timm_name", "dim", "input", "pooling", "precision", "weights", "license", "description"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in describe_encoders():
+        cells = [f"`{row['name']}`", f"`{row['timm_name']}`", *(str(row[c]) for c in columns[2:])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
