@@ -166,3 +166,32 @@ def test_timm_name_loads_a_checkpoint_with_any_head(tmp_path: Path) -> None:
     torch.save(timm.create_model("test_resnet", num_classes=21843).state_dict(), tmp_path / "in21k.pth")
     enc = create_encoder("timm:test_resnet", weights=str(tmp_path / "in21k.pth"))
     assert enc.dim == 96 and enc.weights.source == "local"
+
+
+def test_hub_weights_path_with_a_stand_in_for_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub path, without network: hf_hub_download replaced by a stand-in that serves a local file."""
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    state = timm.create_model("tf_efficientnet_lite0").state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    calls = []
+
+    def fake_download(repo_id: str, filename: str, *, local_files_only: bool = False) -> str:
+        calls.append((repo_id, filename, local_files_only))
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    enc = create_encoder("efficientnet_lite0", offline=True)
+    assert calls == [("timm/tf_efficientnet_lite0.in1k", "model.safetensors", True)]
+    assert enc.weights.source == "hf-hub:timm/tf_efficientnet_lite0.in1k"
+    assert enc.weights.sha256 == file_sha256(tmp_path / "model.safetensors")
+
+    def gated(repo_id: str, filename: str, *, local_files_only: bool = False) -> str:
+        err = GatedRepoError.__new__(GatedRepoError)
+        Exception.__init__(err, "403 gated")
+        raise err
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", gated)
+    with pytest.raises(WeightsError, match=r"MahmoodLab/UNI2-h is gated.*request access.*--weights PATH"):
+        create_encoder("uni2_h")

@@ -75,6 +75,7 @@ def embed(
     if stores_dir is None:
         raise typer.BadParameter("give the folder of tile stores (or --list)", param_hint="STORES_DIR")
     from ..embedding import EmbedConfig, embed_stores, load_encoder
+    from ..store import list_stores
 
     options = {
         "encoder": encoder,
@@ -87,7 +88,10 @@ def embed(
         "offline": offline or None,
     }
     cfg = load_config(EmbedConfig, "embed", config, merge_overrides(options, parse_set_overrides(set_)))
-    enc = load_encoder(cfg)  # before the progress bar: weight errors come out as one clean line
+    # Everything that can fail on bad input happens before the progress bar, so errors come out as one clean line.
+    selected = resolve_shard(shard)
+    list_stores(stores_dir)
+    enc = load_encoder(cfg)
     with Progress(
         TextColumn("[bold]embed[/] {task.description}"),
         BarColumn(),
@@ -106,7 +110,7 @@ def embed(
                 bar.advance(task, done)
 
         result = embed_stores(
-            stores_dir, config=cfg, shard=resolve_shard(shard), overwrite=overwrite, progress=progress, encoder=enc
+            stores_dir, config=cfg, shard=selected, overwrite=overwrite, progress=progress, encoder=enc
         )
     for record in result.failed:
         console.print(f"[red]failed[/] {record.slide_id}: {record.error}", highlight=False, soft_wrap=True)

@@ -156,10 +156,13 @@ def remap_state_dict(
 
     ``remap="auto"`` strips wrapper prefixes and drops classifier tensors the headless model has no place for;
     ``"by_order"`` pairs tensors one to one in order, checking every shape (for checkpoints whose names differ,
-    such as the lukemelas EfficientNet ones).
+    such as the lukemelas EfficientNet ones); a checkpoint whose names already fit is matched by name.
     """
     target = model.state_dict()
     if remap == "by_order":
+        named = _strip_prefixes(dict(state), set(target))
+        if set(named) == set(target):  # names already fit (e.g. timm's own file, saved sorted by safetensors)
+            return named
         return _pair_by_order(state, target, source)
     if remap != "auto":
         raise WeightsError(f"{source}: weights_remap={remap!r} is not one of auto, by_order")

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+
+from ..batch import atomic_path, temporary_then_rename
+from ..slide import Slide
+from ..tiling import read_tile
 
 __all__ = ["scale_scores", "draw_heatmap", "save_top_tiles"]
 
@@ -51,7 +57,7 @@ def draw_heatmap(
     alpha: float = 0.5,
 ) -> Path:
     """Draw each tile's scaled score over ``thumbnail`` (level-0 px per thumbnail px: ``thumb_scale``) with a
-    colour bar; tiles without a score stay transparent."""
+    colour bar; tiles without a score stay transparent. The PNG is written under a temporary name and renamed."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -73,31 +79,40 @@ def draw_heatmap(
     if title:
         ax.set_title(title)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    tmp = atomic_path(out_png)
+    try:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        os.replace(tmp, out_png)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return out_png
 
 
 def save_top_tiles(
-    slide: object,
+    slide: Slide,
     coords: np.ndarray,
-    tile_size_level0: int,
+    tiling: Mapping[str, Any],
     scores: np.ndarray,
     out_dir: Path,
     *,
     k: int = 8,
 ) -> list[Path]:
-    """Save the ``k`` highest-scoring tiles, read at level 0 from ``slide`` (a ``Slide``), as PNGs named
-    ``rank<r>_x<x>_y<y>.png``."""
+    """Save the ``k`` highest-scoring tiles as PNGs named ``rank<r>_x<x>_y<y>.png`` in ``out_dir``.
+
+    Tiles are read as the encoder saw them (``read_tile``: the store's read level, resized to ``tile_size``).
+    ``out_dir`` is filled under a temporary name and replaces any previous folder when complete.
+    """
     from PIL import Image
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     top = np.argsort(-np.asarray(scores), kind="stable")[:k]
-    paths = []
-    for rank, index in enumerate(top, start=1):
-        x, y = (int(v) for v in coords[index])
-        pixels = slide.read_region((x, y), 0, (tile_size_level0, tile_size_level0))  # type: ignore[attr-defined]
-        path = out_dir / f"rank{rank:02d}_x{x}_y{y}.png"
-        Image.fromarray(pixels).save(path)
-        paths.append(path)
-    return paths
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    names = []
+    with temporary_then_rename(out_dir) as tmp:
+        tmp.mkdir()
+        for rank, index in enumerate(top, start=1):
+            x, y = (int(v) for v in coords[index])
+            name = f"rank{rank:02d}_x{x}_y{y}.png"
+            Image.fromarray(read_tile(slide, (x, y), tiling)).save(tmp / name)
+            names.append(name)
+    return [out_dir / name for name in names]

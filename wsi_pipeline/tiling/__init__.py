@@ -9,6 +9,7 @@ Examples
 
 from ._config import EDGE_POLICIES, QcConfig, TileConfig
 from ._grid import grid_positions, select_tiles, tissue_fractions
+from ._read import read_tile
 from ._tile import STAGE, TileGrid, check_store_settings, compute_tile_grid, tile_slide, tile_slides
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "grid_positions",
     "tissue_fractions",
     "select_tiles",
+    "read_tile",
 ]
