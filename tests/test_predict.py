@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ import zarr
 from typer.testing import CliRunner
 
 from tests.conftest import CMU_SMALL
+from wsi_pipeline.batch import Shard, read_manifest
 from wsi_pipeline.errors import CheckpointError, StoreMismatchError
-from wsi_pipeline.predict import PredictConfig, predict_slides, scale_scores
+from wsi_pipeline.predict import PredictConfig, predict_slides, read_slide_result, scale_scores, slide_result_path
 from wsi_pipeline.slide import Slide
 from wsi_pipeline.store import FeatureWriter, read_scores, store_path, write_tile_store
 from wsi_pipeline.training import TrainConfig, train
@@ -151,6 +153,163 @@ def test_cli_predict(trained: tuple[Path, Path], tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cli" / "predictions.csv").is_file() and not (tmp_path / "cli" / "heatmaps").exists()
+    assert "predict: 6 ok, 0 skipped, 0 failed" in result.output
+
+
+FAST = PredictConfig(heatmaps=False, device="cpu")
+
+
+def _statuses(out: Path) -> dict[str, str]:
+    return {r.slide_id: r.status for r in read_manifest(out, "predict")}
+
+
+def _predicted_ids(out: Path) -> list[str]:
+    with (out / "predictions.csv").open() as fh:
+        return [row["slide_id"] for row in csv.DictReader(fh)]
+
+
+def test_resume_skips_finished_slides_and_overwrite_redoes_them(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    checkpoint, stores = trained
+    out = tmp_path / "pred"
+    first = predict_slides(checkpoint, [stores], out, PredictConfig(top_k=2, thumbnail_size=256, device="cpu"))
+    ids = [f"cmu_band{i}" for i in range(6)]
+    assert [r.status for r in first.records] == ["ok"] * 6 and _statuses(out) == dict.fromkeys(ids, "ok")
+    result = read_slide_result(out, "cmu_band0")
+    assert result is not None and result["checkpoint"]["sha256"] and result["n_tiles"] == first.rows[0]["n_tiles"]
+    outputs = [slide_result_path(out, sid) for sid in ids] + [out / "heatmaps" / f"{sid}.png" for sid in ids]
+    stamps = {path: path.stat().st_mtime_ns for path in outputs}
+    csv_before = (out / "predictions.csv").read_text()
+
+    again = predict_slides(checkpoint, [stores], out, PredictConfig(top_k=2, thumbnail_size=256, device="cpu"))
+    assert [r.status for r in again.records] == ["skipped"] * 6
+    assert {path: path.stat().st_mtime_ns for path in outputs} == stamps  # nothing was recomputed
+    assert (out / "predictions.csv").read_text() == csv_before and again.rows == first.rows
+
+    redone = predict_slides(checkpoint, [stores], out, FAST, overwrite=True)
+    assert [r.status for r in redone.records] == ["ok"] * 6
+    assert all(slide_result_path(out, sid).stat().st_mtime_ns > stamps[slide_result_path(out, sid)] for sid in ids)
+    assert (out / "predictions.csv").read_text() == csv_before  # same checkpoint, same answers
+    assert not list(out.rglob(".*.tmp-*")) and not list((out / ".locks").rglob("*.lock"))
+
+
+def test_another_checkpoint_is_not_done(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    checkpoint, stores = trained
+    out = tmp_path / "pred"
+    predict_slides(checkpoint, [stores / "cmu_band0.zarr"], out, FAST)
+    retrained = tmp_path / checkpoint.parent.parent.name / "fold_0" / "checkpoint_best.pt"  # same scores name
+    retrained.parent.mkdir(parents=True)
+    retrained.write_bytes(checkpoint.read_bytes() + b"\0")  # same model, another file content
+    assert predict_slides(retrained, [stores / "cmu_band0.zarr"], out, FAST).records[0].status == "ok"
+    # A copy of the same checkpoint is the same one.
+    shutil.copyfile(checkpoint, retrained)
+    predict_slides(retrained, [stores / "cmu_band0.zarr"], out, FAST)
+    assert predict_slides(checkpoint, [stores / "cmu_band0.zarr"], out, FAST).records[0].status == "skipped"
+
+
+def test_two_shards_cover_every_slide_once(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two array tasks at once on one output folder: each slide predicted by exactly one of them, and the merged
+    predictions.csv, rewritten by both, ends with every slide once."""
+    checkpoint, stores = trained
+    out = tmp_path / "pred"
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda i: predict_slides(checkpoint, [stores], out, FAST, shard=Shard(i, 2)), (0, 1)))
+    done = [[r.slide_id for r in run.records if r.status == "ok"] for run in runs]
+    assert done == [["cmu_band0", "cmu_band2", "cmu_band4"], ["cmu_band1", "cmu_band3", "cmu_band5"]]
+    assert sorted(p.name for p in (out / "manifests").glob("predict*.csv")) == [
+        "predict.shard-0-of-2.csv",
+        "predict.shard-1-of-2.csv",
+    ]
+    assert _predicted_ids(out) == [f"cmu_band{i}" for i in range(6)]
+    assert set(_statuses(out).values()) == {"ok"}
+    # A re-submitted shard finds its slides done.
+    assert {r.status for r in predict_slides(checkpoint, [stores], out, FAST, shard=Shard(1, 2)).records} == {"skipped"}
+
+
+def test_cli_shards_from_the_option_and_from_slurm_variables(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from wsi_pipeline.cli import app
+
+    checkpoint, stores = trained
+    out = tmp_path / "cli"
+    argv = ["predict", str(checkpoint), str(stores), "-o", str(out), "--no-heatmaps", "--device", "cpu"]
+    first = CliRunner().invoke(app, [*argv, "--shard", "0/2"])
+    assert first.exit_code == 0, first.output
+    assert _predicted_ids(out) == ["cmu_band0", "cmu_band2", "cmu_band4"]
+    second = CliRunner().invoke(app, argv, env={"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2"})
+    assert second.exit_code == 0, second.output
+    assert _predicted_ids(out) == [f"cmu_band{i}" for i in range(6)]
+    assert (out / "manifests" / "predict.shard-1-of-2.csv").is_file()
+
+
+def test_a_bad_store_fails_alone(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from wsi_pipeline.cli import app
+
+    checkpoint, stores = trained
+    bad = tmp_path / "more" / "bad.zarr"
+    write_tile_store(bad, np.zeros((3, 2)), np.ones(3), {"slide": {"id": "bad", "path": None}, "tiling": {}})
+    with FeatureWriter(bad, "uni", 3, 8) as writer:
+        writer.write(0, np.zeros((3, 8)))
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(
+        app, ["predict", str(checkpoint), str(stores), str(bad), "-o", str(out), "--no-heatmaps", "--device", "cpu"]
+    )
+    assert result.exit_code == 1, result.output
+    statuses = _statuses(out)
+    assert statuses.pop("bad") == "failed" and set(statuses.values()) == {"ok"} and len(statuses) == 6
+    record = next(r for r in read_manifest(out, "predict") if r.slide_id == "bad")
+    assert "no 'colour-stats' embeddings (found: uni)" in record.error and "wsi-pipeline embed" in record.error
+    assert _predicted_ids(out) == [f"cmu_band{i}" for i in range(6)]
+    assert "predict: 6 ok, 0 skipped, 1 failed" in result.output
+
+    # Embedded with the right encoder, the bad slide alone is predicted on the next run.
+    with FeatureWriter(bad, ENCODER, 3, 8) as writer:
+        writer.write(0, np.zeros((3, 8)))
+    again = predict_slides(checkpoint, [stores, bad], out, FAST)
+    assert {r.slide_id: r.status for r in again.records if r.status == "ok"} == {"bad": "ok"}
+    assert len(again.rows) == 7
+
+
+def test_re_embedded_store_is_predicted_again(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    checkpoint, stores = trained
+    store = tmp_path / "s" / "cmu_band3.zarr"
+    shutil.copytree(stores / "cmu_band3.zarr", store)
+    out = tmp_path / "pred"
+    predict_slides(checkpoint, [store], out, FAST)
+    n = int(read_slide_result(out, "cmu_band3")["n_tiles"])
+    feats = np.asarray(zarr.open_array(str(store / "features" / ENCODER))[...])
+    group = zarr.open_group(str(store / "features"), mode="a")
+    group[ENCODER].attrs["wsi_pipeline"] = {**group[ENCODER].attrs["wsi_pipeline"], "created": "later"}
+    assert predict_slides(checkpoint, [store], out, FAST).records[0].status == "ok"
+    assert predict_slides(checkpoint, [store], out, FAST).records[0].status == "skipped"
+    shutil.rmtree(store / "scores")  # scores lost (e.g. a copied store): redone
+    assert predict_slides(checkpoint, [store], out, FAST).records[0].status == "ok"
+    assert feats.shape[0] == n
+
+
+def test_top_tiles_are_read_as_the_encoder_saw_them(generated_slide, tmp_path: Path) -> None:  # noqa: ANN001
+    import cv2
+    from PIL import Image
+
+    from wsi_pipeline.predict import save_top_tiles
+    from wsi_pipeline.store import read_attrs, read_coords
+    from wsi_pipeline.tiling import TileConfig, read_tile, tile_slide
+
+    # A 0.25 mpp slide with a 4x pyramid, tiled at 1 mpp: the encoder read level 1, not level 0.
+    store = tile_slide(
+        Slide(generated_slide.path, slide_id="g"), tmp_path / "stores", config=TileConfig(target_mpp=1.0)
+    )
+    attrs = read_attrs(store)
+    tiling, coords = attrs["tiling"], read_coords(store)
+    assert tiling["read_level"] == 1 and tiling["read_size"] == tiling["tile_size"] == 224
+    size0 = int(round(tiling["tile_size_level0"]))
+    with Slide(attrs["slide"]["path"]) as slide:
+        tile = read_tile(slide, coords[0], tiling)
+        assert tile.shape == (224, 224, 3) and tile.dtype == np.uint8
+        level0 = slide.read_region(tuple(int(v) for v in coords[0]), 0, (size0, size0))
+        reference = cv2.resize(level0, (224, 224), interpolation=cv2.INTER_AREA)
+        assert np.abs(tile.astype(np.int16) - reference).mean() < 10  # the same region, at the encoder's scale
+        paths = save_top_tiles(slide, coords, tiling, np.arange(len(coords))[::-1], tmp_path / "top", k=2)
+    assert [p.name for p in paths] == sorted(p.name for p in (tmp_path / "top").iterdir())
+    assert np.array_equal(np.asarray(Image.open(paths[0])), tile)  # rank 1 is tile 0 (the highest score)
 
 
 def test_rank_scaling_keeps_concentrated_attention_visible() -> None:
@@ -195,3 +354,25 @@ def test_one_command_from_raw_slide_to_diagnosis(cmu_slide: Path, tmp_path: Path
     made, ref = from_slide.rows[0], from_store.rows[0]
     assert made["n_tiles"] == ref["n_tiles"] and made["predicted_class"] == ref["predicted_class"]
     assert made["prob_x"] == pytest.approx(ref["prob_x"], abs=1e-5)
+
+    # Raw slides, sharded: each shard tiles, embeds and predicts only its own slides; a re-run skips them all.
+    out = tmp_path / "p3"
+    fast = PredictConfig(heatmaps=False, device="cpu")
+    (slides / "broken.svs").write_bytes(cmu_slide.read_bytes()[:5000])  # truncated: fails alone
+    first = predict_slides(checkpoint, [slides], out, fast, shard=Shard(0, 2))
+    # Sorted ids a, b, broken, c, d dealt round-robin: shard 0 gets a, broken, d.
+    assert {r.slide_id: r.status for r in first.records} == {"a": "ok", "broken": "failed", "d": "ok"}
+    assert sorted(p.name for p in (out / "stores").glob("*.zarr")) == ["a.zarr", "d.zarr"]
+    assert [r["slide_id"] for r in first.rows] == ["a", "d"]
+    second = predict_slides(checkpoint, [slides], out, fast, shard=Shard(1, 2))
+    assert {r.slide_id: r.status for r in second.records} == {"b": "ok", "c": "ok"}
+    assert _predicted_ids(out) == ["a", "b", "c", "d"]
+    again = predict_slides(checkpoint, [slides], out, fast)
+    assert {r.slide_id: r.status for r in again.records} == {
+        "a": "skipped",
+        "b": "skipped",
+        "broken": "failed",
+        "c": "skipped",
+        "d": "skipped",
+    }
+    assert again.rows == [{**row, "slide_id": sid} for sid, row in zip("abcd", [first.rows[0]] * 4, strict=True)]

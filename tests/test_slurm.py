@@ -114,10 +114,16 @@ def test_full_run_as_job_arrays_equals_the_local_run(
     # A tile task with a failed slide exits 1; afterany still runs embed and train on the good slides.
     assert len(states["tile"]) == 2 and "FAILED" in states["tile"]
     assert states["embed"] == ["COMPLETED", "COMPLETED"]
-    assert states["train"] == states["predict"] == ["COMPLETED"]
+    assert states["train"] == ["COMPLETED"]
+    assert states["predict"] == ["COMPLETED", "COMPLETED"]  # predict is an array too: both shards write one folder
     logs = sorted((tmp_path / "slurm" / "logs" / "slurm" / "tile").glob("*.out"))
     assert len(logs) == 2 and any("broken" in log.read_text() for log in logs)
-    assert len(list((tmp_path / "slurm" / "logs" / "slurm" / "predict").glob("*.out"))) == 1
+    assert len(list((tmp_path / "slurm" / "logs" / "slurm" / "predict").glob("*.out"))) == 2
+    predictions = tmp_path / "slurm" / "predictions"
+    assert sorted(p.name for p in (predictions / "manifests").glob("predict*.csv")) == [
+        "predict.shard-0-of-2.csv",
+        "predict.shard-1-of-2.csv",
+    ]
     print(f"slurm run: {time.monotonic() - started:.0f}s")
 
     _assert_same_outputs(tmp_path / "local" / "stores", tmp_path / "slurm" / "stores")
@@ -133,11 +139,17 @@ def test_full_run_as_job_arrays_equals_the_local_run(
         assert abs(float(row["prob_1"]) - float(remote_pred[sid]["prob_1"])) < 1e-3
 
     # Submitting again resumes: every finished slide is skipped, the bad ones are tried (and fail) again.
-    again = submit(tmp_path / "slurm", *cluster_opts, "--stages=tile,embed")
+    before = {p: p.stat().st_mtime_ns for p in (predictions / "slides").glob("*.json")}
+    again = submit(tmp_path / "slurm", *cluster_opts, "--stages=tile,embed,predict")
     assert again.returncode == 1
     statuses = {r.slide_id: r.status for r in read_manifest(tmp_path / "slurm" / "stores", "tile")}
     assert statuses.pop("broken") == statuses.pop("small") == "failed"
     assert set(statuses.values()) == {"skipped"}
+    predicted = {r.slide_id: r.status for r in read_manifest(predictions, "predict")}
+    assert predicted == dict.fromkeys(remote_pred, "skipped")
+    assert {p: p.stat().st_mtime_ns for p in (predictions / "slides").glob("*.json")} == before and len(before) == 5
+    assert _read_csv(predictions / "predictions.csv") == remote_pred
+    assert not list((predictions / ".locks").rglob("*.lock"))
 
 
 def _read_csv(path: Path) -> dict[str, dict[str, str]]:

@@ -108,7 +108,7 @@ def test_chain_dependencies_arrays_and_overrides(run_inputs: dict[str, Path]) ->
     spec = _spec(run_inputs)
     jobs = plan_jobs(spec, config, count_slides(spec.slides), STAGES_DIR)
     assert [job.stage for job in jobs] == ["tile", "embed", "train", "predict"]
-    assert [job.tasks for job in jobs] == [2, 2, None, None]  # 3 slides, 2 per task; train, predict: one job
+    assert [job.tasks for job in jobs] == [2, 2, None, 2]  # 3 slides, 2 per task; train: one job
     assert [(job.after, job.dependency) for job in jobs] == [
         (None, "afterany"),
         ("tile", "afterany"),
@@ -120,6 +120,8 @@ def test_chain_dependencies_arrays_and_overrides(run_inputs: dict[str, Path]) ->
     assert _option(tile, "--output") == str(spec.out / "logs" / "slurm" / "tile" / "%A_%a.out")
     assert _option(train, "--output") == str(spec.out / "logs" / "slurm" / "train" / "%j.out")
     assert _option(train, "--array") is None
+    assert _option(predict, "--array") == "0-1%3"
+    assert _option(predict, "--output") == str(spec.out / "logs" / "slurm" / "predict" / "%A_%a.out")
     assert (_option(tile, "--partition"), _option(embed, "--partition")) == ("cpu", "gpu")
     assert (_option(tile, "--mem"), _option(embed, "--mem")) == ("4G", "32G")
     assert _option(embed, "--gres") == "gpu:a100:2"
@@ -135,7 +137,7 @@ def test_strict_chain_and_partial_runs(run_inputs: dict[str, Path], tmp_path: Pa
     jobs = plan_jobs(spec, SubmitConfig(dependency="afterok"), 60, STAGES_DIR)
     assert [(job.stage, job.after, job.dependency, job.tasks) for job in jobs] == [
         ("embed", None, "afterok", 3),
-        ("predict", "embed", "afterok", None),
+        ("predict", "embed", "afterok", 3),
     ]
 
 
@@ -177,7 +179,7 @@ def test_dry_run_cli_prints_a_runnable_script(run_inputs: dict[str, Path]) -> No
     )
     assert result.exit_code == 0, result.output
     script = result.stdout
-    assert "--array=0-2%2" in script
+    assert script.count("--array=0-2%2") == 3  # tile, embed and predict are arrays; train is one job
     assert '"--dependency=afterany:$TILE"' in script and '"--dependency=afterok:$TRAIN"' in script
     assert "export WSI_SHARDS=3" in script and "export WSI_ENCODER=resnet18" in script
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
@@ -318,8 +320,22 @@ def test_stage_scripts_build_the_cli_call_from_the_environment(run_inputs: dict[
         "--device",
         "cpu",
     ]
-    predict = _script_argv("predict", {**env, "WSI_CHECKPOINT": "/m/best.pt"}, fake_cli)
-    assert predict[1:5] == ["predict", "/m/best.pt", str(spec.stores), "--out"]
+    predict = _script_argv("predict", {**env, "WSI_CHECKPOINT": "/m/best.pt", "SLURM_ARRAY_TASK_ID": "3"}, fake_cli)
+    assert predict[1:] == [
+        "predict",
+        "/m/best.pt",
+        str(spec.stores),
+        "--out",
+        str(spec.predictions),
+        "--config",
+        "/dev/null",
+        "--device",
+        "cpu",
+        "--overwrite",
+        "--shard",
+        "3/4",
+    ]
+    assert "--shard" not in _script_argv("predict", {**env, "WSI_CHECKPOINT": "/m/best.pt"}, fake_cli)
 
 
 def test_stage_scripts_say_what_is_missing(fake_cli: Path) -> None:

@@ -9,12 +9,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..batch import SlideRecord, resolve_shard
 from ..config import load_config, merge_overrides, parse_set_overrides
-from ._options import ConfigOpt, DeviceOpt, OutDirOpt, SetOpt
+from ._options import ConfigOpt, DeviceOpt, OutDirOpt, OverwriteOpt, SetOpt, ShardOpt
+from ._summary import summary_table
 
 __all__ = ["predict"]
 
-console = Console()
+console = Console(stderr=True)
 
 
 def predict(
@@ -31,29 +33,45 @@ def predict(
     device: DeviceOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    shard: ShardOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Predict slides: <out>/predictions.csv, heatmaps/, top_tiles/, and scores/<run> in each store."""
+    """Predict slides: OUT/predictions.csv, OUT/slides/<slide_id>.json, heatmaps/, top_tiles/, manifests/predict*.csv,
+    and scores/<run> in each store. Finished slides are skipped; exit code 1 when any slide failed.
+
+    Example: wsi-pipeline predict runs/RUN/fold_0/checkpoint_best.pt stores/ --out pred/ --shard 0/4
+    """
     from ..predict import PredictConfig, predict_slides
 
     options = {"top_k": top_k, "heatmaps": heatmaps, "scaling": scaling, "device": device}
     cfg = load_config(PredictConfig, "predict", config, merge_overrides(options, parse_set_overrides(set_)))
+    chosen_shard = resolve_shard(shard)
     with Progress(
-        TextColumn("[bold]predict"),
+        TextColumn("[bold]predict[/] {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task("predict", total=None, info="")
+        task = progress.add_task("", total=None)
 
-        def on_slide(slide_id: str, row: dict) -> None:
-            progress.update(task, advance=1, info=f"{slide_id}: {row['predicted_class']}")
+        def on_record(rec: SlideRecord) -> None:
+            progress.update(task, advance=1, description=f"{rec.slide_id}: {rec.status}")
 
-        result = predict_slides(checkpoint, inputs, out, cfg, on_slide=on_slide)
-    console.print(f"{len(result.rows)} slide(s) predicted -> {result.csv}")
+        result = predict_slides(
+            checkpoint, inputs, out, cfg, shard=chosen_shard, overwrite=overwrite, on_record=on_record
+        )
+    rows = {row["slide_id"]: row for row in result.rows}
+
+    def prediction(rec: SlideRecord) -> str:
+        row = rows.get(rec.slide_id)
+        if row is None or rec.status == "failed":
+            return ""
+        label = row["predicted_class"]
+        return f"{label} ({row[f'prob_{label}']:.2f})"
+
+    console.print(summary_table("predict", result.batch, {"prediction": prediction}))
+    console.print(f"{len(result.rows)} slide(s) in {result.csv}", highlight=False, soft_wrap=True)
     if result.failed:
-        for slide_id, reason in result.failed:
-            console.print(f"[red]failed[/] {slide_id}: {reason}", highlight=False)
         raise typer.Exit(1)

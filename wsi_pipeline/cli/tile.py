@@ -8,44 +8,17 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from ..batch import BatchResult, SlideRecord, resolve_shard
+from ..batch import SlideRecord, resolve_shard
 from ..config import load_config, merge_overrides, parse_set_overrides
 from ..discovery import SLIDE_EXTENSIONS, discover_slides
 from ..tiling import TileConfig, tile_slides
 from ._options import ConfigOpt, OutDirOpt, OverwriteOpt, SetOpt, ShardOpt
+from ._summary import summary_table
 
 __all__ = ["tile"]
 
 console = Console(stderr=True)
-
-_STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "bold red"}
-
-
-def _short_reason(rec: SlideRecord) -> str:
-    # The slide is named in its row; drop the path that library messages start with.
-    prefix = f"{rec.path}: "
-    return rec.error[len(prefix) :] if rec.error.startswith(prefix) else rec.error
-
-
-def _summary_table(result: BatchResult) -> Table:
-    table = Table(title=f"tile: {result.summary()}", title_justify="left", show_lines=False)
-    table.add_column("slide")
-    table.add_column("status")
-    table.add_column("tiles", justify="right")
-    table.add_column("seconds", justify="right")
-    table.add_column("reason", overflow="fold")
-    for rec in result.records:
-        style = _STATUS_STYLE.get(rec.status, "")
-        table.add_row(
-            rec.slide_id,
-            f"[{style}]{rec.status}[/]",
-            "" if rec.n_tiles is None else str(rec.n_tiles),
-            "" if rec.seconds is None else f"{rec.seconds:.1f}",
-            _short_reason(rec),
-        )
-    return table
 
 
 def tile(
@@ -121,6 +94,6 @@ def tile(
             progress.update(task, advance=1, description=f"{rec.slide_id}: {rec.status}")
 
         result = tile_slides(entries, out, config=cfg, shard=chosen_shard, overwrite=overwrite, on_record=on_record)
-    console.print(_summary_table(result))
+    console.print(summary_table("tile", result))
     if result.failed:
         raise typer.Exit(1)

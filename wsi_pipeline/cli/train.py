@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..config import load_config, merge_overrides, parse_set_overrides
 from ..mil import list_models
-from ._options import ConfigOpt, DeviceOpt, EncoderOpt, OutDirOpt, OverwriteOpt, SeedOpt, SetOpt
+from ._options import ConfigOpt, DeviceOpt, EncoderOpt, OutDirOpt, SeedOpt, SetOpt
 
 __all__ = ["train"]
 
@@ -38,7 +38,9 @@ def train(
     device: DeviceOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    overwrite: OverwriteOpt = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Retrain folds already trained in this run folder (default: keep them).")
+    ] = False,
 ) -> None:
     """Train a MIL model (ASMIL by default) on stored embeddings; writes <out>/<model>_<encoder>_<split>_seed<n>/."""
     from ..training import TrainConfig

@@ -12,8 +12,8 @@ from typing import Literal
 __all__ = ["StageResources", "SubmitConfig", "STAGES", "SHARDED_STAGES"]
 
 STAGES = ("tile", "embed", "train", "predict")
-# Array stages. train is one job over every slide; predict is one job too until its CLI takes --shard.
-SHARDED_STAGES = ("tile", "embed")
+# Array stages (per-slide, `--shard i/n`); train is one job over every slide.
+SHARDED_STAGES = ("tile", "embed", "predict")
 
 
 @dataclass
@@ -33,7 +33,7 @@ class StageResources:
 class SubmitConfig:
     """A full run as Slurm job arrays: tile -> embed -> train -> predict.
 
-    The per-slide stages (tile, embed) run as arrays of ``ceil(n_slides / slides_per_task)`` tasks (at most
+    The per-slide stages (tile, embed, predict) run as arrays of ``ceil(n_slides / slides_per_task)`` tasks (at most
     ``max_array_size``), ``max_concurrent`` at a time. ``dependency`` is how a stage waits for the one before:
     ``afterany`` (default) starts it even when some slides failed (the stage CLIs exit 1 then), and the stage only
     sees slides whose earlier stage finished; ``afterok`` stops the chain at the first failed task.

@@ -55,16 +55,17 @@ def run_local(
 
 def summarize_run(spec: RunSpec) -> dict[str, Counter]:
     """Slide statuses (ok/skipped/failed) of the per-slide stages, from the manifests of every shard."""
-    manifests = {"tile": "tile"}
+    manifests = {"tile": (spec.stores, "tile"), "predict": (spec.predictions, "predict")}  # stage -> (folder, name)
     if spec.encoder:
         from ..embedding import embed_stage_name
         from ..encoders import enc_name
 
-        manifests["embed"] = embed_stage_name(enc_name(spec.encoder))
+        manifests["embed"] = (spec.stores, embed_stage_name(enc_name(spec.encoder)))
     summary = {}
     for stage in spec.stages:
-        if stage in manifests and (spec.stores / "manifests").is_dir():
-            records = read_manifest(spec.stores, manifests[stage])
+        folder, name = manifests.get(stage, (None, ""))
+        if folder is not None and (folder / "manifests").is_dir():
+            records = read_manifest(folder, name)
             if records:
                 summary[stage] = Counter(record.status for record in records)
     return summary

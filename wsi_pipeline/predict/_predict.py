@@ -1,10 +1,14 @@
 """``predict``: a trained checkpoint applied to slide stores (or raw slides): class probabilities, per-tile
-attention written back into the stores, heatmaps and top-k tiles."""
+attention written back into the stores, heatmaps and top-k tiles.
+
+Per slide, like the other per-slide stages (``batch.run_slide_batch``, stage ``predict``): skipped when done (its
+``<out>/slides/<slide_id>.json`` names the same checkpoint and embeddings), locked (``<out>/.locks/predict/``),
+recorded ok/failed/skipped in ``<out>/manifests/predict[.shard-i-of-n].csv``, and the batch goes on after a failure.
+``predictions.csv`` is then rebuilt from every input slide's result (see ``_results``).
+"""
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -15,28 +19,28 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..batch import atomic_write_text
-from ..errors import CheckpointError, ConfigError, StoreMismatchError, WsiPipelineError
-from ..store import (
-    STORE_SUFFIX,
-    is_complete,
-    list_encoders,
-    read_attrs,
-    read_coords,
-    read_features,
-    store_path,
-    write_scores,
-)
+from ..batch import BatchResult, Shard, SlideLock, SlideRecord, remove_path, run_slide_batch
+from ..errors import ConfigError, StoreMismatchError
+from ..store import SCORES, is_complete, list_encoders, read_attrs, read_coords, read_features, write_scores
 from ..training._checkpoint import load_checkpoint, model_from_checkpoint
-from ..training._splits import resolve_stores
 from ..training._train import resolve_device
 from ._heatmap import draw_heatmap, save_top_tiles
+from ._inputs import PredictItem, SlidePreparer, collect_items
+from ._results import (
+    checkpoint_identity,
+    features_stamp,
+    is_finished,
+    read_slide_result,
+    slide_result_path,
+    write_predictions_csv,
+    write_slide_result,
+)
 
 __all__ = ["PredictConfig", "PredictResult", "predict_store", "predict_slides", "check_store", "scores_name_for"]
 
 log = logging.getLogger(__name__)
 
-SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".dcm", ".vms", ".vmu", ".bif", ".svslide"}
+STAGE = "predict"
 
 
 @dataclass
@@ -54,9 +58,24 @@ class PredictConfig:
 
 @dataclass
 class PredictResult:
+    """``csv``: the merged ``predictions.csv``; ``rows``: its rows (every input slide predicted with this checkpoint
+    so far, by this run or an earlier one or another shard); ``batch``: this run's per-slide records."""
+
     csv: Path
     rows: list[dict[str, Any]]
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    batch: BatchResult
+    heatmap_skipped: list[str] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[SlideRecord]:
+        return self.batch.records
+
+    @property
+    def failed(self) -> list[SlideRecord]:
+        return self.batch.failed
+
+    def summary(self) -> str:
+        return self.batch.summary()
 
 
 def scores_name_for(checkpoint: Path, ckpt: dict[str, Any]) -> str:
@@ -68,7 +87,10 @@ def scores_name_for(checkpoint: Path, ckpt: dict[str, Any]) -> str:
 
 
 def check_store(store: Path, ckpt: dict[str, Any], checkpoint: Path) -> None:
-    """Raise ``StoreMismatchError`` when ``store`` lacks the checkpoint's encoder or has another dimension."""
+    """Raise ``StoreMismatchError`` when ``store`` is not a finished store, lacks the checkpoint's encoder or has
+    another dimension."""
+    if not is_complete(store):
+        raise StoreMismatchError(f"{store}: not a finished slide store; run `wsi-pipeline tile` to make it")
     encoder, in_dim = ckpt["encoder"], int(ckpt["in_dim"])
     found = list_encoders(store)
     if encoder not in found:
@@ -86,88 +108,23 @@ def check_store(store: Path, ckpt: dict[str, Any], checkpoint: Path) -> None:
         )
 
 
-def _collect(inputs: Sequence[str | Path]) -> tuple[dict[str, Path], list[Path]]:
-    """Split inputs into stores (folders of stores, single stores, CSVs ``slide_id,store``) and raw slide files."""
-    stores: dict[str, Path] = {}
-    slides: list[Path] = []
-    for item in map(Path, inputs):
-        if item.name.endswith(STORE_SUFFIX) and item.is_dir():
-            stores[item.name[: -len(STORE_SUFFIX)]] = item
-        elif item.is_dir() and any(item.glob(f"*{STORE_SUFFIX}")):
-            stores.update(resolve_stores(item))
-        elif item.is_dir():
-            slides.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES))
-        elif item.suffix.lower() == ".csv":
-            stores.update(resolve_stores(item))
-        elif item.suffix.lower() in SLIDE_SUFFIXES:
-            slides.append(item)
-        else:
-            raise ConfigError(f"{item}: not a store, a folder of stores or slides, a stores CSV or a slide file")
-    return stores, slides
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _stores_from_slides(
-    slides: list[Path], out_dir: Path, ckpt: dict[str, Any], checkpoint: Path, device: str
-) -> tuple[dict[str, Path], list[tuple[str, str]]]:
-    """Tile and embed raw slides into ``<out_dir>/stores`` with the tiling and embedding settings the checkpoint
-    recorded from its training stores; returns the stores made and the slides that failed (id, reason)."""
-    from ..config import load_config
-    from ..embedding import EmbedConfig, embed_stores
-    from ..tiling import TileConfig, tile_slides
-
-    source = ckpt.get("source") or {}
-    tile_settings = source.get("tile_config")
-    embed_settings = (source.get("embedding") or {}).get("config")
-    if not tile_settings or not embed_settings:
-        raise CheckpointError(
-            f"{checkpoint}: records no tile/embed settings (its training stores were not made by `tile` and "
-            "`embed`, e.g. converted MIL benchmark bags); tile and embed the slides yourself and pass the stores"
-        )
-    tile_config = load_config(TileConfig, "tile", None, _flatten(tile_settings))
-    embed_overrides = {**_flatten(embed_settings), "encoder": ckpt["encoder"]}
-    if device != "auto":
-        embed_overrides["device"] = device
-    embed_config = load_config(EmbedConfig, "embed", None, embed_overrides)
-    stores_dir = out_dir / "stores"
-    log.info("tiling and embedding %d slide(s) into %s with the checkpoint's settings", len(slides), stores_dir)
-    tiled = tile_slides(slides, stores_dir, config=tile_config)
-    failed = [(r.slide_id, r.error) for r in tiled.records if r.status == "failed"]
-    embedded = embed_stores(stores_dir, config=embed_config)
-    failed += [(r.slide_id, r.error) for r in embedded.records if r.status == "failed"]
-    bad = {sid for sid, _ in failed}
-    stores = {
-        r.slide_id: store_path(stores_dir, r.slide_id)
-        for r in tiled.records
-        if r.status != "failed" and r.slide_id not in bad
-    }
-    return stores, failed
-
-
 def _heatmap(
     store: Path, sid: str, coords: np.ndarray, scores: np.ndarray, out_dir: Path, config: PredictConfig, title: str
 ) -> str | None:
     """Draw the heatmap and top tiles; return why not when the store's slide file is unavailable."""
     attrs = read_attrs(store)
     slide = attrs.get("slide") or {}
-    slide_path, tile_size = slide.get("path"), (attrs.get("tiling") or {}).get("tile_size_level0")
+    tiling = attrs.get("tiling") or {}
+    slide_path, tile_size = slide.get("path"), tiling.get("tile_size_level0")
     if not slide_path:
         return f"{store}: the store records no slide file (source: {slide.get('source', 'unknown')})"
-    if not Path(slide_path).is_file() or not tile_size:
+    if not Path(slide_path).is_file():
         return f"{store}: slide file {slide_path} not found"
+    if not tile_size:
+        return f"{store}: no tiling.tile_size_level0 in the store's attrs"
     from ..slide import Slide
 
     tile_size = int(round(float(tile_size)))  # level-0 size may be fractional (target mpp / slide mpp)
-
     with Slide(slide_path) as wsi:
         thumb, scale = wsi.thumbnail(config.thumbnail_size)
         draw_heatmap(
@@ -181,7 +138,7 @@ def _heatmap(
             title=title,
         )
         if config.top_k > 0:
-            save_top_tiles(wsi, coords, tile_size, scores, out_dir / "top_tiles" / sid, k=config.top_k)
+            save_top_tiles(wsi, coords, tiling, scores, out_dir / "top_tiles" / sid, k=config.top_k)
     return None
 
 
@@ -207,95 +164,175 @@ def predict_store(
     return row, attention, probs
 
 
+def _remove_stale_temporaries(out_dir: Path, item: PredictItem, scores_name: str) -> None:
+    """Temporaries a killed run left for this slide (``.<name>.tmp-<host>-<pid>``); we hold its lock."""
+    finals = [
+        slide_result_path(out_dir, item.slide_id),
+        out_dir / "heatmaps" / f"{item.slide_id}.png",
+        out_dir / "top_tiles" / item.slide_id,
+        item.store / SCORES / scores_name,
+    ]
+    for final in finals:
+        if final.parent.is_dir():
+            for stale in final.parent.glob(f".{final.name}.tmp-*"):
+                remove_path(stale)
+
+
+def _check_some_store_fits(
+    items: Sequence[PredictItem], ckpt: dict[str, Any], checkpoint: Path, is_done: Callable[[PredictItem], bool]
+) -> None:
+    """Raise the first store's ``StoreMismatchError`` when NO store input fits the checkpoint (wrong checkpoint or
+    encoder for these stores: a setup error, said once, before anything is written). When some fit, the others are
+    failed slides of the batch. Stops at the first store that fits, so it usually reads one store's metadata."""
+    first: StoreMismatchError | None = None
+    for item in items:
+        if item.entry is not None:
+            return  # raw slides get stores made with the checkpoint's own settings
+        if is_done(item):
+            return
+        try:
+            check_store(item.store, ckpt, checkpoint)
+            return
+        except StoreMismatchError as err:
+            first = first or err
+    if first is not None:
+        raise first
+
+
 def predict_slides(
     checkpoint: str | Path,
     inputs: Sequence[str | Path] | str | Path,
     out_dir: str | Path,
     config: PredictConfig | None = None,
     *,
-    on_slide: Callable[[str, dict[str, Any]], None] | None = None,
+    shard: Shard | None = None,
+    overwrite: bool = False,
+    on_record: Callable[[SlideRecord], None] | None = None,
 ) -> PredictResult:
-    """Predict every slide of ``inputs`` with a trained checkpoint.
+    """Predict every slide of ``inputs`` with a trained checkpoint; resumable and shardable.
+
+    Each slide is skipped when done (``<out>/slides/<slide_id>.json`` from the same checkpoint and embeddings),
+    locked, and recorded ok/failed/skipped in ``<out>/manifests/predict[.shard-i-of-n].csv``; a failed slide (e.g. a
+    store without the checkpoint's embeddings) does not stop the others. ``predictions.csv`` is rebuilt at the end
+    from the results of every input slide, so after the last shard it lists them all.
 
     Parameters
     ----------
     checkpoint
         A ``checkpoint_best.pt`` (or ``_last``) written by ``train``.
     inputs
-        Folders of stores, single stores, CSVs ``slide_id,store`` or raw slide files.
+        Folders of stores, single stores, CSVs ``slide_id,store``, or raw slide files and folders of slides (tiled
+        and embedded into ``<out_dir>/stores`` with the settings the checkpoint recorded, one slide at a time).
     out_dir
-        Receives ``predictions.csv`` (slide_id, predicted_class, prob_<class>...), ``heatmaps/<slide>.png`` and
-        ``top_tiles/<slide>/``.
+        Receives ``predictions.csv`` (slide_id, predicted_class, prob_<class>..., n_tiles), ``slides/<id>.json``,
+        ``heatmaps/<id>.png``, ``top_tiles/<id>/``, ``manifests/`` and ``.locks/``.
     config
         ``PredictConfig``.
-    on_slide
-        Called after each slide with ``(slide_id, row)`` (the CLI's progress bar).
+    shard
+        Only this shard of the slides (``resolve_shard("0/4")`` or the Slurm array variables).
+    overwrite
+        Redo finished slides (raw slides are tiled and embedded again too).
+    on_record
+        Called with each slide's record as soon as it is known (progress bars).
 
     Raises
     ------
     CheckpointError
-        The checkpoint is unreadable.
+        The checkpoint is unreadable (or, for raw slides, records no tile/embed settings).
     StoreMismatchError
-        A store lacks the checkpoint's encoder or has another input dimension (checked before any prediction).
+        EVERY store input lacks the checkpoint's encoder or has another input dimension (checked before any
+        prediction). When only some do, those slides are failed records and the rest are predicted.
 
     Examples
     --------
     >>> stores, labels = convert_mil_csv("musk1.csv", "mil/musk1")  # doctest: +SKIP
     >>> run = train(stores, labels, "runs/", TrainConfig(model="abmil"))  # doctest: +SKIP
-    >>> predict_slides(run.run_dir / "fold_0" / "checkpoint_best.pt", [stores], "pred/")  # doctest: +SKIP
+    >>> result = predict_slides(run.run_dir / "fold_0" / "checkpoint_best.pt", [stores], "pred/")  # doctest: +SKIP
+    >>> result.summary(), result.csv  # doctest: +SKIP
     """
     config = config or PredictConfig()
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     ckpt = load_checkpoint(checkpoint)
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    stores, slides = _collect(inputs)
-    made_failed: list[tuple[str, str]] = []
-    if slides:
-        made, made_failed = _stores_from_slides(slides, out_dir, ckpt, checkpoint, config.device)
-        stores.update(made)
-    if not stores and not made_failed:
+    items = collect_items(inputs, out_dir / "stores")
+    if not items:
         raise ConfigError(f"no stores or slides found in {', '.join(map(str, inputs))}")
-    for store in stores.values():
-        if not is_complete(store):
-            raise StoreMismatchError(f"{store}: not a finished slide store; run `wsi-pipeline tile` to make it")
-        check_store(store, ckpt, checkpoint)
+    identity = checkpoint_identity(checkpoint)
+    encoder, classes = ckpt["encoder"], list(ckpt["classes"])
+    name = config.scores_name or scores_name_for(checkpoint, ckpt)
+    scores_name = name if config.write_scores else None
+    preparer = None
+    if any(item.entry is not None for item in items):
+        preparer = SlidePreparer(ckpt, checkpoint, config.device, overwrite=overwrite)
 
+    def is_done(item: PredictItem) -> bool:
+        result = read_slide_result(out_dir, item.slide_id)
+        return is_finished(result, item.store, identity, encoder, scores_name)
+
+    _check_some_store_fits(items, ckpt, checkpoint, (lambda item: False) if overwrite else is_done)
     device = resolve_device(config.device)
     model = model_from_checkpoint(ckpt, device)
-    classes = list(ckpt["classes"])
-    name = config.scores_name or scores_name_for(checkpoint, ckpt)
-    rows, failed, no_heatmap = [], list(made_failed), []
-    for sid, store in sorted(stores.items()):
-        try:
-            row, attention, probs = predict_store(store, model, ckpt, device=device)
-            row = {"slide_id": sid, **row}
-            if config.write_scores:
-                write_scores(
-                    store,
-                    name,
-                    attention,
-                    attrs={
-                        "checkpoint": str(checkpoint.resolve()),
-                        "model": ckpt["model_name"],
-                        "encoder": ckpt["encoder"],
-                        "kind": "attention",
-                        "classes": classes,
-                        "probabilities": probs.tolist(),
-                    },
-                )
-            if config.heatmaps:
-                title = f"{sid}: {row['predicted_class']} (p={probs.max():.2f})"
-                reason = _heatmap(store, sid, read_coords(store), attention, out_dir, config, title)
-                if reason:
-                    no_heatmap.append(reason)
-        except WsiPipelineError as err:
-            log.error("%s: %s", sid, err)
-            failed.append((sid, str(err)))
-            continue
-        rows.append(row)
-        if on_slide is not None:
-            on_slide(sid, row)
+    no_heatmap: list[str] = []
 
+    def process(item: PredictItem, lock: SlideLock) -> int:
+        _remove_stale_temporaries(out_dir, item, name)
+        if item.entry is not None:
+            assert preparer is not None
+            preparer.prepare(item, lock)
+        check_store(item.store, ckpt, checkpoint)
+        row, attention, probs = predict_store(item.store, model, ckpt, device=device)
+        if config.write_scores:
+            write_scores(
+                item.store,
+                name,
+                attention,
+                attrs={
+                    "checkpoint": identity["path"],
+                    "checkpoint_sha256": identity["sha256"],
+                    "model": ckpt["model_name"],
+                    "encoder": encoder,
+                    "kind": "attention",
+                    "classes": classes,
+                    "probabilities": probs.tolist(),
+                },
+            )
+        heatmap = None
+        if config.heatmaps:
+            title = f"{item.slide_id}: {row['predicted_class']} (p={probs.max():.2f})"
+            heatmap = _heatmap(item.store, item.slide_id, read_coords(item.store), attention, out_dir, config, title)
+            if heatmap:
+                no_heatmap.append(heatmap)
+        # Written last: its presence means the scores, heatmap and top tiles above are complete.
+        write_slide_result(
+            out_dir,
+            item.slide_id,
+            {
+                "slide_id": item.slide_id,
+                "store": str(item.store.resolve()),
+                "checkpoint": identity,
+                "model": ckpt["model_name"],
+                "encoder": encoder,
+                "features": features_stamp(item.store, encoder),
+                "scores_name": scores_name,
+                "classes": classes,
+                "predicted_class": row["predicted_class"],
+                "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
+                "n_tiles": int(row["n_tiles"]),
+                "heatmap_skipped": heatmap,
+            },
+        )
+        return int(row["n_tiles"])
+
+    batch = run_slide_batch(
+        items,
+        process,
+        stage=STAGE,
+        out_dir=out_dir,
+        is_done=is_done,
+        overwrite=overwrite,
+        shard=shard,
+        on_record=on_record,
+    )
     if no_heatmap:
         message = (
             f"heatmaps skipped for {len(no_heatmap)} slide(s) without a slide file, e.g. {no_heatmap[0]}; "
@@ -303,12 +340,6 @@ def predict_slides(
         )
         warnings.warn(message, stacklevel=2)
         log.warning(message)
-    buffer = io.StringIO()
-    fields = ["slide_id", "predicted_class"] + [f"prob_{c}" for c in classes] + ["n_tiles"]
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    out_csv = out_dir / "predictions.csv"
-    atomic_write_text(out_csv, buffer.getvalue())
-    log.info("%d slides predicted (%d failed) -> %s", len(rows), len(failed), out_csv)
-    return PredictResult(out_csv, rows, failed)
+    out_csv, rows = write_predictions_csv(out_dir, [item.slide_id for item in items], identity, classes)
+    log.info("predict: %s; %d slide(s) in %s", batch.summary(), len(rows), out_csv)
+    return PredictResult(out_csv, rows, batch, no_heatmap)

@@ -1,0 +1,45 @@
+"""The per-slide summary table that batch commands (tile, predict) print at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from rich.table import Table
+
+from ..batch import BatchResult, SlideRecord
+
+__all__ = ["summary_table"]
+
+_STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "bold red"}
+
+
+def _short_reason(rec: SlideRecord) -> str:
+    # The slide is named in its row; drop the path that library messages start with.
+    prefix = f"{rec.path}: "
+    return rec.error[len(prefix) :] if rec.error.startswith(prefix) else rec.error
+
+
+def summary_table(
+    stage: str, result: BatchResult, extra: Mapping[str, Callable[[SlideRecord], str]] | None = None
+) -> Table:
+    """One row per slide: status, tiles, seconds, the ``extra`` columns (header -> cell of a record), reason."""
+    extra = dict(extra or {})
+    table = Table(title=f"{stage}: {result.summary()}", title_justify="left", show_lines=False)
+    table.add_column("slide")
+    table.add_column("status")
+    table.add_column("tiles", justify="right")
+    table.add_column("seconds", justify="right")
+    for header in extra:
+        table.add_column(header)
+    table.add_column("reason", overflow="fold")
+    for rec in result.records:
+        style = _STATUS_STYLE.get(rec.status, "")
+        table.add_row(
+            rec.slide_id,
+            f"[{style}]{rec.status}[/]",
+            "" if rec.n_tiles is None else str(rec.n_tiles),
+            "" if rec.seconds is None else f"{rec.seconds:.1f}",
+            *(cell(rec) for cell in extra.values()),
+            _short_reason(rec),
+        )
+    return table

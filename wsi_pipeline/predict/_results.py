@@ -1,0 +1,142 @@
+"""Per-slide prediction results and the merged ``predictions.csv`` built from them.
+
+Each predicted slide gets ``<out>/slides/<slide_id>.json`` (written atomically, after its scores, heatmap and top
+tiles), recording the checkpoint it came from (path, size, sha256) and the embeddings it read. That file is what
+"done" means for ``predict``: a slide is skipped when its result names the same checkpoint and the same embeddings
+(and its ``scores/<name>`` array is in the store, when scores are written).
+
+``predictions.csv`` is rebuilt from the per-slide results of every input slide by each run, under a lock: shards
+write their per-slide files before they take it, so whichever run writes the CSV last has seen every finished slide.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from ..batch import SlideLock, atomic_write_text
+from ..errors import LockedError
+from ..store import FEATURES, SCORES, provenance
+
+__all__ = [
+    "checkpoint_identity",
+    "features_stamp",
+    "slide_result_path",
+    "read_slide_result",
+    "write_slide_result",
+    "result_row",
+    "write_predictions_csv",
+]
+
+log = logging.getLogger(__name__)
+
+CSV_LOCK_WAIT_S = 600.0  # rewriting the CSV takes well under a second; a holder this slow is stuck
+
+
+def checkpoint_identity(checkpoint: Path) -> dict[str, Any]:
+    """``{path, size, sha256}`` of a checkpoint file: a copied checkpoint is the same one, a re-trained one is not."""
+    digest = hashlib.sha256()
+    with Path(checkpoint).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    path = Path(checkpoint)
+    return {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def features_stamp(store: Path, encoder: str) -> dict[str, Any] | None:
+    """Provenance of ``features/<encoder>`` (creation time, host, version); it changes when the slide is re-embedded."""
+    try:
+        attrs = zarr.open_array(str(Path(store) / FEATURES / encoder), mode="r").attrs.asdict()
+    except Exception:  # noqa: BLE001 - missing or unreadable embeddings: nothing to compare with
+        return None
+    return attrs.get("wsi_pipeline")
+
+
+def slide_result_path(out_dir: Path, slide_id: str) -> Path:
+    """``<out>/slides/<slide_id>.json``; the file name minus ``.json`` is the slide id."""
+    return Path(out_dir) / "slides" / f"{slide_id}.json"
+
+
+def read_slide_result(out_dir: Path, slide_id: str) -> dict[str, Any] | None:
+    """The slide's result, or None when there is none (or it cannot be read: it is then redone)."""
+    try:
+        return json.loads(slide_result_path(out_dir, slide_id).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_slide_result(out_dir: Path, slide_id: str, result: dict[str, Any]) -> Path:
+    path = slide_result_path(out_dir, slide_id)
+    atomic_write_text(path, json.dumps({**result, "wsi_pipeline": provenance()}, indent=2) + "\n")
+    return path
+
+
+def is_finished(
+    result: dict[str, Any] | None, store: Path, identity: dict[str, Any], encoder: str, scores_name: str | None
+) -> bool:
+    """True when ``result`` came from this checkpoint and these embeddings, and its scores are in the store."""
+    if not result or (result.get("checkpoint") or {}).get("sha256") != identity["sha256"]:
+        return False
+    if result.get("scores_name") != scores_name or result.get("features") != features_stamp(store, encoder):
+        return False
+    return scores_name is None or (Path(store) / SCORES / scores_name / "zarr.json").is_file()
+
+
+def result_row(result: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
+    """One ``predictions.csv`` row: slide_id, predicted_class, prob_<class>..., n_tiles."""
+    probs = result["probabilities"]
+    return {
+        "slide_id": result["slide_id"],
+        "predicted_class": result["predicted_class"],
+        **{f"prob_{c}": float(probs[c]) for c in classes},
+        "n_tiles": int(result["n_tiles"]),
+    }
+
+
+def write_predictions_csv(
+    out_dir: Path, slide_ids: Sequence[str], identity: dict[str, Any], classes: Sequence[str]
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Rewrite ``<out>/predictions.csv`` from the results of ``slide_ids`` made with this checkpoint, sorted by id.
+
+    Runs under ``<out>/.locks/predictions.csv.lock`` so that of several shards finishing together, the last one to
+    write has read every other shard's finished results (a rename alone would let a slower, older view win).
+    """
+    out_csv = Path(out_dir) / "predictions.csv"
+    # Held for well under a second (its heartbeat beats every 15 s), so a lock older than a minute is abandoned.
+    lock = SlideLock(Path(out_dir) / ".locks" / "predictions.csv.lock", stale_after_s=60.0)
+    deadline = time.monotonic() + CSV_LOCK_WAIT_S
+    while True:
+        try:
+            lock.acquire()
+            break
+        except LockedError as err:
+            if time.monotonic() > deadline:
+                raise LockedError(
+                    f"{out_csv}: not rewritten ({err}); the per-slide results in {out_dir / 'slides'} are kept, "
+                    "re-run `wsi-pipeline predict` to assemble it (finished slides are skipped)"
+                ) from err
+            time.sleep(0.1)
+    try:
+        rows = []
+        for slide_id in sorted(set(slide_ids)):
+            result = read_slide_result(out_dir, slide_id)
+            if result and (result.get("checkpoint") or {}).get("sha256") == identity["sha256"]:
+                rows.append(result_row(result, classes))
+        buffer = io.StringIO()
+        fields = ["slide_id", "predicted_class"] + [f"prob_{c}" for c in classes] + ["n_tiles"]
+        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(out_csv, buffer.getvalue())
+    finally:
+        lock.release()
+    return out_csv, rows
