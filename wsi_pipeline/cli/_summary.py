@@ -11,6 +11,7 @@ from ..batch import BatchResult, SlideRecord
 __all__ = ["summary_table"]
 
 _STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "bold red"}
+MAX_ROWS = 50  # beyond this, a batch of thousands of slides shows its failures only; the manifest has every row
 
 
 def _short_reason(rec: SlideRecord) -> str:
@@ -22,9 +23,19 @@ def _short_reason(rec: SlideRecord) -> str:
 def summary_table(
     stage: str, result: BatchResult, extra: Mapping[str, Callable[[SlideRecord], str]] | None = None
 ) -> Table:
-    """One row per slide: status, tiles, seconds, the ``extra`` columns (header -> cell of a record), reason."""
+    """One row per slide: status, tiles, seconds, the ``extra`` columns (header -> cell of a record), reason.
+
+    Large batches list only the slides that were not ``ok`` (failed first), at most ``MAX_ROWS`` of them.
+    """
     extra = dict(extra or {})
-    table = Table(title=f"{stage}: {result.summary()}", title_justify="left", show_lines=False)
+    records = result.records
+    caption = None
+    if len(records) > MAX_ROWS:
+        order = {"failed": 0, "skipped": 1}
+        not_ok = sorted((r for r in records if r.status != "ok"), key=lambda r: order.get(r.status, 2))
+        records = not_ok[:MAX_ROWS]
+        caption = f"{len(result.records) - len(records)} more slide(s) not listed; every slide is in the manifest"
+    table = Table(title=f"{stage}: {result.summary()}", title_justify="left", show_lines=False, caption=caption)
     table.add_column("slide")
     table.add_column("status")
     table.add_column("tiles", justify="right")
@@ -32,7 +43,7 @@ def summary_table(
     for header in extra:
         table.add_column(header)
     table.add_column("reason", overflow="fold")
-    for rec in result.records:
+    for rec in records:
         style = _STATUS_STYLE.get(rec.status, "")
         table.add_row(
             rec.slide_id,
