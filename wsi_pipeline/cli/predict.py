@@ -36,8 +36,8 @@ def predict(
     shard: ShardOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Predict slides: OUT/predictions.csv, OUT/slides/<slide_id>.json, heatmaps/, top_tiles/, manifests/predict*.csv,
-    and scores/<run> in each store. Finished slides are skipped; exit code 1 when any slide failed.
+    """Predict slides (stores or slide files): OUT/predictions.csv, heatmaps/, top_tiles/, per-tile scores in
+    each store. Finished slides are skipped; exit code 1 when any slide failed.
 
     Example: wsi-pipeline predict runs/RUN/fold_0/checkpoint_best.pt stores/ --out pred/ --shard 0/4
     """
