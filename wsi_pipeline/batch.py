@@ -364,40 +364,6 @@ def one_line(err: BaseException) -> str:
     return f"{err.__class__.__name__}: {text}"
 
 
-def run_slide_batch(
-    items: Sequence[SlideItem],
-    process: Callable[[SlideItem, SlideLock], int | None],
-    *,
-    stage: str,
-    out_dir: Path,
-    is_done: Callable[[SlideItem], bool],
-    overwrite: bool = False,
-    shard: Shard | None = None,
-    stale_after_s: float = STALE_AFTER_S,
-    on_record: Callable[[SlideRecord], None] | None = None,
-) -> BatchResult:
-    """Run ``process(item, lock)`` for each item of this shard, recording one manifest line per slide.
-
-    ``process`` returns the number of tiles (or None) and raises on failure; it must write its outputs
-    atomically. ``SlideError`` and any other ``Exception`` become a failed record and the batch goes on;
-    ``KeyboardInterrupt`` stops the batch (the slide's lock is released and its partial output stays temporary);
-    so does SIGTERM, which Slurm sends on ``scancel``, at the time limit and on preemption.
-    A slide locked by a live process elsewhere is recorded as skipped.
-    """
-    with _sigterm_as_interrupt():
-        return _run_slide_batch(
-            items,
-            process,
-            stage=stage,
-            out_dir=out_dir,
-            is_done=is_done,
-            overwrite=overwrite,
-            shard=shard,
-            stale_after_s=stale_after_s,
-            on_record=on_record,
-        )
-
-
 _sigterm_owner: list[int] = []  # pid of the process whose SIGTERM becomes KeyboardInterrupt
 
 
@@ -435,18 +401,27 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_slide_batch(
+@_sigterm_as_interrupt()
+def run_slide_batch(
     items: Sequence[SlideItem],
     process: Callable[[SlideItem, SlideLock], int | None],
     *,
     stage: str,
     out_dir: Path,
     is_done: Callable[[SlideItem], bool],
-    overwrite: bool,
-    shard: Shard | None,
-    stale_after_s: float,
-    on_record: Callable[[SlideRecord], None] | None,
+    overwrite: bool = False,
+    shard: Shard | None = None,
+    stale_after_s: float = STALE_AFTER_S,
+    on_record: Callable[[SlideRecord], None] | None = None,
 ) -> BatchResult:
+    """Run ``process(item, lock)`` for each item of this shard, recording one manifest line per slide.
+
+    ``process`` returns the number of tiles (or None) and raises on failure; it must write its outputs
+    atomically. ``SlideError`` and any other ``Exception`` become a failed record and the batch goes on;
+    ``KeyboardInterrupt`` stops the batch (the slide's lock is released and its partial output stays temporary);
+    so does SIGTERM, which Slurm sends on ``scancel``, at the time limit and on preemption.
+    A slide locked by a live process elsewhere is recorded as skipped.
+    """
     out_dir = Path(out_dir)
     chosen = shard.select(items) if shard else sorted(items, key=lambda item: item.slide_id)
     manifest = manifest_path(out_dir, stage, shard)
@@ -479,7 +454,7 @@ def _run_slide_batch(
                 record(item, "skipped", error="already done (use --overwrite to redo)")
                 continue
             n_tiles = process(item, lock)
-        except (SlideError, Exception) as err:  # noqa: BLE001 - a bad slide must never stop the batch
+        except Exception as err:  # noqa: BLE001 - a bad slide must never stop the batch
             if not isinstance(err, SlideError):
                 log.debug("unexpected error on %s", item.slide_id, exc_info=True)
             record(item, "failed", seconds=round(time.perf_counter() - start, 3), error=one_line(err))
