@@ -41,6 +41,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_text",
     "remove_path",
+    "remove_stale_temporaries",
     "manifest_path",
     "read_manifest",
     "run_slide_batch",
@@ -116,6 +117,20 @@ def available_cpus(environ: dict[str, str] | None = None) -> int:
 def atomic_path(final: Path) -> Path:
     """A temporary sibling of ``final`` unique to this host and process (hidden, so globs skip it)."""
     return final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Remove the temporaries of ``final`` that any host or process left (see ``atomic_path``); returns them.
+
+    Only safe while holding the lock of the slide that ``final`` belongs to.
+    """
+    if not final.parent.is_dir():
+        return []
+    stale = sorted(final.parent.glob(f".{final.name}.tmp-*"))
+    for path in stale:
+        log.info("removing %s left by an interrupted run", path)
+        remove_path(path)
+    return stale
 
 
 def remove_path(path: Path) -> None:

@@ -20,7 +20,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..batch import BatchResult, Shard, SlideLock, available_cpus, remove_path, run_slide_batch
+from ..batch import (
+    BatchResult,
+    Shard,
+    SlideLock,
+    available_cpus,
+    remove_stale_temporaries,
+    run_slide_batch,
+)
 from ..config import config_to_dict
 from ..encoders import Encoder, create_encoder
 from ..errors import ConfigError, EncoderError, SlideError, SlideOpenError, StoreError
@@ -278,7 +285,8 @@ def embed_slide(
         "read_size": read_size,
         "config": config_to_dict(runtime.config),
     }
-    _remove_stale_temporaries(store, enc.enc_name)
+    # Half-written arrays of this encoder left by killed runs (we hold the slide's lock for this encoder).
+    remove_stale_temporaries(store / "features" / enc.enc_name)
     writer = FeatureWriter(store, enc.enc_name, len(coords), enc.dim, dtype=runtime.config.dtype, attrs=attrs)
     sink = _ChunkSink(writer, runtime.config.dtype)
     cuda = runtime.device.type == "cuda"
@@ -319,13 +327,6 @@ def embed_slide(
     finally:
         dataset.close()
     return len(coords)
-
-
-def _remove_stale_temporaries(store: Path, name: str) -> None:
-    """Drop half-written arrays of this encoder left by killed runs (we hold the slide's lock for this encoder)."""
-    for leftover in (store / "features").glob(f".{name}.tmp-*"):
-        log.info("removing %s left by an interrupted run", leftover)
-        remove_path(leftover)
 
 
 def _land(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..batch import SlideLock, remove_path
+from ..batch import SlideLock, remove_stale_temporaries
 from ..discovery import SLIDE_EXTENSIONS, SlideEntry, discover_slides
 from ..errors import CheckpointError, ConfigError
 from ..store import STORE_SUFFIX, has_features, is_complete, store_path
@@ -127,8 +127,7 @@ class SlidePreparer:
             check_store_settings(item.store, self.tile_config, item.entry.mpp)
         if retile:
             # Leftovers of a killed run; safe to remove, we hold the slide's lock.
-            for stale in item.store.parent.glob(f".{item.store.name}.tmp-*"):
-                remove_path(stale)
+            remove_stale_temporaries(item.store)
             log.info("%s: tiling %s into %s", item.slide_id, item.path, item.store.parent)
             slide = Slide(item.entry.path, mpp=item.entry.mpp, slide_id=item.slide_id)
             tile_slide(slide, item.store.parent, config=self.tile_config)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..batch import BatchResult, Shard, SlideLock, SlideRecord, remove_path, run_slide_batch
+from ..batch import BatchResult, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
 from ..errors import ConfigError, StoreMismatchError
 from ..store import SCORES, is_complete, list_encoders, read_attrs, read_coords, read_features, write_scores
 from ..training._checkpoint import load_checkpoint, model_from_checkpoint
@@ -173,9 +173,7 @@ def _remove_stale_temporaries(out_dir: Path, item: PredictItem, scores_name: str
         item.store / SCORES / scores_name,
     ]
     for final in finals:
-        if final.parent.is_dir():
-            for stale in final.parent.glob(f".{final.name}.tmp-*"):
-                remove_path(stale)
+        remove_stale_temporaries(final)
 
 
 def _check_some_store_fits(

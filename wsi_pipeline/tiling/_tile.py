@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import BatchResult, Shard, SlideLock, SlideRecord, remove_path, run_slide_batch
+from ..batch import BatchResult, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
 from ..config import config_to_dict
 from ..errors import NoTissueError, StoreMismatchError
 from ..slide import Slide
@@ -209,10 +209,8 @@ def _remove_stale_temporaries(out_dir: Path, slide_id: str) -> None:
     """Temporaries of a killed run (``.<name>.tmp-<host>-<pid>``); safe because we hold the slide's lock."""
     from ..qc import qc_paths
 
-    finals = [store_path(out_dir, slide_id), *qc_paths(out_dir, slide_id)]
-    for final in finals:
-        for stale in final.parent.glob(f".{final.name}.tmp-*"):
-            remove_path(stale)
+    for final in (store_path(out_dir, slide_id), *qc_paths(out_dir, slide_id)):
+        remove_stale_temporaries(final)
 
 
 def tile_slides(
