@@ -1,14 +1,17 @@
-"""The per-slide summary table that batch commands (tile, predict) print at the end."""
+"""What per-slide batch commands (tile, embed, predict) show: a progress bar over slides and a summary table."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..batch import BatchResult, SlideRecord
 
-__all__ = ["summary_table"]
+__all__ = ["summary_table", "slide_progress"]
 
 _STATUS_STYLE = {"ok": "green", "skipped": "yellow", "failed": "bold red"}
 MAX_ROWS = 50  # beyond this, a batch of thousands of slides shows its failures only; the manifest has every row
@@ -54,3 +57,22 @@ def summary_table(
             _short_reason(rec),
         )
     return table
+
+
+@contextmanager
+def slide_progress(console: Console, stage: str, total: int | None) -> Iterator[Callable[[SlideRecord], None]]:
+    """A transient bar over slides; yields the ``on_record`` callback that advances it (pass it to the stage)."""
+    with Progress(
+        TextColumn(f"[bold]{stage}[/] {{task.description}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("", total=total)
+
+        def on_record(rec: SlideRecord) -> None:
+            progress.update(task, advance=1, description=f"{rec.slide_id}: {rec.status}")
+
+        yield on_record

@@ -14,6 +14,7 @@ from rich.text import Text
 from ..batch import resolve_shard
 from ..config import load_config, merge_overrides, parse_set_overrides
 from ._options import ConfigOpt, DeviceOpt, EncoderOpt, OverwriteOpt, SetOpt, ShardOpt
+from ._summary import summary_table
 
 __all__ = ["embed", "encoders_table"]
 
@@ -112,8 +113,6 @@ def embed(
         result = embed_stores(
             stores_dir, config=cfg, shard=selected, overwrite=overwrite, progress=progress, encoder=enc
         )
-    for record in result.failed:
-        console.print(f"[red]failed[/] {record.slide_id}: {record.error}", highlight=False, soft_wrap=True)
-    console.print(result.summary(), highlight=False, soft_wrap=True)
+    console.print(summary_table("embed", result))
     if result.failed:
         raise typer.Exit(1)

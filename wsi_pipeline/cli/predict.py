@@ -7,12 +7,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..batch import SlideRecord, resolve_shard
 from ..config import load_config, merge_overrides, parse_set_overrides
 from ._options import ConfigOpt, DeviceOpt, OutDirOpt, OverwriteOpt, SetOpt, ShardOpt
-from ._summary import summary_table
+from ._summary import slide_progress, summary_table
 
 __all__ = ["predict"]
 
@@ -46,19 +45,7 @@ def predict(
     options = {"top_k": top_k, "heatmaps": heatmaps, "scaling": scaling, "device": device}
     cfg = load_config(PredictConfig, "predict", config, merge_overrides(options, parse_set_overrides(set_)))
     chosen_shard = resolve_shard(shard)
-    with Progress(
-        TextColumn("[bold]predict[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("", total=None)
-
-        def on_record(rec: SlideRecord) -> None:
-            progress.update(task, advance=1, description=f"{rec.slide_id}: {rec.status}")
-
+    with slide_progress(console, "predict", None) as on_record:
         result = predict_slides(
             checkpoint, inputs, out, cfg, shard=chosen_shard, overwrite=overwrite, on_record=on_record
         )

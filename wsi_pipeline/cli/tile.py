@@ -7,14 +7,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..batch import SlideRecord, resolve_shard
+from ..batch import resolve_shard
 from ..config import load_config, merge_overrides, parse_set_overrides
 from ..discovery import SLIDE_EXTENSIONS, discover_slides
 from ..tiling import TileConfig, tile_slides
 from ._options import ConfigOpt, OutDirOpt, OverwriteOpt, SetOpt, ShardOpt
-from ._summary import summary_table
+from ._summary import slide_progress, summary_table
 
 __all__ = ["tile"]
 
@@ -79,20 +78,7 @@ def tile(
         f"stride {cfg.step}, tissue >= {cfg.min_tissue:g}]",
         highlight=False,
     )
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-    with progress:
-        task = progress.add_task("tiling", total=n_slides)
-
-        def on_record(rec: SlideRecord) -> None:
-            progress.update(task, advance=1, description=f"{rec.slide_id}: {rec.status}")
-
+    with slide_progress(console, "tile", n_slides) as on_record:
         result = tile_slides(entries, out, config=cfg, shard=chosen_shard, overwrite=overwrite, on_record=on_record)
     console.print(summary_table("tile", result))
     if result.failed:
