@@ -84,7 +84,6 @@ class BagLoader:
         self._cache: dict[str, torch.Tensor] = {}
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
-        self._prepared: dict[str, torch.Tensor] = {}
         log.info(
             "%d bags of '%s' (D=%d, %.2f GB as float32), cache=%s",
             len(stores),
@@ -105,10 +104,9 @@ class BagLoader:
         return bag
 
     def set_standardization(self, mean: torch.Tensor | None, std: torch.Tensor | None) -> None:
-        """Apply ``(x - mean) / std`` to every bag from now on (clears the cache of standardised bags)."""
+        """Apply ``(x - mean) / std`` to every bag from now on (per fold; the cache keeps the raw bags)."""
         self.mean = None if mean is None else mean.to(self.device)
         self.std = None if std is None else std.to(self.device)
-        self._prepared = {}
 
     def fit_standardization(self, slide_ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std of every instance of ``slide_ids`` (the training bags), in float64."""
@@ -127,22 +125,21 @@ class BagLoader:
     def _raw(self, slide_id: str) -> torch.Tensor:
         if slide_id in self._cache:
             return self._cache[slide_id]
-        bag = self._read(slide_id)
-        if self.cached:
-            bag = bag.to(self.device)
-            self._cache[slide_id] = bag
+        # A bag first read during evaluation (inference mode) is reused for training: keep it a normal tensor.
+        with torch.inference_mode(False):
+            bag = self._read(slide_id)
+            if self.cached:
+                bag = bag.to(self.device)
+                self._cache[slide_id] = bag
         return bag
 
     def get(self, slide_id: str) -> torch.Tensor:
-        """The bag of ``slide_id`` on the device, standardised when set."""
-        if slide_id in self._prepared:
-            return self._prepared[slide_id]
-        bag = self._prepare(self._raw(slide_id))
-        if self.cached:
-            # Keep the standardised bag instead of the raw one: one copy per bag in memory.
-            self._prepared[slide_id] = bag
-            self._cache.pop(slide_id, None)
-        return bag
+        """The bag of ``slide_id`` on the device, standardised when set.
+
+        The cache holds raw bags, so each is read from zarr once per run whatever the folds' standardisation;
+        standardising on the fly costs one elementwise pass, small beside the model's first matmul.
+        """
+        return self._prepare(self._raw(slide_id))
 
     def iterate(self, slide_ids: Sequence[str]) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(slide_id, bag)`` in order; uncached bags are read one ahead in a background thread."""
