@@ -139,15 +139,18 @@ def test_a_racer_that_judged_the_lock_stale_late_leaves_the_new_holder_alone(tmp
     assert not path.exists()
 
 
-def _race_for_stale_lock(path: str, barrier, results) -> None:  # noqa: ANN001 - multiprocessing proxies
+def _race_for_stale_lock(path: str, barrier, tried, results) -> None:  # noqa: ANN001 - multiprocessing proxies
     lock = SlideLock(Path(path))
     barrier.wait()
     try:
         lock.acquire()
     except LockedError:
         results.put(0)
+        tried.wait()
         return
-    time.sleep(0.5)  # hold it while the others try
+    # Hold the lock until every racer has tried: one that tries after the release may rightly take it, and on a
+    # loaded machine a fixed sleep does not guarantee the others have tried by then.
+    tried.wait()
     lock.release()
     results.put(1)
 
@@ -157,8 +160,8 @@ def test_processes_racing_for_a_stale_lock_take_it_once(tmp_path: Path, round_: 
     path = tmp_path / "a.lock"
     _write_lock(path, host=socket.gethostname(), pid=_dead_pid())
     n = 6
-    barrier, results = CTX.Barrier(n), CTX.Queue()
-    procs = [CTX.Process(target=_race_for_stale_lock, args=(str(path), barrier, results)) for _ in range(n)]
+    barrier, tried, results = CTX.Barrier(n), CTX.Barrier(n), CTX.Queue()
+    procs = [CTX.Process(target=_race_for_stale_lock, args=(str(path), barrier, tried, results)) for _ in range(n)]
     for proc in procs:
         proc.start()
     for proc in procs:
