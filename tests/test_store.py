@@ -80,3 +80,19 @@ def test_scores_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(store.read_scores(path, "run1"), np.arange(6, dtype=np.float32))
     with pytest.raises(StoreError, match="no scores"):
         store.read_scores(path, "other")
+
+
+def test_instance_labels_round_trip_and_checks(tmp_path: Path) -> None:
+    path = _store(tmp_path)
+    assert store.read_instance_labels(path) is None
+    labels = np.array([0, 1, 0, 2, -1, 0])
+    store.write_instance_labels(path, labels, {"classes": ["negative", "tumour", "necrosis"], "source": "test"})
+    got = store.read_instance_labels(path)
+    assert got is not None and got.dtype == np.int16
+    np.testing.assert_array_equal(got, labels)
+    with pytest.raises(StoreError, match="5 instance labels for 6 tiles"):
+        store.write_instance_labels(path, labels[:5])
+    with pytest.raises(StoreError, match="must be -1"):
+        store.write_instance_labels(path, np.full(6, -2))
+    np.testing.assert_array_equal(store.read_instance_labels(path), labels)  # a refused write changes nothing
+    assert not any(p.name.startswith(".") for p in path.iterdir())

@@ -24,6 +24,9 @@ Layout (``LAYOUT_VERSION = 1``)::
                                         weights source and sha256, precision, input size, mean/std, package version,
                                         complete: true
       scores/<run_name>  float32 (N,)   per-tile attention written by ``predict``; attrs: checkpoint, model, ...
+      instance_labels    int16 (N,)     optional ground truth per tile: 0 = negative (no key instance / outside every
+                                        annotation), k >= 1 = class k, -1 = unknown; attrs: classes (name of each
+                                        value >= 0), source (e.g. digits benchmark, annotation files)
 
 Row ``i`` of every array is tile ``i``. Stores are written under a temporary name and renamed when complete, and
 arrays added later (features, scores) are written under a temporary name inside the store and renamed, so a
@@ -64,12 +67,16 @@ __all__ = [
     "FeatureWriter",
     "write_scores",
     "read_scores",
+    "INSTANCE_LABELS",
+    "write_instance_labels",
+    "read_instance_labels",
 ]
 
 LAYOUT_VERSION = 1
 STORE_SUFFIX = ".zarr"
 FEATURES = "features"
 SCORES = "scores"
+INSTANCE_LABELS = "instance_labels"
 
 
 def store_path(stores_dir: str | Path, slide_id: str) -> Path:
@@ -279,3 +286,36 @@ def read_scores(store: str | Path, name: str) -> np.ndarray:
     if not (path / "zarr.json").is_file():
         raise StoreError(f"{store}: no scores named {name!r}; run `wsi-pipeline predict` first")
     return np.asarray(zarr.open_array(str(path), mode="r")[...])
+
+
+def write_instance_labels(store: str | Path, labels: np.ndarray, attrs: Mapping[str, Any] | None = None) -> Path:
+    """Store per-tile ground truth as ``instance_labels`` (int16, 0 = negative, k >= 1 = class k, -1 = unknown),
+    atomically; ``attrs`` should name the classes (``classes``: one name per value >= 0) and the ``source``."""
+    store = Path(store)
+    labels = np.asarray(labels).reshape(-1)
+    group = open_store(store, mode="a")
+    n_tiles = group["coords"].shape[0]
+    if len(labels) != n_tiles:
+        raise StoreError(f"{store}: {len(labels)} instance labels for {n_tiles} tiles")
+    if len(labels) and (labels.min() < -1 or labels.max() > np.iinfo(np.int16).max):
+        raise StoreError(f"{store}: instance labels must be -1 (unknown), 0 (negative) or a class k >= 1")
+    final = store / INSTANCE_LABELS
+    tmp_name = atomic_path(final).name
+    remove_path(store / tmp_name)
+    array = group.create_array(tmp_name, shape=labels.shape, dtype="int16", chunks=(max(len(labels), 1),))
+    array[...] = labels.astype(np.int16)
+    array.attrs.update({**dict(attrs or {}), "wsi_pipeline": provenance(), "complete": True})
+    remove_path(final)
+    os.replace(store / tmp_name, final)
+    return final
+
+
+def read_instance_labels(store: str | Path) -> np.ndarray | None:
+    """The store's ``instance_labels`` (int16, one per tile), or None when it has none."""
+    path = Path(store) / INSTANCE_LABELS
+    if not (path / "zarr.json").is_file():
+        return None
+    array = zarr.open_array(str(path), mode="r")
+    if not array.attrs.get("complete"):
+        return None
+    return np.asarray(array[...])
