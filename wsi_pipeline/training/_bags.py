@@ -12,9 +12,9 @@ import torch
 import zarr
 
 from ..errors import StoreMismatchError
-from ..store import FEATURES, list_encoders, read_attrs, read_features
+from ..store import FEATURES, list_encoders, read_attrs, read_features, read_instance_labels
 
-__all__ = ["BagLoader", "resolve_encoder", "feature_shape"]
+__all__ = ["BagLoader", "resolve_encoder", "feature_shape", "standardization_scale"]
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,19 @@ log = logging.getLogger(__name__)
 def feature_shape(store: Path, encoder: str) -> tuple[int, int]:
     """``(N, D)`` of a store's embeddings without reading them."""
     return tuple(zarr.open_array(str(Path(store) / FEATURES / encoder), mode="r").shape)  # type: ignore[return-value]
+
+
+def standardization_scale(std: torch.Tensor, rel_floor: float = 1e-3) -> torch.Tensor:
+    """The divisor of each feature's z-score: its std, or 1 where the std is tiny (below ``rel_floor`` times the
+    median std, or 0).
+
+    A feature (nearly) constant in the training bags (a blank border pixel, a dead embedding unit) would otherwise
+    be divided by ~0, so the slightest difference in a validation or test bag becomes a z-score of 1e4-1e8 that
+    decides its prediction; with scale 1 it is only centred.
+    """
+    positive = std[std > 0]
+    floor = rel_floor * float(positive.median()) if len(positive) else 0.0
+    return torch.where(std > max(floor, 1e-12), std, torch.ones_like(std))
 
 
 def resolve_encoder(stores: Sequence[Path], encoder: str | None) -> str:
@@ -82,6 +95,7 @@ class BagLoader:
         total_gb = sum(self.n_instances.values()) * self.in_dim * 4 / 1e9
         self.cached = cache == "memory" or (cache == "auto" and total_gb <= max_cache_gb)
         self._cache: dict[str, torch.Tensor] = {}
+        self._instance_labels: dict[str, np.ndarray | None] = {}
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
         log.info(
@@ -109,7 +123,8 @@ class BagLoader:
         self.std = None if std is None else std.to(self.device)
 
     def fit_standardization(self, slide_ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std of every instance of ``slide_ids`` (the training bags), in float64."""
+        """Mean and z-score divisor (``standardization_scale``) of every instance of ``slide_ids`` (the training
+        bags), computed in float64."""
         total = torch.zeros(self.in_dim, dtype=torch.float64)
         sq = torch.zeros(self.in_dim, dtype=torch.float64)
         count = 0
@@ -119,8 +134,8 @@ class BagLoader:
             sq += (bag * bag).sum(0)
             count += bag.shape[0]
         mean = total / max(count, 1)
-        std = (sq / max(count, 1) - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
-        return mean.float(), std.float()
+        std = (sq / max(count, 1) - mean * mean).clamp_min(0).sqrt()
+        return mean.float(), standardization_scale(std).float()
 
     def _raw(self, slide_id: str) -> torch.Tensor:
         if slide_id in self._cache:
@@ -154,6 +169,18 @@ class BagLoader:
                 if i + 1 < len(slide_ids):
                     pending = pool.submit(self._read, slide_ids[i + 1])
                 yield sid, self._prepare(bag)
+
+    def instance_labels(self, slide_id: str) -> np.ndarray | None:
+        """The bag's ``instance_labels`` (ground truth per instance, see ``store.write_instance_labels``) or None."""
+        if slide_id not in self._instance_labels:
+            labels = read_instance_labels(self.stores[slide_id])
+            if labels is not None and len(labels) != self.n_instances[slide_id]:
+                raise StoreMismatchError(
+                    f"{self.stores[slide_id]}: {len(labels)} instance labels for {self.n_instances[slide_id]} "
+                    "instances; re-run `wsi-pipeline annotate` on it"
+                )
+            self._instance_labels[slide_id] = labels
+        return self._instance_labels[slide_id]
 
     def store_attrs(self, slide_id: str) -> dict:
         return read_attrs(self.stores[slide_id])
