@@ -1,7 +1,9 @@
-"""Training curves to PNG (matplotlib, Agg backend): losses, validation metrics, attention stability."""
+"""Training curves to PNG (matplotlib, Agg backend): losses, validation metrics, attention stability and
+localisation."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,8 +12,13 @@ __all__ = ["plot_history"]
 
 
 def plot_history(history: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Write ``curves.png`` (losses and validation metrics) and ``stability.png`` (JS divergence between
-    consecutive epochs and attention entropy) from per-epoch rows; returns the files written."""
+    """Write ``curves.png`` and ``stability.png`` from per-epoch rows; returns the files written.
+
+    ``curves.png``: the classification loss (train and validation), each auxiliary loss on its own axis (anchor,
+    diversity, branch: their scale says nothing about the classification), and the validation metrics.
+    ``stability.png``: JS divergence between consecutive epochs, attention entropy, and localisation against the
+    instance labels when the bags have them.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -20,16 +27,25 @@ def plot_history(history: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]
     if not history:
         return []
     epochs = [row["epoch"] for row in history]
+    keys = list(dict.fromkeys(k for row in history for k in row))
 
     def series(key: str) -> list[float]:
-        return [float(row.get(key, float("nan"))) for row in history]
+        return [float(row.get(key, math.nan)) for row in history]
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, series("train_loss"), label="train")
+    aux = [k for k in keys if k.startswith("train_loss_") and k != "train_loss_cls"]
+    fig, (ax_loss, ax_aux, ax_metric) = plt.subplots(1, 3, figsize=(15, 4))
+    ax_loss.plot(epochs, series("train_loss_cls" if "train_loss_cls" in keys else "train_loss"), label="train")
     ax_loss.plot(epochs, series("val_loss"), label="val")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Classification loss")
     ax_loss.legend()
+    for key in aux:
+        ax_aux.plot(epochs, series(key), label=key.removeprefix("train_loss_"))
+    ax_aux.set(xlabel="epoch", ylabel="loss (as weighted in training)", title="Auxiliary losses (train)")
+    if aux:
+        ax_aux.legend()
+    else:
+        ax_aux.text(0.5, 0.5, "no auxiliary loss", ha="center", va="center", transform=ax_aux.transAxes)
     for key in ("val_accuracy", "val_balanced_accuracy", "val_f1_macro", "val_auc"):
         ax_metric.plot(epochs, series(key), label=key.removeprefix("val_"))
     ax_metric.set(xlabel="epoch", ylabel="score", title="Validation metrics", ylim=(0, 1.02))
@@ -39,11 +55,20 @@ def plot_history(history: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]
     fig.savefig(curves, dpi=100)
     plt.close(fig)
 
-    fig, (ax_js, ax_h) = plt.subplots(1, 2, figsize=(10, 4))
+    loc = [k for k in keys if "_loc_" in k]
+    fig, axes = plt.subplots(1, 3 if loc else 2, figsize=(15 if loc else 10, 4))
+    ax_js, ax_h = axes[0], axes[1]
     ax_js.plot(epochs, series("attn_js"), marker=".")
     ax_js.set(xlabel="epoch", ylabel="mean JS divergence", title="Attention change vs previous epoch")
     ax_h.plot(epochs, series("attn_entropy_norm"), marker=".")
     ax_h.set(xlabel="epoch", ylabel="entropy / ln N", title="Attention entropy (1 = uniform)", ylim=(0, 1.02))
+    if loc:
+        names = {"loc_auc": "AUC", "loc_precision": "top-k precision", "loc_mass": "attention mass on key"}
+        for key in loc:
+            measure = key[key.index("loc_") :]
+            axes[2].plot(epochs, series(key), marker=".", label=f"{key.split('_loc_')[0]} {names.get(measure, key)}")
+        axes[2].set(xlabel="epoch", ylabel="score", title="Localisation vs instance labels", ylim=(0, 1.02))
+        axes[2].legend()
     fig.tight_layout()
     stability = out_dir / "stability.png"
     fig.savefig(stability, dpi=100)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import logging
 import math
@@ -29,12 +30,22 @@ from ..store import FEATURES
 from ._bags import BagLoader, resolve_encoder
 from ._checkpoint import fold_dir, run_dir, save_checkpoint
 from ._config import TrainConfig, resolve_plugins
+from ._localisation import LOCALISATION_KEYS, bag_localisation, mean_localisation
 from ._metrics import SCALARS, classification_metrics, mean_std, selection_score
 from ._plots import plot_history
 from ._splits import Labels, Split, make_splits, read_labels, resolve_stores, split_tag
 from ._stability import mean_entropy, stability_between
 
-__all__ = ["FoldResult", "TrainResult", "train_epoch", "train_fold", "train", "resolve_device", "evaluate"]
+__all__ = [
+    "FoldResult",
+    "TrainResult",
+    "bag_loss_terms",
+    "train_epoch",
+    "train_fold",
+    "train",
+    "resolve_device",
+    "evaluate",
+]
 
 log = logging.getLogger(__name__)
 # Progress lines of a run always go to its train.log; they reach the console only at -v (through ``log``).
@@ -53,12 +64,17 @@ EpochCallback = Callable[[int, int, int, dict[str, Any]], None]
 
 @dataclass
 class FoldResult:
+    """One fold's metrics: ``val``/``test`` with the selected model (``best_epoch``), ``val_last``/``test_last``
+    with the last epoch's model."""
+
     fold: int
     best_epoch: int
     val: dict[str, Any]
     test: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     out_dir: Path | None = None
+    test_last: dict[str, Any] = field(default_factory=dict)
+    val_last: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,15 +123,40 @@ def _cosine(total_steps: int) -> Callable[[int], float]:
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """A CSV of ``rows`` (columns: every key in order of first appearance), quoted by the csv module, atomic."""
     keys = list(dict.fromkeys(k for row in rows for k in row))
-    lines = [",".join(keys)] + [",".join(_fmt(row.get(k, "")) for k in keys) for row in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _fmt(row.get(k, "")) for k in keys} for row in rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
+
+
+def bag_loss_terms(
+    model: nn.Module,
+    bag: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    keep_tokens: torch.Tensor | None = None,
+    anchor: Anchor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The loss terms of one training bag: ``cls`` (CE of the slide logits), ``branch`` (mean CE of per-branch
+    logits, ACMIL), the model's own auxiliary losses (e.g. ``diversity``) and ``anchor``; the loss is their sum."""
+    out = model(bag) if keep_tokens is None else model(bag, keep_tokens=keep_tokens)
+    terms = {"cls": F.cross_entropy(out.logits, target)}
+    if out.branch_logits is not None:
+        n_branches = out.branch_logits.shape[1]
+        terms["branch"] = F.cross_entropy(out.branch_logits.flatten(0, 1), target.expand(n_branches))
+    terms.update(out.aux_losses)
+    if anchor is not None:
+        terms["anchor"] = anchor.loss(bag, out)
+    return terms
 
 
 def train_epoch(
@@ -128,29 +169,21 @@ def train_epoch(
     dropper: RandomDropping | None = None,
     anchor: Anchor | None = None,
     grad_clip: float | None = 5.0,
-) -> torch.Tensor:
-    """One pass over ``bags`` with batches of one bag; returns the summed loss as a tensor (no per-step sync).
+) -> dict[str, torch.Tensor]:
+    """One pass over ``bags`` with batches of one bag; returns each loss term summed over the bags, as tensors
+    (no per-step sync; see ``bag_loss_terms``).
 
-    Loss = CE(slide logits) [+ mean CE of branch logits] [+ model aux losses] [+ anchor loss]; the scheduler steps
-    per iteration and the anchor follows the student after every optimiser step.
+    The scheduler steps per iteration and the anchor follows the student after every optimiser step.
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    loss_sum = torch.zeros((), device=next(model.parameters()).device)
+    sums: dict[str, torch.Tensor] = {}
     for sid, bag in bags:
-        target = targets[sid]  # (1,)
         keep = None
         if dropper is not None:
             bag, keep = dropper(model, bag)  # (N', D), (T',) or None
-        out = model(bag) if keep is None else model(bag, keep_tokens=keep)
-        loss = F.cross_entropy(out.logits, target)
-        if out.branch_logits is not None:
-            n_branches = out.branch_logits.shape[1]
-            loss = loss + F.cross_entropy(out.branch_logits.flatten(0, 1), target.expand(n_branches))
-        for extra in out.aux_losses.values():
-            loss = loss + extra
-        if anchor is not None:
-            loss = loss + anchor.loss(bag, out)
+        terms = bag_loss_terms(model, bag, targets[sid], keep_tokens=keep, anchor=anchor)
+        loss = torch.stack(list(terms.values())).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
@@ -160,8 +193,32 @@ def train_epoch(
             scheduler.step()
         if anchor is not None:
             anchor.update(model)
-        loss_sum += loss.detach()
-    return loss_sum
+        for name, value in terms.items():
+            sums[name] = sums[name] + value.detach() if name in sums else value.detach().clone()
+    return sums
+
+
+def bag_localisation_all(loader: BagLoader, attention: dict[str, np.ndarray]) -> dict[str, dict[str, float] | None]:
+    """Localisation of each bag's attention against its ``instance_labels`` (bags without any are left out)."""
+    out = {}
+    for sid, att in attention.items():
+        labels = loader.instance_labels(sid)
+        if labels is not None:
+            out[sid] = bag_localisation(att, labels)
+    return out
+
+
+def _score(
+    model: nn.Module, loader: BagLoader, ids: list[str], y_of: dict[str, int], n_classes: int
+) -> tuple[dict[str, Any], np.ndarray, dict[str, dict[str, float] | None]]:
+    """Metrics of ``ids`` (classification, loss and mean localisation), their probabilities and per-bag
+    localisation."""
+    probs, loss, attention = evaluate(model, loader, ids, y_of)
+    metrics = classification_metrics(np.array([y_of[s] for s in ids], dtype=np.int64), probs, n_classes)
+    metrics["loss"] = loss
+    per_bag = bag_localisation_all(loader, attention)
+    metrics.update(mean_localisation(per_bag.values()))
+    return metrics, probs, per_bag
 
 
 def train_fold(
@@ -235,7 +292,7 @@ def train_fold(
         start = time.perf_counter()
         model.train()
         order = [split.train[i] for i in torch.randperm(len(split.train), generator=generator).tolist()]
-        loss_sum = train_epoch(
+        loss_sums = train_epoch(
             model,
             loader.iterate(order),
             targets,
@@ -245,7 +302,9 @@ def train_fold(
             anchor=anchor,
             grad_clip=config.grad_clip,
         )
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": float(loss_sum) / max(len(split.train), 1)}
+        n_train = max(len(split.train), 1)
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": float(sum(loss_sums.values())) / n_train}
+        row.update({f"train_loss_{name}": float(value) / n_train for name, value in loss_sums.items()})
         row["lr"] = optimizer.param_groups[0]["lr"]
 
         probs, val_loss, attention = evaluate(model, loader, monitor, y_of)
@@ -253,6 +312,8 @@ def train_fold(
             metrics = classification_metrics(np.array([y_of[s] for s in split.val]), probs, n_classes)
             metrics["loss"] = val_loss
             row.update({f"val_{k}": metrics[k] for k in SCALARS})
+        localisation = mean_localisation(bag_localisation_all(loader, attention).values())
+        row.update({f"{monitor_name}_{k}": localisation[k] for k in LOCALISATION_KEYS if k in localisation})
         row["attn_js"] = stability_between(previous_attention, attention)
         row["attn_entropy"] = mean_entropy(attention)
         row["attn_entropy_norm"] = mean_entropy(attention, normalised=True)
@@ -280,6 +341,10 @@ def train_fold(
             break
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The last epoch's model is scored too, so the report shows what model selection gained (or cost).
+    last = {
+        name: _score(model, loader, ids, y_of, n_classes)[0] for name, ids in (("val", split.val), ("test", split.test))
+    }
     ckpt_meta = {
         **meta,
         "model_name": config.model,
@@ -293,12 +358,9 @@ def train_fold(
     model.load_state_dict(best_state)
     save_checkpoint(out_dir / "checkpoint_best.pt", model, epoch=best_epoch, **ckpt_meta)
 
-    result = FoldResult(split.fold, best_epoch, {}, {}, history, out_dir)
+    result = FoldResult(split.fold, best_epoch, {}, {}, history, out_dir, test_last=last["test"], val_last=last["val"])
     for name, ids in (("val", split.val), ("test", split.test)):
-        probs, loss, _ = evaluate(model, loader, ids, y_of)
-        y_true = np.array([y_of[s] for s in ids], dtype=np.int64)
-        metrics = classification_metrics(y_true, probs, n_classes)
-        metrics["loss"] = loss
+        metrics, probs, per_bag = _score(model, loader, ids, y_of, n_classes)
         setattr(result, name, metrics)
         if name == "test" and ids:
             rows = [
@@ -307,6 +369,7 @@ def train_fold(
                     "label": labels.classes[y_of[s]],
                     "predicted": labels.classes[int(p.argmax())],
                     **{f"prob_{c}": float(p[i]) for i, c in enumerate(labels.classes)},
+                    **(per_bag.get(s) or {}),
                 }
                 for s, p in zip(ids, probs, strict=True)
             ]
@@ -316,12 +379,15 @@ def train_fold(
     fold_json = {
         "fold": split.fold,
         "best_epoch": best_epoch,
+        "last_epoch": history[-1]["epoch"],
         "stability_set": monitor_name,
         "n_train": len(split.train),
         "n_val": len(split.val),
         "n_test": len(split.test),
         "val": result.val,
         "test": result.test,
+        "val_last": result.val_last,
+        "test_last": result.test_last,
         "history": history,
     }
     atomic_write_text(out_dir / "metrics.json", json.dumps(fold_json, indent=1, default=float) + "\n")
@@ -454,7 +520,16 @@ def train(
                 _note("fold %d already trained; kept (use --overwrite to redo)", split.fold)
                 saved = json.loads(done.read_text())
                 results.append(
-                    FoldResult(split.fold, saved["best_epoch"], saved["val"], saved["test"], saved["history"], fdir)
+                    FoldResult(
+                        split.fold,
+                        saved["best_epoch"],
+                        saved["val"],
+                        saved["test"],
+                        saved["history"],
+                        fdir,
+                        saved.get("test_last", {}),
+                        saved.get("val_last", {}),
+                    )
                 )
                 continue
             results.append(train_fold(split, labels, loader, config, out_dir=fdir, meta=meta, on_epoch=on_epoch))
@@ -467,23 +542,37 @@ def train(
 
 
 def _summarise(run: Path, results: list[FoldResult]) -> dict[str, Any]:
-    """Write ``summary.json`` and ``summary.csv``: each fold's val/test metrics, then mean and std over folds."""
+    """Write ``summary.json`` and ``summary.csv``: each fold's test metrics with the selected and with the last
+    epoch's model, then mean and std over folds (localisation too, where instance labels exist)."""
+    keys = SCALARS + LOCALISATION_KEYS
     summary = {
-        "folds": [{"fold": r.fold, "best_epoch": r.best_epoch, "val": r.val, "test": r.test} for r in results],
-        "test_mean_std": mean_std([r.test for r in results]),
-        "val_mean_std": mean_std([r.val for r in results]),
+        "folds": [
+            {"fold": r.fold, "best_epoch": r.best_epoch, "val": r.val, "test": r.test, "test_last": r.test_last}
+            for r in results
+        ],
+        "test_mean_std": mean_std([r.test for r in results], keys),
+        "test_last_mean_std": mean_std([r.test_last for r in results], keys),
+        "val_mean_std": mean_std([r.val for r in results], keys),
     }
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=1, default=float) + "\n")
+    present = [k for k in keys if any(k in r.test for r in results)]
     rows = [
-        {"fold": r.fold, "best_epoch": r.best_epoch, **{f"test_{k}": r.test.get(k, math.nan) for k in SCALARS}}
+        {
+            "fold": r.fold,
+            "best_epoch": r.best_epoch,
+            **{f"test_{k}": r.test.get(k, math.nan) for k in present},
+            **{f"last_epoch_test_{k}": r.test_last.get(k, math.nan) for k in present},
+        }
         for r in results
     ]
     for stat in ("mean", "std"):
         rows.append(
-            {"fold": stat, "best_epoch": "", **{f"test_{k}": summary["test_mean_std"][k][stat] for k in SCALARS}}
+            {
+                "fold": stat,
+                "best_epoch": "",
+                **{f"test_{k}": summary["test_mean_std"][k][stat] for k in present},
+                **{f"last_epoch_test_{k}": summary["test_last_mean_std"][k][stat] for k in present},
+            }
         )
-    with (run / "summary.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
+    _write_rows(run / "summary.csv", rows)
     return summary
