@@ -12,7 +12,7 @@ from rich.logging import RichHandler
 
 from .. import __version__
 from ..errors import WsiPipelineError
-from .convert import convert_mil
+from .convert import convert_mil, digit_bags
 from .embed import embed
 from .predict import predict
 from .submit import submit
@@ -59,6 +59,7 @@ app.command(no_args_is_help=True)(train)
 app.command(no_args_is_help=True)(predict)
 app.command(no_args_is_help=True)(submit)
 app.command(name="convert-mil", no_args_is_help=True)(convert_mil)
+app.command(name="digit-bags", no_args_is_help=True)(digit_bags)
 
 
 def main() -> None:
