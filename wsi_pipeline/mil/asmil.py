@@ -4,6 +4,11 @@ Ye, Mohajer Hamidi, Chi, Li, Pilanci, Ogawa, Haseyama, Plataniotis, "ASMIL: Atte
 Learning for Whole Slide Imaging", ICLR 2026 (arXiv 2603.06658); built as specified in docs/ASMIL.md. The anchor
 model, its loss and token dropping are training-loop plug-ins (``wsi_pipeline.mil.plugins``), usable with every
 registered model.
+
+Computed without ever projecting the instances to keys or values: for a query q, ``<q, Wk h_n + b_k>`` equals
+``<Wk^T q, h_n> + <q, b_k>``, and ``sum_n alpha_n (Wv h_n + b_v)`` equals ``Wv (sum_n alpha_n h_n) + b_v`` because
+the weights sum to 1. Both are exact rewrites of the formulas (tests compare them with the literal computation);
+they cost O(N d T H) instead of O(N d^2) for the keys and values of every instance.
 """
 
 from __future__ import annotations
@@ -17,34 +22,52 @@ from torch import Tensor, nn
 from ._base import MILOutput, as_bag, default_hidden_dim
 from ._registry import register_model
 
-__all__ = ["QueryAttention", "ASMIL"]
+__all__ = ["BranchAttention", "ASMIL"]
 
 
-class QueryAttention(nn.Module):
-    """Multi-head attention from a few learned queries over a set: ``(Q, d), (B, N, d) -> (B, Q, d), logits``.
+class BranchAttention(nn.Module):
+    """Multi-head attention from learned queries over a set: ``(Q, d), (B, N, d) -> (B, Q, d)`` and the attention
+    logits ``(B, H, Q, N)`` (scaled by ``1/sqrt(d/H)``); ``Wq, Wk, Wv, Wo`` are shared by the queries.
 
-    Returns the pooled values and the attention logits ``(B, heads, Q, N)`` (scaled by ``1/sqrt(d/heads)``).
+    ``bias=False`` drops the projection biases (the paper's formulas have none; the authors' code has them).
     """
 
-    def __init__(self, dim: int, n_heads: int = 8) -> None:
+    def __init__(self, dim: int, n_heads: int = 8, *, bias: bool = True) -> None:
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"hidden_dim {dim} must be divisible by n_heads {n_heads}")
         self.n_heads, self.head_dim = n_heads, dim // n_heads
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.o_proj = nn.Linear(dim, dim)
+        self.q_proj = nn.Linear(dim, dim, bias=bias)
+        self.k_proj = nn.Linear(dim, dim, bias=bias)
+        self.v_proj = nn.Linear(dim, dim, bias=bias)
+        self.o_proj = nn.Linear(dim, dim, bias=bias)
+
+    def _queries(self, queries: Tensor) -> Tensor:
+        """``(Q, d) -> (Q, H, dh)``: projected queries per head, already divided by sqrt(dh)."""
+        return self.q_proj(queries).view(len(queries), self.n_heads, self.head_dim) / math.sqrt(self.head_dim)
+
+    def logits(self, queries: Tensor, x: Tensor) -> Tensor:
+        """``(Q, d), (B, N, d) -> (B, H, Q, N)``: ``<Wq q + b_q, Wk x_n + b_k>`` per head / sqrt(d/H)."""
+        b, n, d = x.shape
+        q = self._queries(queries)  # (Q, H, dh)
+        heads = self.k_proj.weight.view(self.n_heads, self.head_dim, d)  # (H, dh, d)
+        folded = torch.einsum("qhj,hjd->hqd", q, heads).reshape(-1, d)  # (H*Q, d): Wk^T q per head
+        logits = x.reshape(b * n, d) @ folded.T  # (B*N, H*Q), one 2-D matmul
+        if self.k_proj.bias is not None:
+            logits = logits + torch.einsum("qhj,hj->hq", q, self.k_proj.bias.view(self.n_heads, -1)).reshape(-1)
+        return logits.view(b, n, self.n_heads, len(queries)).permute(0, 2, 3, 1)  # (B, H, Q, N)
 
     def forward(self, queries: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        b, n, d = x.shape  # (B, N, d)
-        q = self.q_proj(queries).view(-1, self.n_heads, self.head_dim).transpose(0, 1)  # (H, Q, dh)
-        k = self.k_proj(x).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, dh)
-        v = self.v_proj(x).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, dh)
-        logits = q.unsqueeze(0) @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, Q, N)
+        b, n, d = x.shape
+        n_q = len(queries)
+        logits = self.logits(queries, x)  # (B, H, Q, N)
         alpha = torch.softmax(logits, dim=-1)  # (B, H, Q, N)
-        pooled = (alpha @ v).transpose(1, 2).reshape(b, -1, d)  # (B, Q, d)
-        return self.o_proj(pooled), logits  # (B, Q, d), (B, H, Q, N)
+        pooled = torch.bmm(alpha.reshape(b, -1, n), x).view(b, self.n_heads, n_q, d)  # (B, H, Q, d): sum alpha x_n
+        heads = self.v_proj.weight.view(self.n_heads, self.head_dim, d)  # (H, dh, d)
+        values = torch.einsum("bhqd,hjd->bqhj", pooled, heads).reshape(b, n_q, d)  # Wv (sum_n alpha_n x_n)
+        if self.v_proj.bias is not None:
+            values = values + self.v_proj.bias  # = sum_n alpha_n (Wv x_n + b_v): the weights sum to 1
+        return self.o_proj(values), logits  # (B, Q, d), (B, H, Q, N)
 
 
 class ASMIL(nn.Module):
@@ -58,11 +81,15 @@ class ASMIL(nn.Module):
     hidden_dim
         d; default 128 for D = 384, 256 for D = 512, 512 for D >= 1024 (``default_hidden_dim``).
     n_tokens
-        Branches T (default 16), each a learned query ``q_t ~ N(0, 1e-6)``.
+        Branches T (default 16), each a learned query ``q_t ~ N(0, query_std)``.
     n_heads
         Heads of both attentions (default 8).
     dropout
         Dropout on the branch tokens before their LayerNorm (default 0.1).
+    bias
+        Biases in the attention projections (default, as in the authors' code; the paper's formulas have none).
+    query_std
+        Standard deviation of the branch queries at initialisation (1e-6 in the paper).
     """
 
     def __init__(
@@ -73,24 +100,36 @@ class ASMIL(nn.Module):
         n_tokens: int = 16,
         n_heads: int = 8,
         dropout: float = 0.1,
+        bias: bool = True,
+        query_std: float = 1e-6,
     ) -> None:
         super().__init__()
         hidden_dim = hidden_dim or default_hidden_dim(in_dim)
         self.in_dim, self.n_classes, self.n_tokens = in_dim, n_classes, n_tokens
         self.reduce = nn.Linear(in_dim, hidden_dim, bias=False)
         self.token_queries = nn.Parameter(torch.empty(n_tokens, hidden_dim))
-        nn.init.normal_(self.token_queries, std=1e-6)
-        self.token_attention = QueryAttention(hidden_dim, n_heads)
+        nn.init.normal_(self.token_queries, std=query_std)
+        self.token_attention = BranchAttention(hidden_dim, n_heads, bias=bias)
         self.token_dropout = nn.Dropout(dropout)
         self.token_norm = nn.LayerNorm(hidden_dim)
         self.class_query = nn.Parameter(torch.zeros(1, hidden_dim))
-        self.bag_attention = QueryAttention(hidden_dim, n_heads)
+        self.bag_attention = BranchAttention(hidden_dim, n_heads, bias=bias)
         self.classifier = nn.Linear(hidden_dim, n_classes)
+
+    def instance_features(self, x: Tensor) -> Tensor:
+        """``(B, N, D) -> (B, N, d)``: ``ReLU(x W_r)``."""
+        return torch.relu(self.reduce(x))
+
+    def attention_logits(self, x: Tensor) -> Tensor:
+        """Only the instance-attention logits ``(B, T*H, N)``, branch-major (what the anchor needs)."""
+        x = as_bag(x)
+        logits = self.token_attention.logits(self.token_queries, self.instance_features(x))  # (B, H, T, N)
+        return logits.transpose(1, 2).reshape(x.shape[0], -1, x.shape[1])
 
     def forward(self, x: Tensor, keep_tokens: Tensor | None = None) -> MILOutput:
         x = as_bag(x)  # (B, N, D)
         b, n, _ = x.shape
-        h = torch.relu(self.reduce(x))  # (B, N, d)
+        h = self.instance_features(x)  # (B, N, d)
         tokens, attn = self.token_attention(self.token_queries, h)  # (B, T, d), (B, H, T, N)
         tokens = self.token_norm(self.token_dropout(tokens))  # (B, T, d)
         if keep_tokens is not None:

@@ -111,9 +111,13 @@ class Anchor:
             buf_a.copy_(buf_s)
 
     def loss(self, bag: Tensor, student_out: MILOutput) -> Tensor:
-        """``lambda * L_anc`` for one bag, with the anchor run in eval mode on the same (possibly dropped) bag."""
+        """``lambda * L_anc`` for one bag, with the anchor run in eval mode on the same (possibly dropped) bag.
+
+        Models with an ``attention_logits(bag)`` method (ASMIL) compute only the logits for the anchor, not the
+        pooling and classification the loss does not use."""
         with torch.no_grad():
-            target = self.model(bag).attention_logits  # (B, K, N)
+            logits_only = getattr(self.model, "attention_logits", None)
+            target = logits_only(bag) if callable(logits_only) else self.model(bag).attention_logits  # (B, K, N)
         return self.weight * anchor_loss(student_out.attention_logits, target, tau=self.tau, reduction=self.reduction)
 
 
