@@ -4,7 +4,6 @@ real bags, the training loop), anchor EMA, sigmax, dropping, and each model's ow
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from pathlib import Path
 
@@ -66,13 +65,9 @@ def test_forward_shapes(name: str) -> None:
         model(torch.randn(2, 3, 4, 48))
 
 
-def _takes_label(model: torch.nn.Module) -> bool:
-    return "label" in inspect.signature(model.forward).parameters
-
-
 def _training_loss(model: torch.nn.Module, bag: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """The training loop's loss: CE of the slide logits + CE of the branch logits + the model's aux losses."""
-    out = model(bag, label=label) if _takes_label(model) else model(bag)
+    out = model(bag, label=label) if getattr(model, "takes_label", False) else model(bag)
     loss = torch.nn.functional.cross_entropy(out.logits, label.view(1))
     if out.branch_logits is not None:
         loss = loss + torch.nn.functional.cross_entropy(out.branch_logits[0], label.repeat(out.branch_logits.shape[1]))

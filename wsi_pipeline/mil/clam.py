@@ -68,6 +68,7 @@ class CLAMSB(nn.Module):
     """
 
     n_tokens = 0  # no branch tokens: token dropping does not apply, instance dropping does
+    takes_label = True  # forward(x, label=y) in training adds the instance clustering loss
 
     def __init__(
         self,
