@@ -1,4 +1,5 @@
-"""MIL models and ASMIL's plug-ins: registry, shapes, overfitting real bags, anchor EMA, sigmax, dropping, masking."""
+"""MIL models and ASMIL's plug-ins: the same tests for every registered model (shapes, attention, plug-ins, overfitting
+real bags, the training loop), anchor EMA, sigmax, dropping, and each model's own mechanism."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ from wsi_pipeline.mil import (
     diversity_loss,
     list_models,
     sigmax,
+    smooth_top1_svm_loss,
     stochastic_topk_mask,
 )
-from wsi_pipeline.mil_benchmarks import read_mil_csv
+from wsi_pipeline.mil_benchmarks import convert_mil_csv, read_mil_csv
+from wsi_pipeline.training import TrainConfig, load_checkpoint, model_from_checkpoint, train
 
 
 @functools.cache
@@ -40,8 +43,8 @@ def musk_bags(mil_dir: Path) -> tuple[list[torch.Tensor], torch.Tensor]:
 
 
 def test_registry_lists_models_and_rejects_unknown() -> None:
-    assert {"abmil", "acmil", "asmil"} <= set(list_models())
-    with pytest.raises(ValueError, match="valid names: abmil, acmil, asmil"):
+    assert {"abmil", "acmil", "asmil", "clam_sb", "dsmil", "transmil"} <= set(list_models())
+    with pytest.raises(ValueError, match="valid names: abmil, acmil, asmil, clam_sb, dsmil, transmil"):
         create_model("transmil2", in_dim=8, n_classes=2)
     model = create_model("asmil", in_dim=32, n_classes=2, hidden_dim=None, n_tokens=None)
     assert model.n_tokens == 16 and model.model_name == "asmil"
@@ -62,6 +65,15 @@ def test_forward_shapes(name: str) -> None:
         model(torch.randn(2, 3, 4, 48))
 
 
+def _training_loss(model: torch.nn.Module, bag: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """The training loop's loss: CE of the slide logits + CE of the branch logits + the model's aux losses."""
+    out = model(bag, label=label) if getattr(model, "takes_label", False) else model(bag)
+    loss = torch.nn.functional.cross_entropy(out.logits, label.view(1))
+    if out.branch_logits is not None:
+        loss = loss + torch.nn.functional.cross_entropy(out.branch_logits[0], label.repeat(out.branch_logits.shape[1]))
+    return loss + sum(out.aux_losses.values())
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_each_model_overfits_real_bags(name: str, musk_bags) -> None:
     bags, y = musk_bags
@@ -71,19 +83,20 @@ def test_each_model_overfits_real_bags(name: str, musk_bags) -> None:
     for _ in range(40):
         model.train()
         for bag, label in zip(bags, y, strict=True):
-            out = model(bag)
-            loss = torch.nn.functional.cross_entropy(out.logits, label.view(1))
-            if out.branch_logits is not None:
-                loss = loss + torch.nn.functional.cross_entropy(
-                    out.branch_logits[0], label.repeat(out.branch_logits.shape[1])
-                )
+            loss = _training_loss(model, bag, label)
             opt.zero_grad()
             loss.backward()
             opt.step()
+        pred = _predict(model, bags)
+        if (pred == y).all():
+            break
+    assert (pred == y).all(), f"{name} did not fit 12 real bags in 40 epochs: {pred.tolist()} vs {y.tolist()}"
+
+
+def _predict(model: torch.nn.Module, bags: list[torch.Tensor]) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
-        pred = torch.stack([model(bag).logits.argmax(-1)[0] for bag in bags])
-    assert (pred == y).all(), f"{name} did not fit 12 real bags: {pred.tolist()} vs {y.tolist()}"
+        return torch.stack([model(bag).logits.argmax(-1)[0] for bag in bags])
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -214,3 +227,191 @@ def test_diversity_loss_is_cosine_similarity() -> None:
     disjoint = torch.eye(4).unsqueeze(0)
     assert diversity_loss(disjoint).item() == pytest.approx(0.0, abs=1e-7)
     assert not math.isnan(diversity_loss(torch.ones(1, 1, 3)).item())
+
+
+# ----------------------------------------------------------------------------------------- every model, plug-ins
+@pytest.mark.parametrize("name", list_models())
+def test_attention_column_n_reads_instance_n(name: str) -> None:
+    """Column n of the attention logits belongs to instance n: it moves when instance n moves, in every row."""
+    torch.manual_seed(0)
+    model = create_model(name, in_dim=16, n_classes=2, hidden_dim=16).eval()
+    bag = torch.randn(9, 16)
+    for n in (0, 4, 8):
+        moved = bag.clone()
+        moved[n] += 3.0 * torch.randn(16)
+        with torch.no_grad():
+            before, after = model(bag).attention_logits, model(moved).attention_logits  # (1, K, N)
+        assert (before[0, :, n] != after[0, :, n]).all(), f"{name}: column {n} ignores instance {n}"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_trains_with_anchor_and_instance_dropping(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, in_dim=16, n_classes=2, hidden_dim=16)
+    anchor = Anchor(model, mode="ema", momentum=0.5)
+    frozen = Anchor(model, mode="frozen", rebuild=lambda: create_model(name, in_dim=16, n_classes=2, hidden_dim=16))
+    dropper = RandomDropping("instance", 5, torch.Generator().manual_seed(0))
+    dropper.check(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    start = [p.detach().clone() for p in anchor.model.parameters()]
+    model.train()
+    for step in range(3):
+        bag, keep = dropper(model, torch.randn(20, 16))
+        assert bag.shape == (15, 16) and keep is None
+        out = model(bag)
+        assert out.attention_logits.shape[-1] == 15
+        loss = torch.nn.functional.cross_entropy(out.logits, torch.tensor([step % 2]))
+        loss = loss + anchor.loss(bag, out) + frozen.loss(bag, out)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        anchor.update(model)
+    assert any(not torch.equal(a, b) for a, b in zip(start, anchor.model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_token_dropping_needs_branch_tokens(name: str) -> None:
+    model = create_model(name, in_dim=16, n_classes=2, hidden_dim=16).train()
+    dropper = RandomDropping("token", 2, torch.Generator().manual_seed(0))
+    if getattr(model, "n_tokens", 0) > 2:
+        dropper.check(model)
+        bag, keep = dropper(model, torch.randn(10, 16))
+        assert model(bag, keep_tokens=keep).logits.shape == (1, 2)
+    else:
+        with pytest.raises(ValueError, match="branch tokens"):
+            dropper.check(model)
+        with pytest.raises(ValueError, match="no branch tokens"):
+            model(torch.randn(10, 16), keep_tokens=torch.tensor([0]))
+
+
+@pytest.fixture(scope="module")
+def musk_stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Stores of 10 + 10 real Musk1 bags, as `wsi-pipeline convert-mil` writes them."""
+    from tests.conftest import MIL_DATA
+
+    if not (MIL_DATA / "musk1.csv").is_file():
+        pytest.skip(f"real data not available: {MIL_DATA / 'musk1.csv'}")
+    rows = (MIL_DATA / "musk1.csv").read_text().splitlines()
+    keep: dict[str, list[str]] = {"0": [], "1": []}
+    for row in rows:
+        label, bag = row.split(",", 2)[:2]
+        if bag not in keep[label] and len(keep[label]) < 10:
+            keep[label].append(bag)
+    out = tmp_path_factory.mktemp("musk")
+    subset = out / "musk_small.csv"
+    subset.write_text("\n".join(r for r in rows if r.split(",", 2)[1] in keep["0"] + keep["1"]) + "\n")
+    return convert_mil_csv(subset, out / "converted")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_training_loop_trains_every_model_with_the_plugins(name: str, musk_stores, tmp_path: Path) -> None:
+    stores, labels = musk_stores
+    cfg = TrainConfig(
+        model=name,
+        model_kwargs={"hidden_dim": 32},
+        folds=2,
+        epochs=2,
+        val_fraction=0.2,
+        standardize=True,
+        lr=5e-4,
+        anchor="ema",
+        drop="instance",
+        n_drop=2,
+        plots=False,
+    )
+    result = train(stores, labels, tmp_path, cfg)
+    for fold in result.folds:
+        assert all(math.isfinite(row["train_loss"]) for row in fold.history)
+        assert {"accuracy", "auc"} <= set(fold.test)
+    ckpt = load_checkpoint(result.folds[0].out_dir / "checkpoint_best.pt")
+    assert ckpt["model_name"] == name and ckpt["config"]["resolved"] == {"anchor": "ema", "drop": "instance"}
+    model = model_from_checkpoint(ckpt)
+    assert model(torch.randn(7, 166)).attention_logits.shape[-1] == 7
+
+
+# ----------------------------------------------------------------------------------------- CLAM-SB
+def test_smooth_top1_svm_is_a_smoothed_hinge() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.5], [-4.0, 4.0]])
+    target = torch.tensor([0, 1, 1])
+    margin = 1.0 - torch.nn.functional.one_hot(target, 2)
+    expected = (torch.logsumexp(logits + margin, 1) - logits.gather(1, target[:, None]).squeeze(1)).mean()
+    assert smooth_top1_svm_loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    # It exceeds the margin-free cross-entropy: the true class must win by a margin.
+    assert smooth_top1_svm_loss(logits, target) > torch.nn.functional.cross_entropy(logits, target)
+
+
+def test_clam_instance_loss_trains_the_true_class_classifier_on_top_and_bottom_instances() -> None:
+    torch.manual_seed(0)
+    model = create_model("clam_sb", in_dim=16, n_classes=3, hidden_dim=16, dropout=0.0, k_sample=3).train()
+    bag = torch.randn(10, 16)
+    out = model(bag, label=torch.tensor([2]))
+    assert set(out.aux_losses) == {"instance"} and out.aux_losses["instance"] > 0
+    out.aux_losses["instance"].backward()
+    grads = [c.weight.grad for c in model.instance_classifiers]
+    assert grads[0] is None and grads[1] is None and grads[2].abs().sum() > 0  # only class 2's classifier
+    # The pseudo-labels: the 3 most attended instances are positive, the 3 least attended negative.
+    attn = out.attention_logits[0, 0].detach()
+    h = model.fc(bag.unsqueeze(0))[0].detach()
+    top, bottom = attn.topk(3).indices, (-attn).topk(3).indices
+    logits = model.instance_classifiers[2](torch.cat([h[top], h[bottom]]))
+    expected = smooth_top1_svm_loss(logits, torch.tensor([1, 1, 1, 0, 0, 0]))
+    assert out.aux_losses["instance"].item() == pytest.approx(model.instance_weight * expected.item(), rel=1e-5)
+    # Subtyping also trains the other classes' classifiers; eval and label-less calls add nothing.
+    sub = create_model("clam_sb", in_dim=16, n_classes=3, hidden_dim=16, subtyping=True).train()
+    sub(bag, label=torch.tensor([0])).aux_losses["instance"].backward()
+    assert all(c.weight.grad.abs().sum() > 0 for c in sub.instance_classifiers)
+    assert model.eval()(bag, label=torch.tensor([1])).aux_losses == {}
+    assert model.train()(bag).aux_losses == {}
+    # k is capped at half the bag (disjoint positives and negatives); one instance gives no instance loss.
+    assert model(bag[:1], label=torch.tensor([0])).aux_losses["instance"].item() == 0.0
+    assert torch.isfinite(model(bag[:4], label=torch.tensor([0])).aux_losses["instance"])
+
+
+# ----------------------------------------------------------------------------------------- DSMIL
+def test_dsmil_attends_from_the_critical_instance() -> None:
+    torch.manual_seed(0)
+    model = create_model("dsmil", in_dim=16, n_classes=2, hidden_dim=16).eval()
+    bag = torch.randn(12, 16)
+    with torch.no_grad():
+        out = model(bag)
+        h = model.fc(bag)
+        inst = model.instance_classifier(h)  # (N, C)
+        q = model.query(h)  # (N, 128)
+    assert torch.allclose(out.branch_logits[0, 0], inst.max(0).values)  # max-pooled instance stream
+    for c in range(2):
+        critical = inst[:, c].argmax()
+        expected = q @ q[critical] / math.sqrt(128)
+        assert torch.allclose(out.attention_logits[0, c], expected, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- TransMIL
+def test_nystrom_attention_is_exact_up_to_the_landmark_count_and_close_beyond() -> None:
+    from wsi_pipeline.mil.transmil import NystromAttention, iterative_pinv
+
+    torch.manual_seed(0)
+    a = torch.softmax(torch.randn(2, 4, 8, 8), -1) + torch.eye(8)  # well conditioned
+    z = iterative_pinv(a, 12)
+    assert torch.allclose(z, torch.linalg.inv(a), atol=1e-4)
+    attention = NystromAttention(32, 4, n_landmarks=64, residual_kernel=0, dropout=0.0).eval()
+    x = torch.randn(1, 40, 32)
+    out, first = attention(x)
+    qkv = attention.qkv(x).view(1, 40, 3, 4, 8).permute(2, 0, 3, 1, 4)
+    exact = torch.softmax(qkv[0] @ qkv[1].transpose(-1, -2) / math.sqrt(8), -1) @ qkv[2]  # (1, 4, 40, 8)
+    assert torch.allclose(out, attention.out(exact.transpose(1, 2).reshape(1, 40, 32)), atol=1e-5)
+    assert torch.allclose(first, (qkv[0][:, :, 0:1] @ qkv[1].transpose(-1, -2)).squeeze(2) / math.sqrt(8))
+    # Beyond the landmark count the approximation is used; on smooth (low-rank) attention it stays close.
+    attention.n_landmarks = 16
+    smooth = torch.randn(1, 1, 32).expand(1, 200, 32) + 0.05 * torch.randn(1, 200, 32)
+    approx, _ = attention(smooth)
+    attention.n_landmarks = 10_000
+    reference, _ = attention(smooth)
+    assert ((approx - reference).norm() / reference.norm()) < 0.05
+
+
+def test_transmil_attention_covers_the_instances_not_the_padding() -> None:
+    torch.manual_seed(0)
+    model = create_model("transmil", in_dim=16, n_classes=2, hidden_dim=16).eval()
+    for n in (1, 2, 10, 17):  # 17 instances fill a 5 x 5 square with 8 repeats
+        out = model(torch.randn(n, 16))
+        assert out.attention_logits.shape == (1, 8, n)

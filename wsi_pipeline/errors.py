@@ -14,6 +14,7 @@ __all__ = [
     "SlideReadError",
     "MissingMppError",
     "NoTissueError",
+    "AnnotationError",
     "StoreError",
     "StoreMismatchError",
     "MissingPrerequisiteError",
@@ -50,6 +51,10 @@ class MissingMppError(SlideError):
 
 class NoTissueError(SlideError):
     """The tissue mask (or the tile filter) found nothing to keep."""
+
+
+class AnnotationError(SlideError):
+    """An annotation file cannot be read or does not fit its slide (``annotate`` records the slide as failed)."""
 
 
 class StoreError(WsiPipelineError):

@@ -70,6 +70,7 @@ __all__ = [
     "INSTANCE_LABELS",
     "write_instance_labels",
     "read_instance_labels",
+    "read_instance_labels_attrs",
 ]
 
 LAYOUT_VERSION = 1
@@ -319,3 +320,12 @@ def read_instance_labels(store: str | Path) -> np.ndarray | None:
     if not array.attrs.get("complete"):
         return None
     return np.asarray(array[...])
+
+
+def read_instance_labels_attrs(store: str | Path) -> dict[str, Any] | None:
+    """The attrs of the store's ``instance_labels`` (``classes``, ``source``...), or None when it has none."""
+    path = Path(store) / INSTANCE_LABELS
+    if not (path / "zarr.json").is_file():
+        return None
+    attrs = zarr.open_array(str(path), mode="r").attrs.asdict()
+    return attrs if attrs.get("complete") else None

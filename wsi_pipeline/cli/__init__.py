@@ -12,6 +12,7 @@ from rich.logging import RichHandler
 
 from .. import __version__
 from ..errors import WsiPipelineError
+from .annotate import annotate
 from .convert import convert_mil, digit_bags
 from .embed import embed
 from .predict import predict
@@ -23,7 +24,7 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="wsi-pipeline",
-    help="Whole-slide images to diagnosis: tile -> embed -> train -> predict.",
+    help="Whole-slide images to diagnosis: tile -> embed -> train -> predict (annotate: tile labels from polygons).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -55,6 +56,7 @@ def _root(
 
 app.command(no_args_is_help=True)(tile)
 app.command(no_args_is_help=True)(embed)
+app.command(no_args_is_help=True)(annotate)
 app.command(no_args_is_help=True)(train)
 app.command(no_args_is_help=True)(predict)
 app.command(no_args_is_help=True)(submit)

@@ -25,6 +25,9 @@ class MILOutput:
         ``(B, T, C)`` per-branch logits for models that train each branch on the slide label (ACMIL), else None.
     aux_losses
         Extra scalar losses the model adds in training (e.g. ACMIL's diversity loss), already weighted.
+
+    A model whose training loss needs the slide label (CLAM-SB's instance clustering) sets the class attribute
+    ``takes_label = True``; the training loop then calls ``model(bag, label=y)``.
     """
 
     logits: Tensor

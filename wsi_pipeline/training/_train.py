@@ -148,7 +148,10 @@ def bag_loss_terms(
 ) -> dict[str, torch.Tensor]:
     """The loss terms of one training bag: ``cls`` (CE of the slide logits), ``branch`` (mean CE of per-branch
     logits, ACMIL), the model's own auxiliary losses (e.g. ``diversity``) and ``anchor``; the loss is their sum."""
-    out = model(bag) if keep_tokens is None else model(bag, keep_tokens=keep_tokens)
+    kwargs: dict[str, Any] = {} if keep_tokens is None else {"keep_tokens": keep_tokens}
+    if getattr(model, "takes_label", False):
+        kwargs["label"] = target  # models with an instance loss on pseudo-labels (CLAM-SB)
+    out = model(bag, **kwargs)
     terms = {"cls": F.cross_entropy(out.logits, target)}
     if out.branch_logits is not None:
         n_branches = out.branch_logits.shape[1]
