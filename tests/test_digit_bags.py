@@ -78,3 +78,25 @@ def test_cli_digit_bags(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
     changed = wsi_pipeline_cli("digit-bags", "--out", out, "--bags", "8", "--bag-size", "50-60")
     assert changed.returncode == 1 and "pass --overwrite" in changed.stderr
+
+
+def test_train_and_predict_report_localisation(tmp_path: Path) -> None:
+    from wsi_pipeline.predict import predict_slides
+    from wsi_pipeline.training import TrainConfig, train
+
+    stores, labels = make_digit_bags(tmp_path / "digits", DigitBagsConfig(n_bags=16, bag_size=(30, 40), prevalence=0.1))
+    config = TrainConfig(model="abmil", folds=2, epochs=3, standardize=True, plots=True)
+    result = train(stores, labels, tmp_path / "runs", config)
+    history = json.loads((result.run_dir / "fold_0" / "metrics.json").read_text())["history"]
+    assert all(0.0 <= row["val_loc_auc"] <= 1.0 and 0.0 < row["val_loc_mass"] <= 1.0 for row in history)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    for part in ("test_mean_std", "test_last_mean_std"):
+        assert {"loc_auc", "loc_precision", "loc_mass", "accuracy"} <= set(summary[part])
+    with (result.run_dir / "fold_0" / "predictions_test.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(bool(row["loc_auc"]) == (row["label"] == "1") for row in rows)  # only positive bags have keys
+    assert (result.run_dir / "fold_0" / "stability.png").is_file()
+    pred = predict_slides(result.run_dir / "fold_0" / "checkpoint_best.pt", stores, tmp_path / "pred")
+    by_id = {row["slide_id"]: row for row in pred.rows}
+    truth = _labels(labels)
+    assert len(by_id) == 16 and all(("loc_auc" in row) == bool(truth[sid]) for sid, row in by_id.items())

@@ -25,9 +25,14 @@ def test_perfect_uniform_and_ties() -> None:
     # Uniform attention: every pair tied (AUC 0.5), the mass is the key fraction.
     uniform = bag_localisation(np.full(8, 1 / 8), labels)
     assert uniform["loc_auc"] == 0.5 and uniform["loc_mass"] == pytest.approx(0.25)
+    assert uniform["loc_precision"] == pytest.approx(0.25)  # ties share the top-k places: the key fraction
     # One key tied with one other instance at the top: half a pair.
     tied = bag_localisation(np.array([0.3, 0.3, 0.1, 0.2]), np.array([0, 1, 0, 0]))
     assert tied["loc_auc"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert tied["loc_precision"] == pytest.approx(0.5)  # top-1 is a tie of one key and one other instance
+    # k = 2 keys; one instance above the tie, then two tied (one key) for the last place: (1 + 1 * 1/2) / 2.
+    two = bag_localisation(np.array([0.5, 0.2, 0.2, 0.1]), np.array([1, 1, 0, 0]))
+    assert two["loc_precision"] == pytest.approx(0.75)
 
 
 def test_unknown_instances_are_left_out_and_unscorable_bags_are_none() -> None:

@@ -43,8 +43,8 @@ def musk_bags(mil_dir: Path) -> tuple[list[torch.Tensor], torch.Tensor]:
 
 
 def test_registry_lists_models_and_rejects_unknown() -> None:
-    assert {"abmil", "acmil", "asmil", "clam_sb", "dsmil", "transmil"} <= set(list_models())
-    with pytest.raises(ValueError, match="valid names: abmil, acmil, asmil, clam_sb, dsmil, transmil"):
+    assert {"abmil", "acmil", "asmil", "clam_sb", "dsmil", "meanpool", "transmil"} <= set(list_models())
+    with pytest.raises(ValueError, match="valid names: abmil, acmil, asmil, clam_sb, dsmil, meanpool, transmil"):
         create_model("transmil2", in_dim=8, n_classes=2)
     model = create_model("asmil", in_dim=32, n_classes=2, hidden_dim=None, n_tokens=None)
     assert model.n_tokens == 16 and model.model_name == "asmil"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -80,14 +81,26 @@ def train(
             )
 
         result = run_train(stores, labels, out, cfg, overwrite=overwrite, on_epoch=on_epoch)
-    table = Table(title=f"{result.run_dir} (test, mean ± std over {len(result.folds)} fold(s))")
-    for key in ("accuracy", "balanced_accuracy", "f1_macro", "auc"):
-        table.add_column(key)
-    stats = result.summary["test_mean_std"]
-    table.add_row(
-        *(
-            f"{stats[k]['mean']:.3f} ± {stats[k]['std']:.3f}"
-            for k in ("accuracy", "balanced_accuracy", "f1_macro", "auc")
-        )
-    )
-    console.print(table)
+    console.print(summary_table(result.run_dir, result.summary, len(result.folds)))
+
+
+def summary_table(run_dir: Path, summary: dict, n_folds: int) -> Table:
+    """Test metrics (mean ± std over folds) of the selected and of the last epoch's models, one metric a row;
+    localisation rows where the bags have instance labels."""
+    names = {
+        "accuracy": "accuracy",
+        "balanced_accuracy": "balanced accuracy",
+        "f1_macro": "macro-F1",
+        "auc": "AUC",
+        "loc_auc": "localisation AUC",
+        "loc_precision": "localisation top-k precision",
+        "loc_mass": "attention on key instances",
+    }
+    selected, last = summary["test_mean_std"], summary["test_last_mean_std"]
+    table = Table(title=f"{run_dir}\ntest metrics, mean ± std over {n_folds} fold(s)")
+    for column in ("", "selected epoch", "last epoch"):
+        table.add_column(column)
+    for key, name in names.items():
+        if not math.isnan(selected.get(key, {}).get("mean", math.nan)):
+            table.add_row(name, *(f"{stats[key]['mean']:.3f} ± {stats[key]['std']:.3f}" for stats in (selected, last)))
+    return table

@@ -21,8 +21,18 @@ import torch
 
 from ..batch import BatchResult, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
 from ..errors import ConfigError, StoreMismatchError
-from ..store import SCORES, is_complete, list_encoders, read_attrs, read_coords, read_features, write_scores
+from ..store import (
+    SCORES,
+    is_complete,
+    list_encoders,
+    read_attrs,
+    read_coords,
+    read_features,
+    read_instance_labels,
+    write_scores,
+)
 from ..training._checkpoint import load_checkpoint, model_from_checkpoint
+from ..training._localisation import bag_localisation
 from ..training._train import resolve_device
 from ._heatmap import draw_heatmap, save_top_tiles
 from ._inputs import PredictItem, SlidePreparer, collect_items
@@ -279,6 +289,8 @@ def predict_slides(
             preparer.prepare(item, lock)
         check_store(item.store, ckpt, checkpoint)
         row, attention, probs = predict_store(item.store, model, ckpt, device=device)
+        instance_labels = read_instance_labels(item.store)
+        localisation = None if instance_labels is None else bag_localisation(attention, instance_labels)
         if config.write_scores:
             write_scores(
                 item.store,
@@ -316,6 +328,7 @@ def predict_slides(
                 "predicted_class": row["predicted_class"],
                 "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
                 "n_tiles": int(row["n_tiles"]),
+                "localisation": localisation,  # attention vs the store's instance_labels, when it has them
                 "heatmap_skipped": heatmap,
             },
         )

@@ -26,6 +26,7 @@ import zarr
 from ..batch import SlideLock, atomic_write_text
 from ..errors import LockedError
 from ..store import FEATURES, SCORES, provenance
+from ..training._localisation import LOCALISATION_KEYS
 
 __all__ = [
     "checkpoint_identity",
@@ -92,13 +93,15 @@ def is_finished(
 
 
 def result_row(result: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
-    """One ``predictions.csv`` row: slide_id, predicted_class, prob_<class>..., n_tiles."""
+    """One ``predictions.csv`` row: slide_id, predicted_class, prob_<class>..., n_tiles, and the localisation
+    columns (``loc_auc``, ``loc_precision``, ``loc_mass``) for slides whose store has instance labels."""
     probs = result["probabilities"]
     return {
         "slide_id": result["slide_id"],
         "predicted_class": result["predicted_class"],
         **{f"prob_{c}": float(probs[c]) for c in classes},
         "n_tiles": int(result["n_tiles"]),
+        **{key: result["localisation"][key] for key in LOCALISATION_KEYS if result.get("localisation")},
     }
 
 
@@ -133,6 +136,8 @@ def write_predictions_csv(
                 rows.append(result_row(result, classes))
         buffer = io.StringIO()
         fields = ["slide_id", "predicted_class"] + [f"prob_{c}" for c in classes] + ["n_tiles"]
+        if any("loc_auc" in row for row in rows):
+            fields += list(LOCALISATION_KEYS)
         writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)

@@ -34,7 +34,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float | None = 5.0
-    selection: Literal["f1_auc", "loss", "accuracy"] = "f1_auc"
+    selection: Literal["f1_auc", "loss", "accuracy", "last"] = "f1_auc"  # last: keep the last epoch
     patience: int | None = None  # early stopping after this many epochs without a better val score
     # ASMIL plug-ins
     anchor: Literal["auto", "ema", "frozen", "none"] = "auto"

@@ -5,7 +5,9 @@ both key instances (label >= 1) and negative ones (label 0); unknown instances (
 
 - ``loc_auc``: ROC AUC of the attention against the key instances (ties count half): 1 = every key instance gets
   more attention than every other one, 0.5 = no better than chance. Blind to how peaked the attention is.
-- ``loc_precision``: precision of the top-k attention, k = the bag's number of key instances (R-precision).
+- ``loc_precision``: precision of the top-k attention, k = the bag's number of key instances (R-precision); instances
+  tied at the k-th value share the remaining places (the expectation over tie-breaking), so uniform attention
+  scores the key fraction, not whatever the storage order gives.
 - ``loc_mass``: share of the attention on the key instances. Uniform attention gives the key fraction (e.g. 0.01),
   attention on the key instances only gives 1: the one measure here that sees whether attention concentrates.
 """
@@ -32,6 +34,13 @@ def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def _top_k_precision(scores: np.ndarray, positive: np.ndarray, k: int) -> float:
+    kth = np.sort(scores)[::-1][k - 1]
+    above, tied = scores > kth, scores == kth
+    places_left = k - int(above.sum())
+    return float((positive[above].sum() + places_left * positive[tied].mean()) / k)
+
+
 def bag_localisation(attention: np.ndarray, instance_labels: np.ndarray) -> dict[str, float] | None:
     """``loc_auc``, ``loc_precision``, ``loc_mass`` and ``key_fraction`` of one bag, or None when the bag has no
     key instance or nothing but key instances (nothing to localise)."""
@@ -44,12 +53,10 @@ def bag_localisation(attention: np.ndarray, instance_labels: np.ndarray) -> dict
     if not key.any() or key.all():
         return None
     scores = attention[known]
-    n_key = int(key.sum())
-    top = np.argsort(-scores, kind="stable")[:n_key]
     total = scores.sum()
     return {
         "loc_auc": _auc(scores, key),
-        "loc_precision": float(key[top].mean()),
+        "loc_precision": _top_k_precision(scores, key, int(key.sum())),
         "loc_mass": float(scores[key].sum() / total) if total > 0 else math.nan,
         "key_fraction": float(key.mean()),
     }

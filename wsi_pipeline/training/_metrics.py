@@ -46,8 +46,10 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, n_classes: int
     return out
 
 
-def selection_score(metrics: dict[str, Any], rule: str) -> float:
-    """Higher is better: macro-F1 + AUC (NaN AUC counts 0), accuracy, or minus the loss."""
+def selection_score(metrics: dict[str, Any], rule: str, epoch: int = 0) -> float:
+    """Higher is better: macro-F1 + AUC (NaN AUC counts 0), accuracy, minus the loss, or the epoch (``last``)."""
+    if rule == "last":
+        return float(epoch)
     if rule == "loss":
         return -float(metrics["loss"])
     if rule == "accuracy":

@@ -324,7 +324,7 @@ def train_fold(
         previous_attention = attention
         history.append(row)
 
-        score = selection_score(metrics, config.selection) if split.val else float(epoch)
+        score = selection_score(metrics, config.selection, epoch) if split.val else float(epoch)
         if score > best_score:
             best_score, best_epoch, stale = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
