@@ -255,7 +255,7 @@ def test_cli_train_passes_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     def fake_train(stores, labels, out, cfg, **kwargs):
         seen.update(stores=stores, labels=labels, out=out, cfg=cfg)
         stats = {k: {"mean": 0.5, "std": 0.1} for k in ("accuracy", "balanced_accuracy", "f1_macro", "auc")}
-        return TrainResult(out, [], {"test_mean_std": stats})
+        return TrainResult(out, [], {"test_mean_std": stats, "test_last_mean_std": stats})
 
     monkeypatch.setattr("wsi_pipeline.training.train", fake_train)
     result = CliRunner().invoke(

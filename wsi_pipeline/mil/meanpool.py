@@ -22,6 +22,7 @@ class MeanPoolMIL(nn.Module):
     """fc ``D -> d`` + ReLU, mean over the instances, linear classifier; ``attention_logits`` are zeros."""
 
     n_tokens = 0  # no branch tokens: token dropping does not apply, instance dropping does
+    uniform_attention = True  # attention logits are 0 by construction (heatmaps and tests rely on it)
 
     def __init__(self, in_dim: int, n_classes: int, hidden_dim: int | None = None, dropout: float = 0.0) -> None:
         super().__init__()
