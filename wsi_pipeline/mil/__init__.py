@@ -8,18 +8,18 @@ the registered names. Every model returns a ``MILOutput`` with slide logits and 
 from . import abmil as _abmil  # noqa: F401  (registers the models)
 from . import acmil as _acmil  # noqa: F401
 from . import asmil as _asmil  # noqa: F401
-from . import meanpool as _meanpool  # noqa: F401
 from . import clam as _clam  # noqa: F401
 from . import dsmil as _dsmil  # noqa: F401
+from . import meanpool as _meanpool  # noqa: F401
 from . import transmil as _transmil  # noqa: F401
 from ._base import MILOutput, as_bag, default_hidden_dim
 from ._registry import create_model, is_model, list_models, register_model
 from .abmil import ABMIL
 from .acmil import ACMIL, diversity_loss, stochastic_topk_mask
 from .asmil import ASMIL
-from .meanpool import MeanPoolMIL
 from .clam import CLAMSB, smooth_top1_svm_loss
 from .dsmil import DSMIL
+from .meanpool import MeanPoolMIL
 from .plugins import Anchor, RandomDropping, anchor_loss, sigmax
 from .transmil import TransMIL
 
