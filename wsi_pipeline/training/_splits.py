@@ -89,7 +89,8 @@ def read_labels(
 def resolve_stores(stores: str | Path) -> dict[str, Path]:
     """Slide id -> store path, from a folder of stores or a CSV with columns ``slide_id,store``."""
     stores = Path(stores)
-    if stores.is_dir():
+    if stores.is_dir() or (not stores.exists() and stores.suffix.lower() != ".csv"):
+        # list_stores names a missing folder and the command that makes it (not "CSV not found").
         return {slide_id_from_store(p): p for p in list_stores(stores)}
     rows = _read_csv(stores)
     if not rows or "slide_id" not in rows[0] or "store" not in rows[0]:
