@@ -1,0 +1,139 @@
+"""Flat images (no pyramid): stripped TIFF, PNG, JPEG, read with Pillow when OpenSlide does not recognise a file.
+
+Users have such images: crops exported from a viewer, microscope camera frames, stripped TIFFs. They have one level,
+so the whole image is decoded once into memory (RGB, 3 bytes a pixel; about 7-10 bytes a pixel for a moment while
+Pillow decodes it). That is only safe up to a size: images above ``max_flat_pixels()`` (default 2**27 = 134 million
+pixels, e.g. 11,500 x 11,500; environment variable ``WSI_PIPELINE_MAX_FLAT_PIXELS``) are refused with a message that
+says how to make a pyramidal TIFF of them. Their resolution comes from the TIFF resolution tags (PNG pHYs and JPEG
+density are read the same way); writer defaults such as 72 dpi do not count (see ``slide.resolve_mpp``), so such
+images are usually tiled with ``--slide-mpp``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SlideOpenError
+
+__all__ = ["FlatImage", "open_flat_image", "max_flat_pixels", "MAX_FLAT_PIXELS_ENV"]
+
+MAX_FLAT_PIXELS_ENV = "WSI_PIPELINE_MAX_FLAT_PIXELS"
+_DEFAULT_MAX_PIXELS = 2**27
+_CONVERT = (
+    "make a pyramidal tiled TIFF of it, e.g. `vips tiffsave IN OUT.tif --tile --pyramid --compression jpeg --Q 90` "
+    "(libvips), and tile that"
+)
+
+
+def max_flat_pixels() -> int:
+    """The largest flat image (width x height) the fallback reader decodes into memory."""
+    raw = os.environ.get(MAX_FLAT_PIXELS_ENV, "").strip()
+    if not raw:
+        return _DEFAULT_MAX_PIXELS
+    try:
+        return int(float(raw))
+    except ValueError as err:
+        raise SlideOpenError(f"{MAX_FLAT_PIXELS_ENV}={raw!r}: expected a number of pixels, e.g. 200e6") from err
+
+
+class FlatImage:
+    """An OpenSlide-like handle on a decoded flat image: one level, ``read_region`` returns RGB ``uint8``.
+
+    Areas outside the image read as white glass, as OpenSlide's transparent areas do after ``Slide`` composites them.
+    """
+
+    def __init__(self, rgb: np.ndarray, properties: dict[str, str]) -> None:
+        self._rgb: np.ndarray | None = rgb
+        self.properties = properties
+        self.dimensions = (rgb.shape[1], rgb.shape[0])
+        self.level_count = 1
+        self.level_dimensions = (self.dimensions,)
+        self.level_downsamples = (1.0,)
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        return 0
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        if self._rgb is None:
+            raise ValueError("read from a closed flat image")
+        if level != 0:
+            raise ValueError(f"a flat image has one level; asked for level {level}")
+        (x, y), (w, h) = location, size
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
+        height, width = self._rgb.shape[:2]
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = self._rgb[y0:y1, x0:x1]
+        return out
+
+    def close(self) -> None:
+        self._rgb = None
+
+
+def _resolution_properties(image, fmt: str) -> dict[str, str]:  # noqa: ANN001 - a PIL image
+    """TIFF-style resolution keys (``tiff.XResolution``, ``tiff.ResolutionUnit``) from the file's own metadata."""
+    props: dict[str, str] = {}
+    tags = getattr(image, "tag_v2", None)
+    if fmt == "TIFF" and tags is not None and 282 in tags:
+        unit = {2: "inch", 3: "centimeter"}.get(int(tags.get(296, 2)))
+        if unit:
+            props = {"tiff.XResolution": str(float(tags[282])), "tiff.ResolutionUnit": unit}
+    elif "dpi" in image.info:
+        props = {"tiff.XResolution": str(float(image.info["dpi"][0])), "tiff.ResolutionUnit": "inch"}
+    return props
+
+
+def open_flat_image(path: str | Path) -> FlatImage:
+    """Decode a flat image into memory, or raise ``SlideOpenError`` saying what the file is and what to do.
+
+    Raises
+    ------
+    SlideOpenError
+        The file is no image Pillow can read (truncated, corrupt, not an image), cannot be decoded, or is larger than
+        ``max_flat_pixels()``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    limit = max_flat_pixels()
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        # Our own size check below replaces Pillow's decompression-bomb guard, which would refuse above ~179 MPx
+        # (whatever the limit set here) and call a big image "not an image".
+        Image.MAX_IMAGE_PIXELS = None
+        image = Image.open(path)
+    except (UnidentifiedImageError, OSError) as err:
+        raise SlideOpenError(
+            f"{path}: OpenSlide does not recognise this file and it is no image Pillow can read either (truncated, "
+            "corrupt or not a slide); re-export or re-copy it"
+        ) from err
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    with image:
+        fmt = image.format or path.suffix.lstrip(".").upper()
+        width, height = image.size
+        pages = getattr(image, "n_frames", 1)
+        what = f"a flat {fmt} image of {width} x {height} px" + (
+            f" ({pages} pages, the first is read)" if pages > 1 else ""
+        )
+        if width * height > limit:
+            raise SlideOpenError(
+                f"{path}: {what} ({width * height / 1e6:.0f} MPx), more than the {limit / 1e6:.0f} MPx a flat image "
+                f"may have (it is decoded whole into memory); {_CONVERT}, or raise {MAX_FLAT_PIXELS_ENV}"
+            )
+        properties = {"openslide.vendor": f"flat-{fmt.lower()}", **_resolution_properties(image, fmt)}
+        try:
+            image.load()
+            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                # Transparent areas are glass: composite onto white, as Slide does with OpenSlide's alpha.
+                rgba = image.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                rgb = np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+            else:
+                rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as err:  # Pillow's decoders raise these for damaged data
+            raise SlideOpenError(f"{path}: {what} that cannot be decoded ({err}); re-export or re-copy it") from err
+    return FlatImage(np.ascontiguousarray(rgb), properties)
