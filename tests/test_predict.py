@@ -12,7 +12,7 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from tests.conftest import CMU_SMALL
+from tests.conftest import CMU_SMALL, need_real_data
 from wsi_pipeline.batch import Shard, read_manifest
 from wsi_pipeline.errors import CheckpointError, StoreMismatchError
 from wsi_pipeline.predict import PredictConfig, predict_slides, read_slide_result, scale_scores, slide_result_path
@@ -63,7 +63,7 @@ def _make_stores(slide_path: Path, out: Path, n_bands: int = 6) -> tuple[Path, P
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """An ASMIL checkpoint trained on 6 stores of real tiles of CMU-1-Small-Region.svs (made once per module)."""
     if not CMU_SMALL.is_file():
-        pytest.skip(f"real data not available: {CMU_SMALL}")
+        need_real_data(CMU_SMALL)
     tmp_path = tmp_path_factory.mktemp("predict")
     stores, labels = _make_stores(CMU_SMALL, tmp_path / "data")
     cfg = TrainConfig(

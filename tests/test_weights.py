@@ -17,7 +17,7 @@ from wsi_pipeline.encoders import create_encoder, file_sha256, load_checkpoint, 
 from wsi_pipeline.errors import WeightsError
 from wsi_pipeline.slide import Slide
 
-from .conftest import CMU_SMALL, WEIGHTS
+from .conftest import CMU_SMALL, WEIGHTS, need_real_data
 
 LITE0 = WEIGHTS / "efficientnet-lite0-57934424.pth"
 
@@ -66,7 +66,7 @@ def _tissue_tiles(n: int = 6) -> tuple[list[np.ndarray], np.ndarray]:
 
 def test_real_weights_give_stable_meaningful_embeddings(lite0: Path) -> None:
     if not CMU_SMALL.exists():
-        pytest.skip("real slide not available")
+        need_real_data(CMU_SMALL)
     enc = create_encoder("efficientnet_lite0", weights=str(lite0))
     assert enc.weights.source == "local" and enc.weights.sha256 == file_sha256(lite0) and enc.dim == 1280
     tiles, blank = _tissue_tiles()
