@@ -124,6 +124,21 @@ def test_missing_slide_file_skips_heatmap_but_predicts(trained: tuple[Path, Path
     assert len(result.rows) == 1 and not (tmp_path / "p" / "heatmaps").exists()
 
 
+def test_cli_shows_a_warning_once_on_one_line(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from tests.test_cli import run_cli
+
+    checkpoint, stores = trained
+    moved = tmp_path / "moved"
+    shutil.copytree(stores / "cmu_band0.zarr", moved / "cmu_band0.zarr")
+    group = zarr.open_group(str(moved / "cmu_band0.zarr"), mode="a")
+    group.attrs["slide"] = {**group.attrs["slide"], "path": str(tmp_path / "gone.svs")}
+    result = run_cli("predict", checkpoint, moved, "-o", tmp_path / "p", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "heatmaps skipped" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: heatmaps skipped for 1 slide(s)"), result.stderr
+    assert "warnings.warn" not in result.stderr and "UserWarning" not in result.stderr
+
+
 def test_mismatched_stores_and_bad_checkpoints(trained: tuple[Path, Path], tmp_path: Path) -> None:
     checkpoint, stores = trained
     other = tmp_path / "other" / "x.zarr"
@@ -322,6 +337,53 @@ def test_rank_scaling_keeps_concentrated_attention_visible() -> None:
     assert pct.min() == 0.0 and pct.max() == 1.0
     with pytest.raises(ValueError, match="scaling"):
         scale_scores(scores, "log")  # type: ignore[arg-type]
+
+
+def test_colour_bar_reads_in_real_attention_values() -> None:
+    from wsi_pipeline.predict import colour_bar_ticks
+
+    scores = np.random.default_rng(0).random(500) ** 6  # concentrated: a few tiles take most of the attention
+    for scaling in ("rank", "percentile", "linear"):
+        positions, labels = colour_bar_ticks(scores, scaling)
+        values = [float(label) for label in labels]
+        assert positions[0] == 0 and positions[-1] == 1 and values == sorted(values) and len(set(labels)) == 5
+        assert scores.min() * 0.99 <= values[0] and values[-1] <= scores.max() * 1.01  # labels round to 3+ digits
+    rank_values = [float(v) for v in colour_bar_ticks(scores, "rank")[1]]
+    assert rank_values[2] == pytest.approx(np.median(scores), rel=1e-2)  # the middle of a rank bar is the median
+    linear_values = [float(v) for v in colour_bar_ticks(scores, "linear")[1]]
+    assert linear_values[0] == pytest.approx(scores.min(), rel=1e-2) and linear_values[-1] == pytest.approx(
+        scores.max(), rel=1e-2
+    )
+
+
+def test_nearly_uniform_attention_says_so_on_the_heatmap(
+    cmu_slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matplotlib.axes
+
+    from wsi_pipeline.predict import draw_heatmap, uniformity_note
+    from wsi_pipeline.slide import Slide
+
+    with Slide(cmu_slide) as slide:
+        thumb, scale = slide.thumbnail(512)
+    coords = np.array([(x, y) for y in range(0, 2700, 448) for x in range(0, 2000, 448)])
+    flat = 0.02321 + np.linspace(0, 0.00009, len(coords))  # max/min 1.004: what an EMA anchor can leave
+    peaked = np.linspace(0.001, 0.2, len(coords))
+    assert uniformity_note(flat) == "attention nearly uniform (max/min 1.004)" and uniformity_note(peaked) is None
+    written: list[str] = []
+    real_text = matplotlib.axes.Axes.text
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "text",
+        lambda self, x, y, s, *a, **k: written.append(s) or real_text(self, x, y, s, *a, **k),
+    )
+    for scores, name in ((flat, "flat"), (peaked, "peaked")):
+        for scaling in ("rank", "linear"):
+            draw_heatmap(thumb, scale, coords, 448, scores, tmp_path / f"{name}_{scaling}.png", scaling=scaling)
+    assert written == ["attention nearly uniform (max/min 1.004)"] * 2  # on both flat maps, never on the peaked ones
+    assert all(
+        (tmp_path / f"{n}_{s}.png").stat().st_size > 10_000 for n in ("flat", "peaked") for s in ("rank", "linear")
+    )
 
 
 def test_one_command_from_raw_slide_to_diagnosis(cmu_slide: Path, tmp_path: Path) -> None:

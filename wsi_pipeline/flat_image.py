@@ -12,6 +12,7 @@ images are usually tiled with ``--slide-mpp``.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,9 @@ def open_flat_image(path: str | Path) -> FlatImage:
         # Our own size check below replaces Pillow's decompression-bomb guard, which would refuse above ~179 MPx
         # (whatever the limit set here) and call a big image "not an image".
         Image.MAX_IMAGE_PIXELS = None
-        image = Image.open(path)
+        with warnings.catch_warnings():  # Pillow warns about damaged metadata of files we then refuse or decode
+            warnings.simplefilter("ignore")
+            image = Image.open(path)
     except (UnidentifiedImageError, OSError) as err:
         raise SlideOpenError(
             f"{path}: OpenSlide does not recognise this file and it is no image Pillow can read either (truncated, "
@@ -126,7 +129,9 @@ def open_flat_image(path: str | Path) -> FlatImage:
             )
         properties = {"openslide.vendor": f"flat-{fmt.lower()}", **_resolution_properties(image, fmt)}
         try:
-            image.load()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                image.load()
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 # Transparent areas are glass: composite onto white, as Slide does with OpenSlide's alpha.
                 rgba = image.convert("RGBA")
