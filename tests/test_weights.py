@@ -151,6 +151,25 @@ def test_offline_mode_fails_with_how_to_provide_the_file(monkeypatch: pytest.Mon
         create_encoder("efficientnet_lite0", offline=True)
 
 
+def test_unreachable_hub_fails_at_once_with_how_to_provide_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A dead network is found with one connection attempt, not after huggingface_hub's retries with backoff.
+    import socket
+
+    from wsi_pipeline.encoders import hub_file
+
+    with socket.socket() as probe:  # a port nobody listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    with pytest.raises(WeightsError) as err:
+        hub_file("someorg/not-cached-model", ["model.safetensors"], what="encoder x")
+    message = str(err.value)
+    assert f"127.0.0.1:{port} cannot be reached" in message and "not in the Hugging Face cache" in message
+    assert "--weights PATH" in message and "\n" not in message
+
+
 def test_explicit_local_file_wins_over_the_hub(lite0: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a local file never needs the network
     enc = create_encoder("efficientnet_lite0", weights=str(lite0))
