@@ -18,7 +18,8 @@ included), each ``--repeat`` times:
 In process (a fresh process per measurement, imports excluded from the time): the two bare minimums,
 ``tile_slide`` without QC outputs, and ``tile_slide`` with the QC picture and GeoJSON (the default).
 
-Every time is printed as a ratio to both bare minimums, medians of ``--repeat`` runs.
+Every time is printed as a ratio to both bare minimums, medians of ``--repeat`` runs, as wall time and as CPU time
+(user + system): on a shared machine the wall time also counts waiting for a core, the CPU time does not.
 
     python benchmarks/bench_tile.py                      # 40000 x 30000 px at 0.25 mpp (generation takes ~1 min)
     python benchmarks/bench_tile.py --size 8000x6000 --repeat 5
@@ -87,9 +88,9 @@ def _worker(kind: str, slide_path: str, out_dir: str) -> dict:
         import numpy  # noqa: F401
         import openslide  # noqa: F401
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         n_tiles = bare_minimum(slide_path, "1/64" if kind == "bare 1/64" else "mask")
-        return {"seconds": time.perf_counter() - start, "n_tiles": n_tiles}
+        return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "n_tiles": n_tiles}
     import zarr
 
     from wsi_pipeline.slide import Slide
@@ -97,10 +98,11 @@ def _worker(kind: str, slide_path: str, out_dir: str) -> dict:
 
     config = TileConfig()
     config.qc.enabled = kind == "tile_slide + QC"
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     store = tile_slide(Slide(slide_path), out_dir, config=config)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "n_tiles": int(zarr.open_group(str(store), mode="r").attrs["tiling"]["n_tiles"])}
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    n_tiles = int(zarr.open_group(str(store), mode="r").attrs["tiling"]["n_tiles"])
+    return {"seconds": seconds, "cpu": cpu, "n_tiles": n_tiles}
 
 
 def _in_process(kind: str, slide: Path, out_dir: Path) -> dict:
@@ -111,16 +113,19 @@ def _in_process(kind: str, slide: Path, out_dir: Path) -> dict:
 
 # ------------------------------------------------------------------------------------------- whole process
 def _whole_process(cmd: list[str]) -> dict:
-    """Wall seconds and peak RSS (MiB) of ``cmd`` as ``/usr/bin/time -v`` reports them."""
+    """Wall seconds, CPU seconds (user + system) and peak RSS (MiB) of ``cmd`` as ``/usr/bin/time -v`` reports
+    them."""
     proc = subprocess.run([str(TIME), "-v", *cmd], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", proc.stderr)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    if not wall or not rss:
+    cpu = [float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", proc.stderr)]
+    if not wall or not rss or len(cpu) != 2:
         raise RuntimeError(f"cannot read /usr/bin/time -v output:\n{proc.stderr[-1000:]}")
     hours, minutes, seconds = wall.groups()
-    return {"seconds": int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds), "rss_mb": int(rss[1]) / 1024}
+    wall_seconds = int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
+    return {"seconds": wall_seconds, "cpu": sum(cpu), "rss_mb": int(rss[1]) / 1024}
 
 
 def _entry_point() -> list[str]:
@@ -134,12 +139,15 @@ def _median(runs: list[dict]) -> dict:
 
 def _print(title: str, rows: dict[str, dict], bases: tuple[str, str]) -> None:
     print(f"\n{title}")
-    print(f"{'work':<22} {'seconds':>8} {'peak RSS MiB':>13} {'tiles':>6}   x {bases[0]:<12} x {bases[1]:<16}")
+    head = f"{'work':<22} {'seconds':>8} {'CPU s':>7} {'peak RSS MiB':>13} {'tiles':>6}"
+    print(f"{head}   x {bases[0]} (wall, CPU)   x {bases[1]} (wall, CPU)")
     for name, row in rows.items():
         rss = f"{row['rss_mb']:.0f}" if "rss_mb" in row else "-"
         tiles = f"{row['n_tiles']:.0f}" if row.get("n_tiles") else "-"
-        ratios = [row["seconds"] / rows[b]["seconds"] for b in bases]
-        print(f"{name:<22} {row['seconds']:>8.3f} {rss:>13} {tiles:>6}   {ratios[0]:>14.2f} {ratios[1]:>18.2f}")
+        ratios = "   ".join(
+            f"{row['seconds'] / rows[b]['seconds']:>10.2f} {row['cpu'] / rows[b]['cpu']:>5.2f}     " for b in bases
+        )
+        print(f"{name:<22} {row['seconds']:>8.3f} {row['cpu']:>7.3f} {rss:>13} {tiles:>6}   {ratios}")
 
 
 def main() -> None:

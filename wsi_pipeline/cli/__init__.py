@@ -15,7 +15,6 @@ import warnings
 import typer
 from rich.console import Console
 
-from .. import __version__
 from ..errors import WsiPipelineError
 from .convert import convert_mil
 from .embed import embed
@@ -44,6 +43,8 @@ _INTERRUPTED = 130  # typer turns Ctrl-C into this exit code
 
 def _version(value: bool) -> None:
     if value:
+        from .. import __version__
+
         typer.echo(f"wsi-pipeline {__version__}")
         raise typer.Exit()
 
