@@ -17,6 +17,7 @@ import importlib.util
 import os
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ENV = "WSI_PIPELINE_TEST_DATA"
@@ -34,7 +35,8 @@ def data_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wsi-pipeline" / "test-data"
 
 
-def _fetcher():  # noqa: ANN202 - the examples/fetch_data.py module
+def _fetcher() -> ModuleType:
+    """``examples/fetch_data.py``, the one place the data's sources are listed."""
     spec = importlib.util.spec_from_file_location("wsi_pipeline_fetch_data", ROOT / "examples" / "fetch_data.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]

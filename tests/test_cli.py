@@ -164,3 +164,20 @@ def test_tile_convert_and_submit_never_import_torch(tmp_path: Path, cmu_slide: P
     submit = run_cli(*args, python_flags=("-X", "importtime"))
     assert submit.returncode == 0, submit.stderr[-2000:]
     assert "sbatch" in submit.stdout and not _imported(submit) & HEAVY
+
+
+def test_flat_png_is_tiled_with_slide_mpp(cmu_slide: Path, tmp_path: Path) -> None:
+    import cv2
+
+    from wsi_pipeline.slide import Slide
+
+    with Slide(cmu_slide) as slide:
+        pixels = slide.read_region((0, 0), 0, slide.dimensions)
+    png = tmp_path / "crop.png"
+    cv2.imwrite(str(png), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+    without = run_cli("tile", png, "-o", tmp_path / "a")
+    assert without.returncode == 1 and "Traceback" not in without.stderr
+    assert "pass --slide-mpp" in without.stderr and "1 failed" in without.stderr
+    tiled = run_cli("tile", png, "-o", tmp_path / "b", "--slide-mpp", "0.499")
+    assert tiled.returncode == 0 and "1 ok, 0 skipped, 0 failed" in tiled.stderr, tiled.stderr
+    assert (tmp_path / "b" / "crop.zarr").is_dir() and (tmp_path / "b" / "qc" / "crop.png").is_file()

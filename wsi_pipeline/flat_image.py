@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,8 +75,8 @@ class FlatImage:
         self._rgb = None
 
 
-def _resolution_properties(image, fmt: str) -> dict[str, str]:  # noqa: ANN001 - a PIL image
-    """TIFF-style resolution keys (``tiff.XResolution``, ``tiff.ResolutionUnit``) from the file's own metadata."""
+def _resolution_properties(image: Any, fmt: str) -> dict[str, str]:
+    """TIFF-style resolution keys (``tiff.XResolution``, ``tiff.ResolutionUnit``) from a PIL image's metadata."""
     props: dict[str, str] = {}
     tags = getattr(image, "tag_v2", None)
     if fmt == "TIFF" and tags is not None and 282 in tags:

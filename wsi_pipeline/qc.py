@@ -43,7 +43,7 @@ def _tile_boxes(grid: TileGrid, level0_size: tuple[int, int], shape: tuple[int, 
     return x0, y0, x1, y1
 
 
-def _box_counts(shape: tuple[int, int], x0, y0, x1, y1) -> np.ndarray:  # noqa: ANN001 - int64 arrays
+def _box_counts(shape: tuple[int, int], x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
     """How many of the inclusive boxes cover each pixel: one pass for thousands of tiles (a 2-D difference array
     summed along both axes), instead of drawing them one by one."""
     h, w = shape

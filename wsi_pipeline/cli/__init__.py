@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import warnings
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -78,7 +79,9 @@ app.command(no_args_is_help=True)(submit)
 app.command(name="convert-mil", no_args_is_help=True)(convert_mil)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - stdlib hook
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
     # One line per warning: a user has no use for the library's source line that Python prints by default.
     err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
