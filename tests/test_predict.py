@@ -113,14 +113,20 @@ def test_train_predict_round_trip_on_a_real_slide(trained: tuple[Path, Path], tm
             assert float(row["prob_upper"]) == pytest.approx(at_train[row["slide_id"]], abs=1e-5)
 
 
-def test_missing_slide_file_skips_heatmap_but_predicts(trained: tuple[Path, Path], tmp_path: Path) -> None:
-    checkpoint, stores = trained
+def _store_whose_slide_is_gone(stores: Path, tmp_path: Path) -> Path:
+    """A copy of a finished store whose slide file no longer exists (moved, deleted)."""
     moved = tmp_path / "moved"
     shutil.copytree(stores / "cmu_band0.zarr", moved / "cmu_band0.zarr")
     group = zarr.open_group(str(moved / "cmu_band0.zarr"), mode="a")
     group.attrs["slide"] = {**group.attrs["slide"], "path": str(tmp_path / "gone.svs")}
+    return moved / "cmu_band0.zarr"
+
+
+def test_missing_slide_file_skips_heatmap_but_predicts(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    checkpoint, stores = trained
+    store = _store_whose_slide_is_gone(stores, tmp_path)
     with pytest.warns(UserWarning, match="heatmaps skipped for 1 slide"):
-        result = predict_slides(checkpoint, [moved / "cmu_band0.zarr"], tmp_path / "p", PredictConfig(device="cpu"))
+        result = predict_slides(checkpoint, [store], tmp_path / "p", PredictConfig(device="cpu"))
     assert len(result.rows) == 1 and not (tmp_path / "p" / "heatmaps").exists()
 
 
@@ -128,11 +134,8 @@ def test_cli_shows_a_warning_once_on_one_line(trained: tuple[Path, Path], tmp_pa
     from tests.test_cli import run_cli
 
     checkpoint, stores = trained
-    moved = tmp_path / "moved"
-    shutil.copytree(stores / "cmu_band0.zarr", moved / "cmu_band0.zarr")
-    group = zarr.open_group(str(moved / "cmu_band0.zarr"), mode="a")
-    group.attrs["slide"] = {**group.attrs["slide"], "path": str(tmp_path / "gone.svs")}
-    result = run_cli("predict", checkpoint, moved, "-o", tmp_path / "p", "--device", "cpu")
+    store = _store_whose_slide_is_gone(stores, tmp_path)
+    result = run_cli("predict", checkpoint, store, "-o", tmp_path / "p", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "heatmaps skipped" in line]
     assert len(lines) == 1 and lines[0].startswith("warning: heatmaps skipped for 1 slide(s)"), result.stderr
