@@ -1,12 +1,13 @@
-"""Flat images (no pyramid): stripped TIFF, PNG, JPEG, read with Pillow when OpenSlide does not recognise a file.
+"""Flat images (no pyramid): stripped TIFF, PNG, JPEG, read when OpenSlide does not recognise a file.
 
 Users have such images: crops exported from a viewer, microscope camera frames, stripped TIFFs. They have one level,
-so the whole image is decoded once into memory (RGB, 3 bytes a pixel; about 7-10 bytes a pixel for a moment while
-Pillow decodes it). That is only safe up to a size: images above ``max_flat_pixels()`` (default 2**27 = 134 million
-pixels, e.g. 11,500 x 11,500; environment variable ``WSI_PIPELINE_MAX_FLAT_PIXELS``) are refused with a message that
-says how to make a pyramidal TIFF of them. Their resolution comes from the TIFF resolution tags (PNG pHYs and JPEG
-density are read the same way); writer defaults such as 72 dpi do not count (see ``slide.resolve_mpp``), so such
-images are usually tiled with ``--slide-mpp``.
+so the whole image is decoded once into memory: Pillow reads the header (format, size, resolution) without decoding,
+then OpenCV decodes the pixels straight into one RGB array, 3 bytes a pixel (an image with transparency needs 4 more
+for a moment). That is only safe up to a size: images above ``max_flat_pixels()`` (default 2**27 = 134 million
+pixels, e.g. 11,500 x 11,500; environment variable ``WSI_PIPELINE_MAX_FLAT_PIXELS``) are refused before decoding,
+with a message that says how to make a pyramidal TIFF of them. Their resolution comes from the TIFF resolution tags
+(PNG pHYs and JPEG density are read the same way); writer defaults such as 72 dpi do not count (see
+``slide.resolve_mpp``), so such images are usually tiled with ``--slide-mpp``.
 """
 
 from __future__ import annotations
@@ -88,6 +89,32 @@ def _resolution_properties(image: Any, fmt: str) -> dict[str, str]:
     return props
 
 
+def _decode(path: Path, has_alpha: bool) -> np.ndarray | None:
+    """RGB ``uint8`` pixels of the file's first page, decoded by OpenCV straight into one array (3 bytes a pixel;
+    4 more for a moment when there is an alpha channel, which is composited onto white glass). None when the data
+    cannot be decoded. EXIF orientation is ignored: coordinates are those of the stored pixels."""
+    import cv2
+
+    flags = (cv2.IMREAD_UNCHANGED if has_alpha else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
+    pixels = cv2.imread(str(path), flags)
+    if pixels is None:
+        return None
+    if pixels.dtype != np.uint8:  # 16-bit images: keep the high byte
+        pixels = (pixels >> 8).astype(np.uint8) if pixels.dtype == np.uint16 else None
+        if pixels is None:
+            return None
+    if pixels.ndim == 2:
+        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
+    if pixels.shape[2] == 4:  # BGRA: composite onto white band by band, so float temporaries stay small
+        rgb = np.empty((*pixels.shape[:2], 3), dtype=np.uint8)
+        for y in range(0, len(pixels), 512):
+            band = pixels[y : y + 512]
+            alpha = band[..., 3:].astype(np.float32) / 255
+            rgb[y : y + 512] = (band[..., 2::-1] * alpha + 255 * (1 - alpha) + 0.5).astype(np.uint8)
+        return rgb
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB, dst=pixels)  # in place: no second copy of a big image
+
+
 def open_flat_image(path: str | Path) -> FlatImage:
     """Decode a flat image into memory, or raise ``SlideOpenError`` saying what the file is and what to do.
 
@@ -129,17 +156,8 @@ def open_flat_image(path: str | Path) -> FlatImage:
                 f"may have (it is decoded whole into memory); {_CONVERT}, or raise {MAX_FLAT_PIXELS_ENV}"
             )
         properties = {"openslide.vendor": f"flat-{fmt.lower()}", **_resolution_properties(image, fmt)}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                image.load()
-            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                # Transparent areas are glass: composite onto white, as Slide does with OpenSlide's alpha.
-                rgba = image.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                rgb = np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
-            else:
-                rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as err:  # Pillow's decoders raise these for damaged data
-            raise SlideOpenError(f"{path}: {what} that cannot be decoded ({err}); re-export or re-copy it") from err
-    return FlatImage(np.ascontiguousarray(rgb), properties)
+        has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    rgb = _decode(path, has_alpha)
+    if rgb is None or rgb.shape[:2] != (height, width):
+        raise SlideOpenError(f"{path}: {what} that cannot be decoded (damaged data); re-export or re-copy it")
+    return FlatImage(rgb, properties)
