@@ -60,10 +60,7 @@ WeightsOpt = Annotated[
         "--weights", "-w", help="Encoder weights: a local .pth/.bin/.safetensors, hf-hub:ORG/NAME, or random."
     ),
 ]
-LabelsOpt = Annotated[
-    Path,
-    typer.Option("--labels", "-l", exists=True, dir_okay=False, help="Labels CSV: slide_id,label[,group column]."),
-]
+LabelsOpt = Annotated[Path, typer.Option("--labels", "-l", help="Labels CSV: slide_id,label[,group column].")]
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="MIL model (default: asmil; `wsi-pipeline train --list-models` lists them)."),

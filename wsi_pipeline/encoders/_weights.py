@@ -235,27 +235,17 @@ def hub_file(repo: str, filenames: Sequence[str], *, offline: bool = False, what
     """
     try:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
     except ImportError as err:  # pragma: no cover - a declared dependency
         raise WeightsError(f"{what}: huggingface_hub is not installed; pass --weights PATH instead") from err
     offline = offline_requested(offline)
     files = "/".join(filenames)
-    last: Exception | None = None
-    for filename in filenames:  # the cache first: never a network request for a file already here
-        try:
-            return Path(hf_hub_download(repo, filename, local_files_only=True))
-        except Exception as err:  # noqa: BLE001 - a cache miss, whatever huggingface_hub calls it
-            last = err
-    if not offline:
-        unreachable = _hub_unreachable()
-        if unreachable:
-            raise WeightsError(
-                f"{what}: {files} of {repo}: not in the Hugging Face cache, and {unreachable}: no network here?; "
-                f"{_how_to_provide(repo)}"
-            )
+    errors: list[Exception] = []
+
+    def first_found(local_only: bool) -> Path | None:
         for filename in filenames:
             try:
-                return Path(hf_hub_download(repo, filename))
+                return Path(hf_hub_download(repo, filename, local_files_only=local_only))
             except GatedRepoError as err:
                 raise WeightsError(
                     f"{what}: https://huggingface.co/{repo} is gated and this account has no access; request access "
@@ -266,12 +256,21 @@ def hub_file(repo: str, filenames: Sequence[str], *, offline: bool = False, what
                     f"{what}: Hugging Face repository {repo} not found (or private); check the name, log in with "
                     "`hf auth login`, or pass --weights PATH"
                 ) from err
-            except EntryNotFoundError as err:
-                last = err
-                continue
-            except Exception as err:  # noqa: BLE001 - network errors
-                last = err
-                continue
+            except Exception as err:  # noqa: BLE001 - cache misses, missing entries and network errors alike
+                errors.append(err)
+        return None
+
+    found = first_found(local_only=True)  # the cache first: never a request for a file already here
+    if found is None and not offline:
+        unreachable = _hub_unreachable()
+        if unreachable:
+            raise WeightsError(
+                f"{what}: {files} of {repo}: not in the Hugging Face cache, and {unreachable}: no network here?; "
+                f"{_how_to_provide(repo)}"
+            )
+        found = first_found(local_only=False)
+    if found is not None:
+        return found
     mode = "offline, and it is not in the Hugging Face cache" if offline else "it could not be downloaded"
-    reason = f" ({last.__class__.__name__})" if last else ""
+    reason = f" ({errors[-1].__class__.__name__})" if errors else ""
     raise WeightsError(f"{what}: {files} of {repo}: {mode}{reason}; {_how_to_provide(repo)}")
