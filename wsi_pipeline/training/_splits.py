@@ -61,6 +61,8 @@ def read_labels(
 ) -> Labels:
     """Read ``slide_id,label[,group]``; labels are strings, mapped to classes in sorted order."""
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: labels CSV not found; check --labels (a CSV with columns slide_id,label)")
     rows = _read_csv(path)
     needed = [id_column, label_column] + ([group_column] if group_column else [])
     if not rows or any(col not in rows[0] for col in needed):
