@@ -96,6 +96,8 @@ def test_missing_or_wrong_files_name_the_file_and_the_fix(tmp_path: Path, mil_di
     labels.write_text("slide_id,label\na,x\nb,y\n")
     line = _one_line_error(run_cli("train", tmp_path / "no_stores", "-l", labels, "-o", tmp_path / "r"), "no_stores")
     assert "no such folder of slide stores" in line and "wsi-pipeline tile" in line and "CSV" not in line
+    line = _one_line_error(run_cli("train", tmp_path, "-l", tmp_path / "nope.csv", "-o", tmp_path / "r"), "nope.csv")
+    assert "labels CSV not found" in line and "--labels" in line
 
 
 def test_embed_on_the_run_folder_points_at_its_stores(tiled_store: Path, tmp_path: Path) -> None:
