@@ -65,7 +65,7 @@ submit:  ## STAGES as chained Slurm job arrays (sbatch options: SUBMIT_ARGS, con
 submit-dry-run:  ## print the sbatch commands `make submit` would run
 	$(WSI) submit $(RUN_ARGS) --stages $(STAGES) $(SUBMIT_ARGS) --dry-run
 
-test:  ## the test suite (Slurm tests skip where Slurm is not installed)
+test:  ## the test suite (real data from ../shared/data or fetched once into ~/.cache; Slurm tests need Slurm)
 	$(PYTHON) -m pytest -q
 
 lint:  ## ruff: lint and formatting check

@@ -1,50 +1,65 @@
-"""Shared test fixtures: the real data in ../shared/data (skipped cleanly when absent)."""
+"""Shared test fixtures: the real data (``tests/data.py``: ../shared/data, $WSI_PIPELINE_TEST_DATA, or fetched once
+into a cache), generated slides, and the one wording of every skip (``needs <what>: <why>``)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.data import data_root, ensure_test_data, skip_reason
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("WSI_PIPELINE_SHARED_DATA", ROOT.parent / "shared" / "data"))
-SLIDES = SHARED_DATA / "slides"
-MIL_DATA = SHARED_DATA / "mil"
-WEIGHTS = SHARED_DATA / "weights"
+DATA = data_root()
+SLIDES = DATA / "slides"
+MIL_DATA = DATA / "mil"
+WEIGHTS = DATA / "weights"
 CMU_SMALL = SLIDES / "CMU-1-Small-Region.svs"
 
 
-def _need(path: Path) -> Path:
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Fetch the real data before any test looks for it (a no-op when it is there: ../shared/data or the cache).
+    ensure_test_data()
+
+
+def need_real_data(path: Path) -> Path:
+    """``path`` under the data root, or skip the test saying why the data is missing."""
     if not path.exists():
-        pytest.skip(f"real data not available: {path} (../shared/data is absent)")
+        pytest.skip(skip_reason("the real test data", ensure_test_data() or f"{path} is missing"))
     return path
+
+
+def need_cuda() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip(skip_reason("a CUDA GPU", "torch.cuda.is_available() is False here"))
 
 
 @pytest.fixture
 def shared_data() -> Path:
-    return _need(SHARED_DATA)
+    return need_real_data(DATA)
 
 
 @pytest.fixture
 def cmu_slide() -> Path:
     """The real CC0 H&E slide CMU-1-Small-Region.svs (2220 x 2967 px at 0.499 mpp)."""
-    return _need(CMU_SMALL)
+    return need_real_data(CMU_SMALL)
 
 
 @pytest.fixture
 def slides_dir() -> Path:
-    return _need(SLIDES)
+    return need_real_data(SLIDES)
 
 
 @pytest.fixture
 def mil_dir() -> Path:
-    return _need(MIL_DATA)
+    return need_real_data(MIL_DATA)
 
 
 @pytest.fixture
 def weights_dir() -> Path:
-    return _need(WEIGHTS)
+    return need_real_data(WEIGHTS)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -59,7 +74,7 @@ def _few_threads() -> None:
 
 
 # --------------------------------------------------------------------------------------------- generated slides
-# Realistic pyramidal slides made by tests/slide_factory.py (real H&E pixels when ../shared is present).
+# Realistic pyramidal slides made by tests/slide_factory.py (real H&E pixels from the real data).
 @pytest.fixture(scope="session")
 def generated_slide(tmp_path_factory: pytest.TempPathFactory):
     """A 4000 x 3000 px Aperio-style JPEG slide at 0.25 mpp with tissue in known boxes (a ``GeneratedSlide``)."""

@@ -1,9 +1,9 @@
 """Realistic pyramidal test slides written with tifffile, with a known tissue layout.
 
-Tissue pixels are real H&E from ``../shared/data/slides/CMU-1-Small-Region.svs`` (tissue-rich blocks of it, tiled
-with mirroring) when that file is present, else a synthetic H&E-like texture (pink stroma, purple nuclei). The
-background is slightly noisy glass-white. Levels are tiled JPEG (or lossless) TIFF pages, written tile by tile from
-a generator, so even a 40k x 30k slide never exists whole in memory.
+Tissue pixels are real H&E from ``slides/CMU-1-Small-Region.svs`` of the test data (``tests/data.py``; tissue-rich
+blocks of it, tiled with mirroring) when that file is present, else a synthetic H&E-like texture (pink stroma,
+purple nuclei). The background is slightly noisy glass-white. Levels are tiled JPEG (or lossless) TIFF pages,
+written tile by tile from a generator, so even a 40k x 30k slide never exists whole in memory.
 
 ``vendor="aperio"`` writes an Aperio ImageDescription (OpenSlide reports vendor aperio and ``MPP``);
 ``vendor="generic"`` writes TIFF resolution tags (OpenSlide's generic-tiff driver reads mpp from them). With
@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from tests.data import data_root
+
 __all__ = ["GeneratedSlide", "make_pyramid_slide", "he_texture", "CMU_SMALL", "DEFAULT_BOXES"]
 
-_ROOT = Path(__file__).resolve().parents[1]
-_SHARED = Path(os.environ.get("WSI_PIPELINE_SHARED_DATA", _ROOT.parent / "shared" / "data"))
-CMU_SMALL = _SHARED / "slides" / "CMU-1-Small-Region.svs"
+CMU_SMALL = data_root() / "slides" / "CMU-1-Small-Region.svs"
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in level-0 pixels (x1, y1 exclusive)
 
@@ -207,7 +206,7 @@ def make_pyramid_slide(
     vendor
         ``"aperio"`` (ImageDescription with ``MPP = x``) or ``"generic"`` (TIFF resolution tags).
     source
-        ``"auto"`` (real H&E when ../shared is present), ``"real"`` or ``"synthetic"``.
+        ``"auto"`` (real H&E when the test data is there), ``"real"`` or ``"synthetic"``.
     jpeg
         JPEG tiles (realistic, lossy) or zlib (lossless).
     """

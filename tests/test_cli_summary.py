@@ -36,3 +36,11 @@ def test_large_batch_lists_only_the_failures() -> None:
     assert "bad-0" in text and "bad-1" in text
     assert "ok-0000" not in text
     assert f"{MAX_ROWS + 20} more slide(s) not listed" in text
+
+
+def test_large_batch_all_ok_is_one_summary_line_not_an_empty_table() -> None:
+    text = _render(BatchResult(_records(MAX_ROWS + 20, 0), Path("m.csv")))
+    assert (
+        text.strip()
+        == f"tile: {MAX_ROWS + 20} ok, 0 skipped, 0 failed (manifest: m.csv); {(MAX_ROWS + 20) * 10:,} tiles"
+    )

@@ -79,3 +79,14 @@ def test_config_round_trips_through_dict() -> None:
         _Stage(size=300, tags=["x"])
     )
     assert config_to_dict(cfg)["inner"] == {"method": "fixed", "threshold": 20.0}
+
+
+def test_exponent_floats_are_numbers_as_users_write_them(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML's default) reads 5e-4 as a string; `--set lr=5e-4` must be a number, in files too.
+    parsed = parse_set_overrides(["mpp=5e-4", "inner.threshold=1E3", "name=5e-4x", "tags=[1e-3, .5e1]"])
+    assert parsed == {"mpp": 5e-4, "inner.threshold": 1000.0, "name": "5e-4x", "tags": [1e-3, 5.0]}
+    assert load_config(_Stage, "stage", None, parse_set_overrides(["mpp=5e-4"])).mpp == 5e-4
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("stage:\n  mpp: 2.5e-1\n  name: '1e5'\n  inner:\n    threshold: -2e+1\n")
+    cfg = load_config(_Stage, "stage", cfg_file)
+    assert (cfg.mpp, cfg.name, cfg.inner.threshold) == (0.25, "1e5", -20.0)

@@ -117,3 +117,19 @@ def test_real_dicom_copied_into_own_folder(slides_dir: Path, tmp_path: Path) -> 
     assert entry.slide_id == "boxes" and entry.path == folder / "boxes_0.dcm"
     # Naming the series' files one by one still gives one slide.
     assert discover_slides([folder / "boxes_1.dcm", folder / "boxes_0.dcm"]) == [entry]
+
+
+def test_two_names_for_one_file_are_one_slide_and_said(
+    cmu_slide: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "a.svs").symlink_to(cmu_slide)
+    (tmp_path / "b.svs").symlink_to(cmu_slide)
+    with caplog.at_level("WARNING", logger="wsi_pipeline.discovery"):
+        entries = discover_slides([tmp_path])
+    assert [e.slide_id for e in entries] == ["a"]
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "b.svs is the same file as" in message and "a.svs" in message and "processed once" in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="wsi_pipeline.discovery"):
+        assert len(discover_slides([tmp_path / "a.svs", tmp_path / "a.svs"])) == 1  # the same path twice: no news
+    assert not caplog.records

@@ -24,7 +24,7 @@ from wsi_pipeline.embedding import _embed as embed_module
 from wsi_pipeline.encoders import create_encoder, list_encoders
 from wsi_pipeline.slide import Slide
 
-from .conftest import CMU_SMALL, ROOT, SLIDES
+from .conftest import CMU_SMALL, ROOT, SLIDES, need_real_data
 
 ENC = "tiny_test"
 FAST = EmbedConfig(encoder=ENC, batch_size=8, num_workers=0)
@@ -34,7 +34,7 @@ FAST = EmbedConfig(encoder=ENC, batch_size=8, num_workers=0)
 def tiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tile stores made by the real tile stage: CMU-1-Small-Region.svs and a generated 2-level pyramid."""
     if not CMU_SMALL.exists():
-        pytest.skip("real data not available: ../shared/data is absent")
+        need_real_data(CMU_SMALL)
     from tests.slide_factory import make_pyramid_slide
     from wsi_pipeline.discovery import discover_slides
     from wsi_pipeline.tiling import QcConfig, TileConfig, tile_slides

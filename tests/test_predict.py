@@ -12,7 +12,7 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from tests.conftest import CMU_SMALL
+from tests.conftest import CMU_SMALL, need_real_data
 from wsi_pipeline.batch import Shard, read_manifest
 from wsi_pipeline.errors import CheckpointError, StoreMismatchError
 from wsi_pipeline.predict import PredictConfig, predict_slides, read_slide_result, scale_scores, slide_result_path
@@ -63,7 +63,7 @@ def _make_stores(slide_path: Path, out: Path, n_bands: int = 6) -> tuple[Path, P
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """An ASMIL checkpoint trained on 6 stores of real tiles of CMU-1-Small-Region.svs (made once per module)."""
     if not CMU_SMALL.is_file():
-        pytest.skip(f"real data not available: {CMU_SMALL}")
+        need_real_data(CMU_SMALL)
     tmp_path = tmp_path_factory.mktemp("predict")
     stores, labels = _make_stores(CMU_SMALL, tmp_path / "data")
     cfg = TrainConfig(
@@ -113,15 +113,33 @@ def test_train_predict_round_trip_on_a_real_slide(trained: tuple[Path, Path], tm
             assert float(row["prob_upper"]) == pytest.approx(at_train[row["slide_id"]], abs=1e-5)
 
 
-def test_missing_slide_file_skips_heatmap_but_predicts(trained: tuple[Path, Path], tmp_path: Path) -> None:
-    checkpoint, stores = trained
+def _store_whose_slide_is_gone(stores: Path, tmp_path: Path) -> Path:
+    """A copy of a finished store whose slide file no longer exists (moved, deleted)."""
     moved = tmp_path / "moved"
     shutil.copytree(stores / "cmu_band0.zarr", moved / "cmu_band0.zarr")
     group = zarr.open_group(str(moved / "cmu_band0.zarr"), mode="a")
     group.attrs["slide"] = {**group.attrs["slide"], "path": str(tmp_path / "gone.svs")}
+    return moved / "cmu_band0.zarr"
+
+
+def test_missing_slide_file_skips_heatmap_but_predicts(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    checkpoint, stores = trained
+    store = _store_whose_slide_is_gone(stores, tmp_path)
     with pytest.warns(UserWarning, match="heatmaps skipped for 1 slide"):
-        result = predict_slides(checkpoint, [moved / "cmu_band0.zarr"], tmp_path / "p", PredictConfig(device="cpu"))
+        result = predict_slides(checkpoint, [store], tmp_path / "p", PredictConfig(device="cpu"))
     assert len(result.rows) == 1 and not (tmp_path / "p" / "heatmaps").exists()
+
+
+def test_cli_shows_a_warning_once_on_one_line(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from tests.test_cli import run_cli
+
+    checkpoint, stores = trained
+    store = _store_whose_slide_is_gone(stores, tmp_path)
+    result = run_cli("predict", checkpoint, store, "-o", tmp_path / "p", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "heatmaps skipped" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: heatmaps skipped for 1 slide(s)"), result.stderr
+    assert "warnings.warn" not in result.stderr and "UserWarning" not in result.stderr
 
 
 def test_mismatched_stores_and_bad_checkpoints(trained: tuple[Path, Path], tmp_path: Path) -> None:
@@ -138,7 +156,7 @@ def test_mismatched_stores_and_bad_checkpoints(trained: tuple[Path, Path], tmp_p
         predict_slides(checkpoint, [other], tmp_path / "p")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
+    with pytest.raises(CheckpointError, match="not a torch checkpoint.*checkpoint_best.pt"):
         predict_slides(bad, [stores], tmp_path / "p")
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         predict_slides(tmp_path / "none.pt", [stores], tmp_path / "p")
@@ -322,6 +340,53 @@ def test_rank_scaling_keeps_concentrated_attention_visible() -> None:
     assert pct.min() == 0.0 and pct.max() == 1.0
     with pytest.raises(ValueError, match="scaling"):
         scale_scores(scores, "log")  # type: ignore[arg-type]
+
+
+def test_colour_bar_reads_in_real_attention_values() -> None:
+    from wsi_pipeline.predict import colour_bar_ticks
+
+    scores = np.random.default_rng(0).random(500) ** 6  # concentrated: a few tiles take most of the attention
+    for scaling in ("rank", "percentile", "linear"):
+        positions, labels = colour_bar_ticks(scores, scaling)
+        values = [float(label) for label in labels]
+        assert positions[0] == 0 and positions[-1] == 1 and values == sorted(values) and len(set(labels)) == 5
+        assert scores.min() * 0.99 <= values[0] and values[-1] <= scores.max() * 1.01  # labels round to 3+ digits
+    rank_values = [float(v) for v in colour_bar_ticks(scores, "rank")[1]]
+    assert rank_values[2] == pytest.approx(np.median(scores), rel=1e-2)  # the middle of a rank bar is the median
+    linear_values = [float(v) for v in colour_bar_ticks(scores, "linear")[1]]
+    assert linear_values[0] == pytest.approx(scores.min(), rel=1e-2) and linear_values[-1] == pytest.approx(
+        scores.max(), rel=1e-2
+    )
+
+
+def test_nearly_uniform_attention_says_so_on_the_heatmap(
+    cmu_slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matplotlib.axes
+
+    from wsi_pipeline.predict import draw_heatmap, uniformity_note
+    from wsi_pipeline.slide import Slide
+
+    with Slide(cmu_slide) as slide:
+        thumb, scale = slide.thumbnail(512)
+    coords = np.array([(x, y) for y in range(0, 2700, 448) for x in range(0, 2000, 448)])
+    flat = 0.02321 + np.linspace(0, 0.00009, len(coords))  # max/min 1.004: what an EMA anchor can leave
+    peaked = np.linspace(0.001, 0.2, len(coords))
+    assert uniformity_note(flat) == "attention nearly uniform (max/min 1.004)" and uniformity_note(peaked) is None
+    written: list[str] = []
+    real_text = matplotlib.axes.Axes.text
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "text",
+        lambda self, x, y, s, *a, **k: written.append(s) or real_text(self, x, y, s, *a, **k),
+    )
+    for scores, name in ((flat, "flat"), (peaked, "peaked")):
+        for scaling in ("rank", "linear"):
+            draw_heatmap(thumb, scale, coords, 448, scores, tmp_path / f"{name}_{scaling}.png", scaling=scaling)
+    assert written == ["attention nearly uniform (max/min 1.004)"] * 2  # on both flat maps, never on the peaked ones
+    assert all(
+        (tmp_path / f"{n}_{s}.png").stat().st_size > 10_000 for n in ("flat", "peaked") for s in ("rank", "linear")
+    )
 
 
 def test_one_command_from_raw_slide_to_diagnosis(cmu_slide: Path, tmp_path: Path) -> None:

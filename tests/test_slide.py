@@ -10,6 +10,7 @@ import pytest
 from tests.slide_factory import make_pyramid_slide
 from wsi_pipeline.errors import MissingMppError, SlideOpenError, SlideReadError
 from wsi_pipeline.slide import Slide, resolve_mpp
+from wsi_pipeline.store import read_coords
 
 
 def test_real_aperio_slide(cmu_slide: Path) -> None:
@@ -121,3 +122,68 @@ def test_slide_pickles_without_its_handle(cmu_slide: Path) -> None:
     slide = Slide(cmu_slide).open()
     clone = pickle.loads(pickle.dumps(slide))
     assert clone._osr is None and clone.dimensions == slide.dimensions
+
+
+# --------------------------------------------------------------------------------------------- flat images
+@pytest.fixture
+def cmu_pixels(cmu_slide: Path) -> np.ndarray:
+    with Slide(cmu_slide) as slide:
+        return slide.read_region((0, 0), 0, slide.dimensions)  # 2220 x 2967, small enough to hold whole
+
+
+def _write_flat(pixels: np.ndarray, folder: Path) -> dict[str, Path]:
+    """The same real H&E pixels as a stripped TIFF (resolution tags), a PNG with a transparent band and a JPEG."""
+    import cv2
+    import tifffile
+
+    paths = {name: folder / name for name in ("strips.tif", "crop.png", "crop.jpg")}
+    tifffile.imwrite(
+        paths["strips.tif"], pixels, photometric="rgb", compression="zlib", rowsperstrip=64,
+        resolution=(1e4 / 0.499, 1e4 / 0.499), resolutionunit="CENTIMETER",
+    )  # fmt: skip
+    rgba = np.dstack([pixels, np.full(pixels.shape[:2], 255, np.uint8)])
+    rgba[:40, :, 3] = 0  # a transparent band: glass
+    cv2.imwrite(str(paths["crop.png"]), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    cv2.imwrite(str(paths["crop.jpg"]), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return paths
+
+
+def test_flat_images_are_read_whole_and_tiled_with_an_mpp(cmu_pixels: np.ndarray, tmp_path: Path) -> None:
+    from wsi_pipeline.tiling import TileConfig, tile_slide
+
+    paths = _write_flat(cmu_pixels, tmp_path)
+    with Slide(paths["strips.tif"]) as tif, Slide(paths["crop.png"]) as png, Slide(paths["crop.jpg"]) as jpg:
+        assert (tif.vendor, png.vendor, jpg.vendor) == ("flat-tiff", "flat-png", "flat-jpeg")
+        assert tif.dimensions == png.dimensions == jpg.dimensions == (2220, 2967) and tif.level_count == 1
+        assert tif.mpp == pytest.approx(0.499)  # from the TIFF resolution tags
+        with pytest.raises(MissingMppError, match="--slide-mpp"):
+            _ = png.mpp
+        assert np.array_equal(tif.read_region((100, 200), 0, (64, 64)), cmu_pixels[200:264, 100:164])
+        assert (png.read_region((0, 0), 0, (32, 32)) == 255).all()  # transparent -> white glass
+        edge = tif.read_region((2200, 2950), 0, (40, 40))  # partly outside: white beyond the image
+        assert np.array_equal(edge[:17, :20], cmu_pixels[2950:, 2200:]) and (edge[17:] == 255).all()
+        assert np.abs(jpg.read_region((500, 500), 0, (64, 64)).astype(int) - cmu_pixels[500:564, 500:564]).mean() < 4
+    stores = {
+        name: tile_slide(Slide(path, mpp=0.499), tmp_path / "out", config=TileConfig()) for name, path in paths.items()
+    }
+    with Slide(paths["strips.tif"]) as tif:
+        assert tif.mpp == pytest.approx(0.499)
+    counts = {name: len(read_coords(store)) for name, store in stores.items()}
+    assert counts["strips.tif"] == counts["crop.jpg"] > 20 and abs(counts["crop.png"] - counts["strips.tif"]) <= 2
+
+
+def test_flat_image_above_the_limit_is_refused_with_the_way_out(
+    cmu_pixels: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _write_flat(cmu_pixels, tmp_path)
+    monkeypatch.setenv("WSI_PIPELINE_MAX_FLAT_PIXELS", "1e6")
+    with pytest.raises(SlideOpenError) as info:
+        Slide(paths["crop.png"]).open()
+    message = str(info.value)
+    assert "flat PNG image of 2220 x 2967 px (7 MPx)" in message and "1 MPx" in message
+    assert "vips tiffsave" in message and "WSI_PIPELINE_MAX_FLAT_PIXELS" in message and "\n" not in message
+    # A file that is no image at all keeps its message.
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"II*\x00" + b"\x00" * 100)
+    with pytest.raises(SlideOpenError, match="does not recognise this file and it is no image"):
+        Slide(junk).open()

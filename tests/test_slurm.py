@@ -19,6 +19,7 @@ from wsi_pipeline.batch import read_manifest
 from wsi_pipeline.cluster import STAGES
 from wsi_pipeline.store import has_features, read_coords, read_features
 
+from .data import skip_reason
 from .slide_factory import make_pyramid_slide
 from .slurm_cluster import SlurmCluster, SlurmUnavailable
 
@@ -36,7 +37,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     try:
         cluster.start()
     except SlurmUnavailable as err:
-        pytest.skip(f"no local Slurm cluster: {err}")
+        pytest.skip(skip_reason("a local Slurm cluster", str(err)))
     try:
         yield cluster
     finally:

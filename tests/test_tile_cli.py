@@ -25,8 +25,8 @@ def calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict]:
         seen.append({"entries": entries, "out": out, **kwargs})
         return BatchResult(records=[], manifest=Path(out) / "manifests" / "tile.csv")
 
-    # The package re-exports the command function as `wsi_pipeline.cli.tile`: patch the module itself.
-    monkeypatch.setattr(importlib.import_module("wsi_pipeline.cli.tile"), "tile_slides", fake)
+    # The command imports the library when it runs (so --help never loads it): patch the library's name.
+    monkeypatch.setattr(importlib.import_module("wsi_pipeline.tiling"), "tile_slides", fake)
     for name in ("a.svs", "b.svs"):
         (tmp_path / name).write_bytes(b"")
     return seen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -180,6 +181,63 @@ def test_store_attrs_follow_layout(slide_025: GeneratedSlide, tmp_path: Path) ->
     assert attrs["mask"]["method"] == "otsu" and attrs["mask"]["mpp"] == pytest.approx(8.0, rel=0.05)
     assert attrs["config"] == config_to_dict(config)
     assert len(read_coords(store)) == attrs["tiling"]["n_tiles"] == len(_read_fraction(store))
+
+
+def test_qc_and_geojson_come_from_the_mask_picture_in_memory(
+    slide_025: GeneratedSlide, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The slide's pixels are read once, for the mask; the QC picture is drawn from that picture (no thumbnail read).
+    reads: list[int] = []
+    original = Slide.read_region
+
+    def counting(self, location, level, size):  # noqa: ANN001
+        reads.append(size[0] * size[1])
+        return original(self, location, level, size)
+
+    monkeypatch.setattr(Slide, "read_region", counting)
+    monkeypatch.setattr(Slide, "thumbnail", lambda *a, **k: pytest.fail("QC must not read the slide again"))
+    config = TileConfig()
+    config.qc.thumbnail_size = 200  # the 8 um/px mask picture of this 1 x 0.75 mm slide is 125 x 94 px
+    store = tile_slide(Slide(slide_025.path), tmp_path, config=config)
+    mask_shape = read_attrs(store)["mask"]["shape"]
+    assert reads == [1000 * 750]  # one read: level 1 (1/4 downsample, 1 um/px), shrunk to the 8 um/px mask
+    qc = cv2.imread(str(tmp_path / "qc" / "s025.png"))
+    assert qc.shape[:2] == (28 + mask_shape[0], 3 * mask_shape[1] + 12)  # header + three panels of the picture
+    geo = json.loads((tmp_path / "geojson" / "s025.geojson").read_text())
+    outlines = [np.array(f["geometry"]["coordinates"][0], dtype=np.float32) for f in geo["features"]]
+    big = [b for b in slide_025.tissue_boxes if (b[2] - b[0]) * (b[3] - b[1]) * 0.25**2 >= 50_000]  # min area
+    assert len(big) == 2
+    for x0, y0, x1, y1 in big:  # every known piece of tissue above the size limit is outlined (level-0 pixels)
+        centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+        assert any(cv2.pointPolygonTest(ring, centre, False) > 0 for ring in outlines)
+    assert not any(cv2.pointPolygonTest(ring, (100.0, 100.0), False) > 0 for ring in outlines)  # glass is not
+
+
+def test_qc_tiles_panel_matches_drawing_each_tile(tmp_path: Path) -> None:
+    # The kept-tiles panel is drawn for all tiles at once; it must equal drawing them one by one with OpenCV.
+    from wsi_pipeline.qc import render_qc
+    from wsi_pipeline.tiling import compute_tile_grid
+
+    made = make_pyramid_slide(
+        tmp_path / "e.svs", width=3100, height=2000, mpp=0.5, tissue_boxes=[(1000, 200, 3100, 1800)]
+    )
+    with Slide(made.path) as slide:
+        grid = compute_tile_grid(slide, TileConfig(tile_size=128, stride=96, edge="pad"))  # overlapping, off the edge
+        thumb = slide.thumbnail(800)[0]
+        picture = render_qc(thumb, grid, slide.dimensions)
+    th, tw = thumb.shape[:2]
+    sx, sy, size0 = tw / 3100, th / 2000, grid.tiling["tile_size_level0"]
+    expected_fill, expected = thumb.copy(), None
+    boxes = []
+    for x, y in grid.coords:
+        a, b = int(np.floor(x * sx)), int(np.floor(y * sy))
+        c, d = max(a + 1, int(np.ceil((x + size0) * sx)) - 1), max(b + 1, int(np.ceil((y + size0) * sy)) - 1)
+        boxes.append((a, b, c, d))
+        cv2.rectangle(expected_fill, (a, b), (c, d), (20, 90, 230), -1)
+    expected = cv2.addWeighted(thumb, 0.7, expected_fill, 0.3, 0)
+    for a, b, c, d in boxes:
+        cv2.rectangle(expected, (a, b), (c, d), (20, 90, 230), 1)
+    assert np.array_equal(picture[28:, 2 * (tw + 6) :], expected)
 
 
 def test_overlap_and_edge_policies(tmp_path: Path) -> None:

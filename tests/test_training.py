@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.data import skip_reason
 from wsi_pipeline.config import load_config
 from wsi_pipeline.errors import ConfigError, StoreMismatchError
 from wsi_pipeline.mil_benchmarks import MIL_ENCODER, convert_mil_csv
@@ -285,7 +286,9 @@ def test_cli_train_passes_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert seen["labels"] == Path("labels.csv")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason=skip_reason("a CUDA GPU", "torch.cuda.is_available() is False here")
+)
 def test_training_runs_on_cuda(musk_small: tuple[Path, Path], tmp_path: Path) -> None:
     stores, labels = musk_small
     result = train(

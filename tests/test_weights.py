@@ -17,7 +17,7 @@ from wsi_pipeline.encoders import create_encoder, file_sha256, load_checkpoint, 
 from wsi_pipeline.errors import WeightsError
 from wsi_pipeline.slide import Slide
 
-from .conftest import CMU_SMALL, WEIGHTS
+from .conftest import CMU_SMALL, WEIGHTS, need_real_data
 
 LITE0 = WEIGHTS / "efficientnet-lite0-57934424.pth"
 
@@ -66,7 +66,7 @@ def _tissue_tiles(n: int = 6) -> tuple[list[np.ndarray], np.ndarray]:
 
 def test_real_weights_give_stable_meaningful_embeddings(lite0: Path) -> None:
     if not CMU_SMALL.exists():
-        pytest.skip("real slide not available")
+        need_real_data(CMU_SMALL)
     enc = create_encoder("efficientnet_lite0", weights=str(lite0))
     assert enc.weights.source == "local" and enc.weights.sha256 == file_sha256(lite0) and enc.dim == 1280
     tiles, blank = _tissue_tiles()
@@ -149,6 +149,25 @@ def test_offline_mode_fails_with_how_to_provide_the_file(monkeypatch: pytest.Mon
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(WeightsError, match="not in the Hugging Face cache"):
         create_encoder("efficientnet_lite0", offline=True)
+
+
+def test_unreachable_hub_fails_at_once_with_how_to_provide_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A dead network is found with one connection attempt, not after huggingface_hub's retries with backoff.
+    import socket
+
+    from wsi_pipeline.encoders import hub_file
+
+    with socket.socket() as probe:  # a port nobody listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    with pytest.raises(WeightsError) as err:
+        hub_file("someorg/not-cached-model", ["model.safetensors"], what="encoder x")
+    message = str(err.value)
+    assert f"127.0.0.1:{port} cannot be reached" in message and "not in the Hugging Face cache" in message
+    assert "--weights PATH" in message and "\n" not in message
 
 
 def test_explicit_local_file_wins_over_the_hub(lite0: Path, monkeypatch: pytest.MonkeyPatch) -> None:

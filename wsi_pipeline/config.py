@@ -6,7 +6,8 @@ this order, later winning:
 
 1. the dataclass defaults,
 2. the ``<stage>:`` section of a ``--config FILE`` (a preset from ``configs/presets/`` or the user's own),
-3. explicit CLI options, and ``--set key=value`` (dotted keys reach nested dataclasses, values parsed as YAML).
+3. explicit CLI options, and ``--set key=value`` (dotted keys reach nested dataclasses, values parsed as YAML;
+   ``5e-4`` is a number, as in YAML 1.2).
 
 Unknown keys and values of the wrong type raise ``ConfigError`` naming the key, so typos never pass silently.
 """
@@ -14,6 +15,7 @@ Unknown keys and values of the wrong type raise ``ConfigError`` naming the key, 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -29,13 +31,29 @@ __all__ = ["load_config", "config_to_dict", "parse_set_overrides", "read_yaml", 
 T = TypeVar("T")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``5e-4`` and ``1E3`` are numbers, as users write them (YAML 1.1,
+    which PyYAML follows, wants ``5.0e-4`` and reads ``5e-4`` as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; check the --config path")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__}); fix the syntax") from err
     if not isinstance(data, dict):
@@ -51,7 +69,7 @@ def parse_set_overrides(items: Iterable[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set mask.method=otsu")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            out[key.strip()] = _load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {item!r}: value is not valid YAML") from err
     return out

@@ -242,7 +242,16 @@ def discover_slides(
     for entry in sorted(collected, key=lambda e: str(e[0].resolve())):
         resolved = entry[0].resolve()
         key = resolved.parent / "*.dcm" if resolved.suffix.lower() == ".dcm" else resolved
-        unique.setdefault(key, entry)
+        kept = unique.setdefault(key, entry)
+        if kept is not entry and key == resolved and kept[0].absolute() != entry[0].absolute():
+            # Two names for one file (a symlink, a relative and an absolute path): one slide, said out loud.
+            log.warning(
+                "%s is the same file as %s (%s): it is processed once, as %s; copy it to keep both names",
+                entry[0],
+                kept[0],
+                resolved,
+                kept[0].name,
+            )
     rows = sorted(unique.values(), key=lambda e: str(e[0].resolve()))
     auto_ids = _unique_ids([r[0] for r in rows], [r[3] for r in rows])
     per_slide = read_mpp_csv(mpp_csv) if mpp_csv is not None else {}

@@ -1,8 +1,10 @@
 """The ``Slide``: a lazily opened OpenSlide handle with physical resolution and bounded-memory reads.
 
 OpenSlide reads .svs .ndpi .mrxs .scn .vms .bif, generic tiled TIFF and DICOM (give the path of one ``.dcm`` of the
-series). Pixels come back as RGB ``uint8`` arrays, transparent areas composited onto white (what a glass slide's
-background looks like), so tissue detection and encoders see the same pixels everywhere.
+series). A file OpenSlide does not recognise is tried as a flat image (stripped TIFF, PNG, JPEG: ``flat_image``),
+decoded whole into memory up to a size limit. Pixels come back as RGB ``uint8`` arrays, transparent areas
+composited onto white (what a glass slide's background looks like), so tissue detection and encoders see the same
+pixels everywhere.
 
 Examples
 --------
@@ -16,13 +18,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import openslide
 
 from .errors import MissingMppError, SlideOpenError, SlideReadError
+
+if TYPE_CHECKING:
+    from .flat_image import FlatImage
 
 __all__ = ["Slide", "resolve_mpp"]
 
@@ -97,7 +102,7 @@ class Slide:
         self.path = Path(path)
         self.slide_id = slide_id or self.path.stem
         self._mpp_override = mpp
-        self._osr: openslide.OpenSlide | None = None
+        self._osr: openslide.OpenSlide | FlatImage | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> Slide:
@@ -106,11 +111,12 @@ class Slide:
                 raise SlideOpenError(f"{self.path}: no such file; check the slide path or manifest")
             try:
                 self._osr = openslide.OpenSlide(str(self.path))
-            except openslide.OpenSlideUnsupportedFormatError as err:
-                raise SlideOpenError(
-                    f"{self.path}: OpenSlide does not recognise this file (truncated, corrupt or not a slide); "
-                    "re-export or re-copy it"
-                ) from err
+            except openslide.OpenSlideUnsupportedFormatError:
+                # Not a format OpenSlide knows: maybe a flat image (stripped TIFF, PNG, JPEG). Its error says what
+                # the file is and what to do when it is none either, or too big to decode whole.
+                from .flat_image import open_flat_image
+
+                self._osr = open_flat_image(self.path)
             except (openslide.OpenSlideError, OSError) as err:
                 raise SlideOpenError(f"{self.path}: OpenSlide cannot open it ({err}); re-export or re-copy it") from err
         return self
@@ -131,7 +137,7 @@ class Slide:
         return {**self.__dict__, "_osr": None}
 
     @property
-    def osr(self) -> openslide.OpenSlide:
+    def osr(self) -> openslide.OpenSlide | FlatImage:
         return self.open()._osr  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ metadata
@@ -223,6 +229,8 @@ class Slide:
             raise SlideReadError(
                 f"{self.path}: cannot decode the region at {location} level {level} ({err}); the file is damaged"
             ) from err
+        if rgba.shape[-1] == 3:  # a flat image reads RGB on white already
+            return rgba
         return _rgba_to_rgb_on_white(rgba)
 
     def read_at_mpp(self, target_mpp: float) -> tuple[np.ndarray, float]:

@@ -55,6 +55,7 @@ __all__ = [
     "store_path",
     "slide_id_from_store",
     "list_stores",
+    "require_stores",
     "is_complete",
     "provenance",
     "write_tile_store",
@@ -122,6 +123,27 @@ def list_stores(stores_dir: str | Path) -> list[Path]:
             f"{stores_dir}: no such folder of slide stores; run `wsi-pipeline tile SLIDES --out {stores_dir}` first"
         )
     return sorted(p for p in stores_dir.glob(f"*{STORE_SUFFIX}") if not p.name.startswith(".") and is_complete(p))
+
+
+def require_stores(stores_dir: str | Path) -> list[Path]:
+    """``list_stores``, but no finished store is an error that says where the stores are (a run folder given
+    instead of its ``stores/``) or which command makes them."""
+    stores_dir = Path(stores_dir)
+    stores = list_stores(stores_dir)
+    if stores:
+        return stores
+    # One or two levels down (run1/ instead of run1/stores/); never a deep walk into a big data folder.
+    candidates = [*stores_dir.glob(f"*/*{STORE_SUFFIX}"), *stores_dir.glob(f"*/*/*{STORE_SUFFIX}")]
+    below = sorted({p.parent for p in candidates if not p.name.startswith(".") and is_complete(p)})
+    if below:
+        shown = ", ".join(str(p) for p in below[:3]) + (" ..." if len(below) > 3 else "")
+        raise MissingPrerequisiteError(
+            f"{stores_dir}: no slide stores directly in this folder, but there are some in {shown}; pass that folder"
+        )
+    raise MissingPrerequisiteError(
+        f"{stores_dir}: no finished slide stores (<slide_id>{STORE_SUFFIX}) in this folder; "
+        f"run `wsi-pipeline tile SLIDES --out {stores_dir}` first"
+    )
 
 
 def write_tile_store(

@@ -1,16 +1,21 @@
-"""The ``wsi-pipeline`` command line. This file only assembles commands and handles errors in one place."""
+"""The ``wsi-pipeline`` command line. This file only assembles commands and handles errors in one place.
+
+Command modules import only typer, rich and the standard library at the top; each command imports the library
+(numpy, OpenCV, zarr, torch...) when it runs, so ``--help`` is instant and ``tile``, ``convert-mil`` and ``submit``
+never load torch.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import warnings
+from typing import Any
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 
-from .. import __version__
 from ..errors import WsiPipelineError
 from .annotate import annotate
 from .convert import convert_mil, digit_bags
@@ -32,18 +37,29 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
+# Usage errors are click exceptions: those of typer's own copy of click (typer >= 0.26) or of click itself (older
+# typer). typer.BadParameter is public in both, and its base class named ClickException is the one to catch.
+_ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_INTERRUPTED = 130  # typer turns Ctrl-C into this exit code
+
 
 def _version(value: bool) -> None:
     if value:
+        from .. import __version__
+
         typer.echo(f"wsi-pipeline {__version__}")
         raise typer.Exit()
 
 
 @app.callback()
 def _root(
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-v info, -vv debug)."),
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True, metavar="", help="More logging (-v info, -vv debug)."
+    ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
+    from rich.logging import RichHandler
+
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(
         level=level,
@@ -52,6 +68,8 @@ def _root(
         handlers=[RichHandler(console=err_console, show_path=verbose > 1, rich_tracebacks=True)],
         force=True,
     )
+    # huggingface_hub prints its records with a handler of its own; propagating them too would show each twice.
+    logging.getLogger("huggingface_hub").propagate = False
 
 
 app.command(no_args_is_help=True)(tile)
@@ -64,30 +82,45 @@ app.command(name="convert-mil", no_args_is_help=True)(convert_mil)
 app.command(name="digit-bags", no_args_is_help=True)(digit_bags)
 
 
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    # One line per warning: a user has no use for the library's source line that Python prints by default.
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _error(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Entry point: run the app; known errors become one line on stderr and exit code 1."""
+    """Entry point. Usage errors print the usage line and the error (exit 2); library errors and file-system
+    errors one line (exit 1). ``WSI_PIPELINE_DEBUG=1`` shows the traceback instead."""
+    debug = bool(os.environ.get("WSI_PIPELINE_DEBUG"))
+    if not debug:
+        warnings.showwarning = _show_warning
     try:
         # Without standalone mode click returns (not raises) the code of a typer.Exit: pass it on.
         code = app(standalone_mode=False)
-        if isinstance(code, int) and code:
-            sys.exit(code)
-    except WsiPipelineError as err:
-        if os.environ.get("WSI_PIPELINE_DEBUG"):
-            raise
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    except _ClickException as err:
+        err.show()  # type: ignore[attr-defined]
+        sys.exit(err.exit_code)  # type: ignore[attr-defined]
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
+        _error("aborted", _INTERRUPTED)
     except KeyboardInterrupt:
+        code = _INTERRUPTED
+    except WsiPipelineError as err:
+        if debug:
+            raise
+        _error(str(err), 1)
+    except OSError as err:  # permissions, a full disk, a path that is a file...: the user's to fix, said in one line
+        if debug:
+            raise
+        _error(f"{err} (WSI_PIPELINE_DEBUG=1 shows where)", 1)
+    if code == _INTERRUPTED:
         err_console.print("interrupted; finished slides are kept and the next run resumes")
-        sys.exit(130)
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

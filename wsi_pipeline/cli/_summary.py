@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..batch import BatchResult, SlideRecord
 
@@ -25,10 +26,11 @@ def _short_reason(rec: SlideRecord) -> str:
 
 def summary_table(
     stage: str, result: BatchResult, extra: Mapping[str, Callable[[SlideRecord], str]] | None = None
-) -> Table:
+) -> RenderableType:
     """One row per slide: status, tiles, seconds, the ``extra`` columns (header -> cell of a record), reason.
 
-    Large batches list only the slides that were not ``ok`` (failed first), at most ``MAX_ROWS`` of them.
+    Large batches list only the slides that were not ``ok`` (failed first), at most ``MAX_ROWS`` of them; a large
+    batch where every slide is ok is the summary line alone (an empty table would say nothing).
     """
     extra = dict(extra or {})
     records = result.records
@@ -36,6 +38,9 @@ def summary_table(
     if len(records) > MAX_ROWS:
         order = {"failed": 0, "skipped": 1}
         not_ok = sorted((r for r in records if r.status != "ok"), key=lambda r: order.get(r.status, 2))
+        if not not_ok:
+            total = sum(r.n_tiles or 0 for r in records)
+            return Text(f"{stage}: {result.summary()}; {total:,} tiles", no_wrap=False)
         records = not_ok[:MAX_ROWS]
         caption = f"{len(result.records) - len(records)} more slide(s) not listed; every slide is in the manifest"
     table = Table(title=f"{stage}: {result.summary()}", title_justify="left", show_lines=False, caption=caption)

@@ -14,7 +14,15 @@ __all__ = ["convert_mil", "digit_bags"]
 
 
 def convert_mil(
-    csvs: Annotated[list[Path], typer.Argument(help="Benchmark CSVs with rows label,bag_id,f1..fD (no header).")],
+    csvs: Annotated[
+        list[Path],
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            metavar="CSVS",
+            help="Benchmark CSVs with rows label,bag_id,f1..fD (no header).",
+        ),
+    ],
     out: OutDirOpt,
     overwrite: OverwriteOpt = False,
 ) -> None:

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from ..batch import resolve_shard
 from ..config import load_config, merge_overrides, parse_set_overrides
-from ._options import ConfigOpt, DeviceOpt, EncoderOpt, OverwriteOpt, SetOpt, ShardOpt
+from ._options import ConfigOpt, DeviceOpt, EncoderOpt, OverwriteOpt, SetOpt, ShardOpt, WeightsOpt
 from ._summary import summary_table
 
 __all__ = ["embed", "encoders_table"]
@@ -43,13 +43,11 @@ def encoders_table() -> Table:
 
 def embed(
     stores_dir: Annotated[
-        Path | None, typer.Argument(help="Folder of <slide_id>.zarr tile stores (from `wsi-pipeline tile`).")
+        Path | None,
+        typer.Argument(metavar="STORES_DIR", help="Folder of <slide_id>.zarr tile stores (from `wsi-pipeline tile`)."),
     ] = None,
     encoder: EncoderOpt = None,
-    weights: Annotated[
-        str | None,
-        typer.Option("--weights", "-w", help="Local .pth/.bin/.safetensors, hf-hub:ORG/NAME, or 'random'."),
-    ] = None,
+    weights: WeightsOpt = None,
     device: DeviceOpt = None,
     precision: Annotated[str | None, typer.Option("--precision", help="auto, bf16, fp16 or fp32.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Tiles per forward pass.")] = None,
@@ -76,7 +74,7 @@ def embed(
     if stores_dir is None:
         raise typer.BadParameter("give the folder of tile stores (or --list)", param_hint="STORES_DIR")
     from ..embedding import EmbedConfig, embed_stores, load_encoder
-    from ..store import list_stores
+    from ..store import require_stores
 
     options = {
         "encoder": encoder,
@@ -91,7 +89,7 @@ def embed(
     cfg = load_config(EmbedConfig, "embed", config, merge_overrides(options, parse_set_overrides(set_)))
     # Everything that can fail on bad input happens before the progress bar, so errors come out as one clean line.
     selected = resolve_shard(shard)
-    list_stores(stores_dir)
+    require_stores(stores_dir)  # a run folder given instead of its stores/ is an error, not "0 ok"
     enc = load_encoder(cfg)
     with Progress(
         TextColumn("[bold]embed[/] {task.description}"),

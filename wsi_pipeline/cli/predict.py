@@ -19,9 +19,13 @@ console = Console(stderr=True)
 
 
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="checkpoint_best.pt from a train run.")],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, metavar="CHECKPOINT", help="checkpoint_best.pt from a train run."),
+    ],
     inputs: Annotated[
-        list[Path], typer.Argument(help="Folders of stores, stores, CSVs slide_id,store, or slide files.")
+        list[Path],
+        typer.Argument(metavar="INPUTS", help="Folders of stores, stores, CSVs slide_id,store, or slide files."),
     ],
     out: OutDirOpt,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Top-attention tiles saved per slide.")] = None,

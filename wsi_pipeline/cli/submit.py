@@ -21,22 +21,23 @@ from ..cluster import (
     wait_for_jobs,
 )
 from ..config import load_config, merge_overrides, parse_set_overrides
-from ..store import list_stores
-from ._options import ConfigOpt, DeviceOpt, EncoderOpt, OverwriteOpt
+from ._options import ConfigOpt, DeviceOpt, EncoderOpt, ModelOpt, OverwriteOpt, RecursiveOpt, WeightsOpt
 
 
 def submit(
     slides: Annotated[
         list[Path] | None,
-        typer.Argument(help="Slide files, folders or CSV manifests (needed when the run includes tile)."),
+        typer.Argument(
+            metavar="SLIDES", help="Slide files, folders or CSV manifests (needed when the run includes tile)."
+        ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: stores/, runs/, predictions/, logs/.")] = ...,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", file_okay=False, help="Run folder: stores/, runs/, predictions/, logs/.")
+    ] = ...,
     encoder: EncoderOpt = None,
-    weights: Annotated[
-        str | None, typer.Option("--weights", "-w", help="Local weights file, hf-hub:ORG/NAME, or 'random' (embed).")
-    ] = None,
-    labels: Annotated[Path | None, typer.Option("--labels", help="Labels CSV for train.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="MIL model for train (default: the config's).")] = None,
+    weights: WeightsOpt = None,
+    labels: Annotated[Path | None, typer.Option("--labels", "-l", help="Labels CSV for train.")] = None,
+    model: ModelOpt = None,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Trained model for predict when train is not in --stages.")
     ] = None,
@@ -62,7 +63,7 @@ def submit(
         int | None, typer.Option("--max-concurrent", help="Array tasks running at once, per stage.")
     ] = None,
     device: DeviceOpt = None,
-    recursive: Annotated[bool, typer.Option("--recursive", help="Look for slides in sub-folders too.")] = False,
+    recursive: RecursiveOpt = False,
     overwrite: OverwriteOpt = False,
     stages_dir: Annotated[
         Path | None, typer.Option("--stages-dir", help="Folder of the *.sbatch scripts (default: the checkout's).")
@@ -99,6 +100,8 @@ def submit(
         stages=parse_stages(stages),
     )
     spec.validate()
+    from ..store import list_stores  # zarr: imported only when a command runs, so --help stays instant
+
     # A run that starts after tile sizes its arrays from the stores already there.
     n_slides = count_slides(spec.slides, recursive=recursive) if spec.slides else len(list_stores(spec.stores))
     jobs = plan_jobs(spec, cfg, n_slides, find_stages_dir(stages_dir))

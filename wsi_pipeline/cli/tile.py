@@ -11,8 +11,7 @@ from rich.console import Console
 from ..batch import resolve_shard
 from ..config import load_config, merge_overrides, parse_set_overrides
 from ..discovery import SLIDE_EXTENSIONS, discover_slides
-from ..tiling import TileConfig, tile_slides
-from ._options import ConfigOpt, OutDirOpt, OverwriteOpt, SetOpt, ShardOpt
+from ._options import ConfigOpt, OutDirOpt, OverwriteOpt, RecursiveOpt, SetOpt, ShardOpt
 from ._summary import slide_progress, summary_table
 
 __all__ = ["tile"]
@@ -22,7 +21,10 @@ console = Console(stderr=True)
 
 def tile(
     slides: Annotated[
-        list[Path], typer.Argument(help="Slide files, folders of slides, or CSV manifests (path[,slide_id,mpp]).")
+        list[Path],
+        typer.Argument(
+            metavar="SLIDES", help="Slide files, folders of slides, or CSV manifests (path[,slide_id,mpp])."
+        ),
     ],
     out: OutDirOpt,
     config: ConfigOpt = None,
@@ -43,7 +45,7 @@ def tile(
     mpp_csv: Annotated[
         Path | None, typer.Option("--mpp-csv", help="CSV with columns slide,mpp: per-slide level-0 um/px.")
     ] = None,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search slide folders recursively.")] = False,
+    recursive: RecursiveOpt = False,
     ext: Annotated[
         list[str] | None,
         typer.Option(
@@ -58,6 +60,8 @@ def tile(
 
     Example: wsi-pipeline tile slides/ --out tiles/ --target-mpp 0.5 --tile-size 224
     """
+    from ..tiling import TileConfig, tile_slides
+
     overrides = merge_overrides(
         parse_set_overrides(set_),
         {"target_mpp": target_mpp, "tile_size": tile_size, "stride": stride, "min_tissue": min_tissue},

@@ -12,19 +12,29 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..config import load_config, merge_overrides, parse_set_overrides
-from ..mil import list_models
-from ._options import ConfigOpt, DeviceOpt, EncoderOpt, OutDirOpt, SeedOpt, SetOpt
+from ._options import ConfigOpt, DeviceOpt, EncoderOpt, LabelsOpt, ModelOpt, OutDirOpt, SeedOpt, SetOpt
 
 __all__ = ["train"]
 
 console = Console()
 
 
+def _list_models(value: bool) -> None:
+    # The names come from the model registry, which needs torch: only when asked, never for --help.
+    if value:
+        from ..mil import list_models
+
+        typer.echo("\n".join(list_models()))
+        raise typer.Exit()
+
+
 def train(
-    stores: Annotated[Path, typer.Argument(help="Folder of <slide_id>.zarr stores, or a CSV slide_id,store.")],
-    labels: Annotated[Path, typer.Option("--labels", "-l", help="CSV slide_id,label[,group column].")],
+    stores: Annotated[
+        Path, typer.Argument(metavar="STORES", help="Folder of <slide_id>.zarr stores, or a CSV slide_id,store.")
+    ],
+    labels: LabelsOpt,
     out: OutDirOpt,
-    model: Annotated[str | None, typer.Option("--model", "-m", help=f"MIL model: {', '.join(list_models())}.")] = None,
+    model: ModelOpt = None,
     encoder: EncoderOpt = None,
     split_csv: Annotated[
         Path | None, typer.Option("--split-csv", help="CSV slide_id,split[,fold] (train/val/test) instead of CV.")
@@ -41,6 +51,12 @@ def train(
     set_: SetOpt = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Retrain folds already trained in this run folder (default: keep them).")
+    ] = False,
+    list_models_: Annotated[
+        bool,
+        typer.Option(
+            "--list-models", callback=_list_models, is_eager=True, expose_value=False, help="List the MIL models."
+        ),
     ] = False,
 ) -> None:
     """Train a MIL model (ASMIL by default) on stored embeddings; writes <out>/<model>_<encoder>_<split>_seed<n>/."""

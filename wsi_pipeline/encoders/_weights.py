@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -207,37 +209,68 @@ def _how_to_provide(repo: str) -> str:
     )
 
 
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (one DNS lookup and TCP connect, 5 s at most), or None.
+
+    Without it, huggingface_hub retries a dead network with backoff for tens of seconds per file before failing.
+    Behind a proxy only a real request can tell, so nothing is probed then.
+    """
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            return None
+    except OSError as err:
+        return f"{host}:{port} cannot be reached ({err.strerror or err.__class__.__name__})"
+
+
 def hub_file(repo: str, filenames: Sequence[str], *, offline: bool = False, what: str = "weights") -> Path:
     """The first of ``filenames`` in the Hugging Face repository ``repo``: from the cache, else downloaded.
 
-    Offline (``offline=True`` or ``HF_HUB_OFFLINE=1``) only the cache is used.
+    Offline (``offline=True`` or ``HF_HUB_OFFLINE=1``) only the cache is used. Online, the cache is tried first and
+    an unreachable hub fails at once, with the same advice as offline.
     """
     try:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
     except ImportError as err:  # pragma: no cover - a declared dependency
         raise WeightsError(f"{what}: huggingface_hub is not installed; pass --weights PATH instead") from err
     offline = offline_requested(offline)
-    last: Exception | None = None
-    for filename in filenames:
-        try:
-            return Path(hf_hub_download(repo, filename, local_files_only=offline))
-        except GatedRepoError as err:
+    files = "/".join(filenames)
+    errors: list[Exception] = []
+
+    def first_found(local_only: bool) -> Path | None:
+        for filename in filenames:
+            try:
+                return Path(hf_hub_download(repo, filename, local_files_only=local_only))
+            except GatedRepoError as err:
+                raise WeightsError(
+                    f"{what}: https://huggingface.co/{repo} is gated and this account has no access; request access "
+                    f"there and run `hf auth login`, or pass the file with --weights PATH"
+                ) from err
+            except RepositoryNotFoundError as err:
+                raise WeightsError(
+                    f"{what}: Hugging Face repository {repo} not found (or private); check the name, log in with "
+                    "`hf auth login`, or pass --weights PATH"
+                ) from err
+            except Exception as err:  # noqa: BLE001 - cache misses, missing entries and network errors alike
+                errors.append(err)
+        return None
+
+    found = first_found(local_only=True)  # the cache first: never a request for a file already here
+    if found is None and not offline:
+        unreachable = _hub_unreachable()
+        if unreachable:
             raise WeightsError(
-                f"{what}: https://huggingface.co/{repo} is gated and this account has no access; request access "
-                f"there and run `hf auth login`, or pass the file with --weights PATH"
-            ) from err
-        except RepositoryNotFoundError as err:
-            raise WeightsError(
-                f"{what}: Hugging Face repository {repo} not found (or private); check the name, log in with "
-                "`hf auth login`, or pass --weights PATH"
-            ) from err
-        except EntryNotFoundError as err:
-            last = err
-            continue
-        except Exception as err:  # noqa: BLE001 - offline cache misses and network errors alike
-            last = err
-            continue
+                f"{what}: {files} of {repo}: not in the Hugging Face cache, and {unreachable}: no network here?; "
+                f"{_how_to_provide(repo)}"
+            )
+        found = first_found(local_only=False)
+    if found is not None:
+        return found
     mode = "offline, and it is not in the Hugging Face cache" if offline else "it could not be downloaded"
-    reason = f" ({last.__class__.__name__})" if last else ""
-    raise WeightsError(f"{what}: {'/'.join(filenames)} of {repo}: {mode}{reason}; {_how_to_provide(repo)}")
+    reason = f" ({errors[-1].__class__.__name__})" if errors else ""
+    raise WeightsError(f"{what}: {files} of {repo}: {mode}{reason}; {_how_to_provide(repo)}")

@@ -1,6 +1,6 @@
 """``predict``: class probabilities and attention heatmaps from a trained checkpoint."""
 
-from ._heatmap import draw_heatmap, save_top_tiles, scale_scores
+from ._heatmap import colour_bar_ticks, draw_heatmap, save_top_tiles, scale_scores, uniformity_note
 from ._predict import PredictConfig, PredictResult, check_store, predict_slides, predict_store, scores_name_for
 from ._results import read_slide_result, slide_result_path
 
@@ -14,6 +14,8 @@ __all__ = [
     "read_slide_result",
     "slide_result_path",
     "draw_heatmap",
+    "colour_bar_ticks",
+    "uniformity_note",
     "save_top_tiles",
     "scale_scores",
 ]

@@ -14,7 +14,15 @@ from ..batch import atomic_path, temporary_then_rename
 from ..slide import Slide
 from ..tiling import read_tile
 
-__all__ = ["scale_scores", "draw_heatmap", "save_top_tiles"]
+__all__ = [
+    "scale_scores",
+    "attention_spread",
+    "colour_bar_ticks",
+    "uniformity_note",
+    "draw_heatmap",
+    "save_top_tiles",
+    "NEARLY_UNIFORM_RATIO",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,45 @@ def scale_scores(scores: np.ndarray, scaling: Scaling = "rank") -> np.ndarray:
     return np.clip((scores - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
 
 
+NEARLY_UNIFORM_RATIO = 1.1  # max/min attention at or below which a map is called nearly uniform on the image
+
+
+def attention_spread(scores: np.ndarray) -> float:
+    """max / min of the per-tile attention (inf when the smallest is 0): how far from uniform the map is."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size == 0:
+        return 1.0
+    low, high = float(scores.min()), float(scores.max())
+    return high / low if low > 0 else float("inf")
+
+
+def uniformity_note(scores: np.ndarray) -> str | None:
+    """What the heatmap says about a nearly uniform map (max/min <= ``NEARLY_UNIFORM_RATIO``), else None."""
+    spread = attention_spread(scores)
+    return f"attention nearly uniform (max/min {spread:.3f})" if spread <= NEARLY_UNIFORM_RATIO else None
+
+
+def colour_bar_ticks(scores: np.ndarray, scaling: Scaling, n: int = 5) -> tuple[np.ndarray, list[str]]:
+    """Positions on the [0, 1] colour bar and the real attention each stands for, as labels.
+
+    Colours are scaled (``scale_scores``); the labels undo the scaling, so the bar reads in attention values
+    whatever the scaling: the score at that rank (``rank``), or the value mapped there (``percentile``,
+    ``linear``). Labels get as many digits as it takes to tell them apart.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    positions = np.linspace(0.0, 1.0, n)
+    if scaling == "rank":
+        values = np.quantile(scores, positions)
+    else:
+        lo, hi = np.percentile(scores, [1, 99]) if scaling == "percentile" else (scores.min(), scores.max())
+        values = lo + positions * (hi - lo)
+    for digits in range(3, 10):
+        labels = [f"{v:.{digits}g}" for v in values]
+        if len(set(labels)) == len(set(np.round(values, 15))):
+            break
+    return positions, labels
+
+
 def draw_heatmap(
     thumbnail: np.ndarray,
     thumb_scale: float,
@@ -57,7 +104,9 @@ def draw_heatmap(
     alpha: float = 0.5,
 ) -> Path:
     """Draw each tile's scaled score over ``thumbnail`` (level-0 px per thumbnail px: ``thumb_scale``) with a
-    colour bar; tiles without a score stay transparent. The PNG is written under a temporary name and renamed."""
+    colour bar labelled in real attention values; tiles without a score stay transparent. A nearly uniform map
+    (max/min <= ``NEARLY_UNIFORM_RATIO``) says so on the image, since any scaling stretches it over every colour.
+    The PNG is written under a temporary name and renamed."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -73,8 +122,24 @@ def draw_heatmap(
     fig, ax = plt.subplots(figsize=(8, 8 * h / max(w, 1) + 0.5))
     ax.imshow(thumbnail)
     image = ax.imshow(np.ma.masked_invalid(overlay), cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
-    label = {"rank": "attention (rank, 1 = highest)", "percentile": "attention (1st-99th percentile)"}
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=label.get(scaling, "attention (min-max)"))
+    how = {"rank": "colours by rank", "percentile": "colours 1st-99th percentile", "linear": "colours min-max"}
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=f"attention ({how[scaling]})")
+    if len(scores):
+        positions, labels = colour_bar_ticks(scores, scaling)
+        bar.set_ticks(positions, labels=labels)
+        note = uniformity_note(scores)
+        if note:
+            ax.text(
+                0.5,
+                0.98,
+                note,
+                transform=ax.transAxes,
+                ha="center",
+                va="top",
+                fontsize=12,
+                fontweight="bold",
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "black"},
+            )
     ax.set_axis_off()
     if title:
         ax.set_title(title)

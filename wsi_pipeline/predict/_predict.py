@@ -349,8 +349,7 @@ def predict_slides(
             f"heatmaps skipped for {len(no_heatmap)} slide(s) without a slide file, e.g. {no_heatmap[0]}; "
             "their predictions and scores are kept"
         )
-        warnings.warn(message, stacklevel=2)
-        log.warning(message)
+        warnings.warn(message, stacklevel=2)  # the CLI shows it as one line (no source line, not twice)
     out_csv, rows = write_predictions_csv(out_dir, [item.slide_id for item in items], identity, classes)
     log.info("predict: %s; %d slide(s) in %s", batch.summary(), len(rows), out_csv)
     return PredictResult(out_csv, rows, batch, no_heatmap)

@@ -64,15 +64,21 @@ def save_checkpoint(path: Path, model: nn.Module, **meta: Any) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by ``train``, or raise ``CheckpointError`` saying what is wrong."""
     path = Path(path)
+    wanted = "pass the checkpoint_best.pt (or checkpoint_last.pt) of a train run, e.g. RUN/fold_0/checkpoint_best.pt"
+    if path.is_dir():
+        found = sorted(path.glob("**/checkpoint_best.pt"))[:2]
+        hint = f" such as {found[0]}" if found else ""
+        raise CheckpointError(f"{path}: is a folder; pass a checkpoint file{hint}")
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found; pass a checkpoint_best.pt from a train run")
+        raise CheckpointError(f"{path}: checkpoint not found; {wanted}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({err.__class__.__name__}); re-train") from err
+        # A wrong path is far likelier than a damaged checkpoint: say what the file is not, and what to pass.
+        raise CheckpointError(f"{path}: not a torch checkpoint ({err.__class__.__name__}); {wanted}") from err
     missing = [key for key in _REQUIRED if not isinstance(ckpt, dict) or key not in ckpt]
     if missing:
-        raise CheckpointError(f"{path}: not a wsi-pipeline checkpoint (missing {', '.join(missing)})")
+        raise CheckpointError(f"{path}: not a wsi-pipeline checkpoint (missing {', '.join(missing)}); {wanted}")
     return ckpt
 
 

@@ -61,6 +61,8 @@ def read_labels(
 ) -> Labels:
     """Read ``slide_id,label[,group]``; labels are strings, mapped to classes in sorted order."""
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: labels CSV not found; check --labels (a CSV with columns slide_id,label)")
     rows = _read_csv(path)
     needed = [id_column, label_column] + ([group_column] if group_column else [])
     if not rows or any(col not in rows[0] for col in needed):
@@ -89,7 +91,8 @@ def read_labels(
 def resolve_stores(stores: str | Path) -> dict[str, Path]:
     """Slide id -> store path, from a folder of stores or a CSV with columns ``slide_id,store``."""
     stores = Path(stores)
-    if stores.is_dir():
+    if stores.is_dir() or (not stores.exists() and stores.suffix.lower() != ".csv"):
+        # list_stores names a missing folder and the command that makes it (not "CSV not found").
         return {slide_id_from_store(p): p for p in list_stores(stores)}
     rows = _read_csv(stores)
     if not rows or "slide_id" not in rows[0] or "store" not in rows[0]:
