@@ -24,7 +24,7 @@ import torch
 from wsi_pipeline.mil import Anchor, RandomDropping, create_model
 from wsi_pipeline.store import FeatureWriter, read_features, store_path, write_tile_store
 from wsi_pipeline.training import resolve_device
-from wsi_pipeline.training._train import train_epoch
+from wsi_pipeline.training._train import make_optimizer, train_epoch
 
 ENCODER = "bench"
 
@@ -71,7 +71,7 @@ def bench_epoch(name: str, bags: list[torch.Tensor], labels: torch.Tensor, devic
     model = create_model(name, in_dim=bags[0].shape[1], n_classes=2).to(device)
     anchor = Anchor(model) if name == "asmil" else None
     dropper = RandomDropping("token" if name == "asmil" else "none", 10, torch.Generator().manual_seed(0))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-5)
+    optimizer = make_optimizer(list(model.parameters()), lr=1e-4, weight_decay=1e-5)
     items = [(str(i), bag) for i, bag in enumerate(bags)]
     targets = {str(i): labels[i : i + 1] for i in range(len(bags))}
     train_epoch(model, items[:2], targets, optimizer, dropper=dropper, anchor=anchor)  # warm-up

@@ -21,7 +21,7 @@ def _textbook(att: BranchAttention, queries: torch.Tensor, x: torch.Tensor) -> t
     v = att.v_proj(x).view(b, n, heads, dh).transpose(1, 2)  # (B, H, N, dh)
     logits = q.unsqueeze(0) @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, Q, N)
     pooled = (torch.softmax(logits, -1) @ v).transpose(1, 2).reshape(b, -1, d)  # (B, Q, d)
-    return att.o_proj(pooled), logits
+    return att.o_proj(pooled), logits.transpose(1, 2).reshape(b, -1, n)  # (B, Q*H, N), query-major
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -27,7 +27,8 @@ __all__ = ["BranchAttention", "ASMIL"]
 
 class BranchAttention(nn.Module):
     """Multi-head attention from learned queries over a set: ``(Q, d), (B, N, d) -> (B, Q, d)`` and the attention
-    logits ``(B, H, Q, N)`` (scaled by ``1/sqrt(d/H)``); ``Wq, Wk, Wv, Wo`` are shared by the queries.
+    logits ``(B, Q*H, N)``, query-major (row ``q*H + h`` is head h of query q), scaled by ``1/sqrt(d/H)``.
+    ``Wq, Wk, Wv, Wo`` are shared by the queries.
 
     ``bias=False`` drops the projection biases (the paper's formulas have none; the authors' code has them).
     """
@@ -42,32 +43,28 @@ class BranchAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim, bias=bias)
         self.o_proj = nn.Linear(dim, dim, bias=bias)
 
-    def _queries(self, queries: Tensor) -> Tensor:
-        """``(Q, d) -> (Q, H, dh)``: projected queries per head, already divided by sqrt(dh)."""
-        return self.q_proj(queries).view(len(queries), self.n_heads, self.head_dim) / math.sqrt(self.head_dim)
-
     def logits(self, queries: Tensor, x: Tensor) -> Tensor:
-        """``(Q, d), (B, N, d) -> (B, H, Q, N)``: ``<Wq q + b_q, Wk x_n + b_k>`` per head / sqrt(d/H)."""
-        b, n, d = x.shape
-        q = self._queries(queries)  # (Q, H, dh)
+        """``(Q, d), (B, N, d) -> (B, Q*H, N)``: ``<Wq q + b_q, Wk x_n + b_k>`` per head / sqrt(d/H)."""
+        d = x.shape[-1]
+        q = self.q_proj(queries).view(len(queries), self.n_heads, self.head_dim) / math.sqrt(self.head_dim)
         heads = self.k_proj.weight.view(self.n_heads, self.head_dim, d)  # (H, dh, d)
-        folded = torch.einsum("qhj,hjd->hqd", q, heads).reshape(-1, d)  # (H*Q, d): Wk^T q per head
-        logits = x.reshape(b * n, d) @ folded.T  # (B*N, H*Q), one 2-D matmul
+        folded = torch.einsum("qhj,hjd->qhd", q, heads).reshape(-1, d)  # (Q*H, d): Wk^T q per head
+        logits = torch.matmul(folded, x.transpose(1, 2))  # (B, Q*H, N)
         if self.k_proj.bias is not None:
-            logits = logits + torch.einsum("qhj,hj->hq", q, self.k_proj.bias.view(self.n_heads, -1)).reshape(-1)
-        return logits.view(b, n, self.n_heads, len(queries)).permute(0, 2, 3, 1)  # (B, H, Q, N)
+            shift = torch.einsum("qhj,hj->qh", q, self.k_proj.bias.view(self.n_heads, -1))  # (Q, H): <q, b_k>
+            logits = logits + shift.reshape(-1, 1)
+        return logits
 
     def forward(self, queries: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         b, n, d = x.shape
         n_q = len(queries)
-        logits = self.logits(queries, x)  # (B, H, Q, N)
-        alpha = torch.softmax(logits, dim=-1)  # (B, H, Q, N)
-        pooled = torch.bmm(alpha.reshape(b, -1, n), x).view(b, self.n_heads, n_q, d)  # (B, H, Q, d): sum alpha x_n
+        logits = self.logits(queries, x)  # (B, Q*H, N)
+        pooled = torch.softmax(logits, dim=-1) @ x  # (B, Q*H, d): sum_n alpha_n x_n per query and head
         heads = self.v_proj.weight.view(self.n_heads, self.head_dim, d)  # (H, dh, d)
-        values = torch.einsum("bhqd,hjd->bqhj", pooled, heads).reshape(b, n_q, d)  # Wv (sum_n alpha_n x_n)
+        values = torch.einsum("bqhd,hjd->bqhj", pooled.view(b, n_q, self.n_heads, d), heads).reshape(b, n_q, d)
         if self.v_proj.bias is not None:
             values = values + self.v_proj.bias  # = sum_n alpha_n (Wv x_n + b_v): the weights sum to 1
-        return self.o_proj(values), logits  # (B, Q, d), (B, H, Q, N)
+        return self.o_proj(values), logits  # (B, Q, d), (B, Q*H, N)
 
 
 class ASMIL(nn.Module):
@@ -122,21 +119,17 @@ class ASMIL(nn.Module):
 
     def attention_logits(self, x: Tensor) -> Tensor:
         """Only the instance-attention logits ``(B, T*H, N)``, branch-major (what the anchor needs)."""
-        x = as_bag(x)
-        logits = self.token_attention.logits(self.token_queries, self.instance_features(x))  # (B, H, T, N)
-        return logits.transpose(1, 2).reshape(x.shape[0], -1, x.shape[1])
+        return self.token_attention.logits(self.token_queries, self.instance_features(as_bag(x)))
 
     def forward(self, x: Tensor, keep_tokens: Tensor | None = None) -> MILOutput:
         x = as_bag(x)  # (B, N, D)
-        b, n, _ = x.shape
         h = self.instance_features(x)  # (B, N, d)
-        tokens, attn = self.token_attention(self.token_queries, h)  # (B, T, d), (B, H, T, N)
+        tokens, attention_logits = self.token_attention(self.token_queries, h)  # (B, T, d), (B, T*H, N)
         tokens = self.token_norm(self.token_dropout(tokens))  # (B, T, d)
         if keep_tokens is not None:
             tokens = tokens[:, keep_tokens]  # (B, T', d)
         bag, _ = self.bag_attention(self.class_query, tokens)  # (B, 1, d)
         logits = self.classifier(bag.squeeze(1))  # (B, C)
-        attention_logits = attn.transpose(1, 2).reshape(b, -1, n)  # (B, T*H, N)
         return MILOutput(logits=logits, attention_logits=attention_logits)
 
 
