@@ -36,3 +36,12 @@ def test_large_batch_lists_only_the_failures() -> None:
     assert "bad-0" in text and "bad-1" in text
     assert "ok-0000" not in text
     assert f"{MAX_ROWS + 20} more slide(s) not listed" in text
+
+
+def test_the_summary_line_is_not_folded_to_the_table_width() -> None:
+    """In a job log (wide console, narrow table) the manifest path stays on the summary's one line."""
+    manifest = Path("/scratch/a-long-run-folder-name/stores/manifests/tile.shard-12-of-400.csv")
+    console = Console(width=400, record=True)
+    console.print(summary_table("tile", BatchResult(_records(2, 1), manifest)))
+    first = console.export_text().splitlines()[0]
+    assert first == f"tile: 2 ok, 0 skipped, 1 failed (manifest: {manifest})"

@@ -500,6 +500,7 @@ def test_one_command_from_raw_slide_to_diagnosis(cmu_slide: Path, tmp_path: Path
         "c": "skipped",
         "d": "skipped",
     }
+
     # The same pixels give the same prediction; label and source say how each slide relates to the training run.
     def prediction(row: dict) -> dict:
         return {k: v for k, v in row.items() if k not in {"slide_id", "label", "source", "folds"}}

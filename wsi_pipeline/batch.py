@@ -448,8 +448,8 @@ def run_slide_batch(
         _write_manifest(manifest, records)
         if on_record:
             on_record(rec)
-        # A caller that watches records (the CLI's progress and summary table) reports failures itself.
-        level = logging.WARNING if status == "failed" and on_record is None else logging.INFO
+        # A failed slide is a warning even under a progress bar: in a Slurm log it is the line to look for.
+        level = logging.WARNING if status == "failed" else logging.INFO
         log.log(level, "%s %s: %s %s", stage, item.slide_id, status, rec.error or "")
 
     for item in chosen:

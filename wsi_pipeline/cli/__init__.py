@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 
 from .. import __version__
 from ..errors import WsiPipelineError
+from ._logging import setup_logging
 from .convert import convert_mil
 from .embed import embed
 from .predict import predict
+from .status import status
 from .submit import submit
 from .tile import tile
 from .train import train
@@ -43,14 +43,7 @@ def _root(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-v info, -vv debug)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=err_console, show_path=verbose > 1, rich_tracebacks=True)],
-        force=True,
-    )
+    setup_logging(verbose, err_console)
 
 
 app.command(no_args_is_help=True)(tile)
@@ -58,6 +51,7 @@ app.command(no_args_is_help=True)(embed)
 app.command(no_args_is_help=True)(train)
 app.command(no_args_is_help=True)(predict)
 app.command(no_args_is_help=True)(submit)
+app.command(no_args_is_help=True)(status)
 app.command(name="convert-mil", no_args_is_help=True)(convert_mil)
 
 
