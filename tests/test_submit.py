@@ -36,7 +36,7 @@ from wsi_pipeline.cluster import (
     submit_jobs,
     wait_for_states,
 )
-from wsi_pipeline.config import config_to_dict, load_config
+from wsi_pipeline.config import config_to_dict, load_config, parse_set_overrides
 from wsi_pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,6 +176,16 @@ def test_cpu_device_or_preset_asks_for_no_gpu_anywhere(run_inputs: dict[str, Pat
     assert all(_gpu_options(job.sbatch_argv("1")) == [] for job in from_preset)
     for section in ("embed", "train", "predict"):  # the jobs get the same file: every stage runs on the CPU
         assert yaml.safe_load(preset.read_text())[section]["device"] == "cpu"
+
+
+def test_slurm_times_stay_times(run_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """YAML 1.1 reads 12:00:00 as 43200 (base 60), which sbatch would take as 43200 minutes: never."""
+    config = tmp_path / "c.yaml"
+    config.write_text("submit:\n  tile:\n    time: 12:00:00\n")
+    loaded = load_config(SubmitConfig, "submit", config, parse_set_overrides(["train.time=1:30:00"]))
+    assert (loaded.tile.time, loaded.train.time) == ("12:00:00", "1:30:00")
+    jobs = plan_jobs(_spec(run_inputs), loaded, 3, STAGES_DIR)
+    assert [_option(job.sbatch_argv(), "--time") for job in jobs] == ["12:00:00", "08:00:00", "1:30:00", "04:00:00"]
 
 
 def test_gpus_as_gres_or_gpus(run_inputs: dict[str, Path]) -> None:

@@ -44,7 +44,7 @@ class StageStatus:
             return "not submitted"
         counts = Counter(task.state for task in self.tasks)
         job = self.tasks[0].job_id.split("_")[0]
-        size = f" ({len(self.tasks)} tasks)" if "_" in self.tasks[0].job_id else ""
+        size = f" ({len(self.tasks)} task{'s' if len(self.tasks) > 1 else ''})" if "_" in self.tasks[0].job_id else ""
         return f"{job}{size}: " + ", ".join(
             f"{n} {state}" if len(self.tasks) > 1 else state for state, n in counts.items()
         )
