@@ -513,6 +513,8 @@ def test_status_counts_slides_and_says_how_to_resume(tmp_path: Path) -> None:
     assert (by_stage["tile"].ok, len(by_stage["tile"].failed), by_stage["tile"].pending) == (3, 1, 0)
     assert (by_stage["embed"].ok, by_stage["embed"].pending) == (2, 1)  # d failed tiling: not expected here
     assert by_stage["predict"].pending == 3 and status.exit_code == 1 and status.running
+    assert by_stage["embed"].slides_summary() == "2 ok, 1 pending"  # its last task still runs
+    assert by_stage["predict"].slides_summary() == "0 ok, 3 not done"  # its jobs ended: nothing more will come
     report = status.report()
     lines = report.splitlines()
     assert any(

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -137,8 +139,17 @@ def latest_record(out: Path) -> SubmissionRecord:
 
 
 def command_line(argv: Sequence[str]) -> list[str]:
-    """How the user called us (``sys.argv``), as ``wsi-pipeline ...`` whatever the interpreter's spelling."""
-    return ["wsi-pipeline", *list(argv)[1:]]
+    """How the user called us (``sys.argv``), as a command that runs from anywhere: ``wsi-pipeline ...`` when that
+    name on PATH is this install, else this install's entry point by its path (``make`` runs ``python -m``)."""
+    mine = Path(sys.executable).parent / "wsi-pipeline"
+    found = shutil.which("wsi-pipeline")
+    if found and mine.exists() and Path(found).resolve() == mine.resolve():
+        head = ["wsi-pipeline"]
+    elif mine.exists():
+        head = [str(mine)]
+    else:
+        head = [sys.executable, "-m", "wsi_pipeline"]
+    return [*head, *list(argv)[1:]]
 
 
 __all__ += ["command_line"]

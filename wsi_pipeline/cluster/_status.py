@@ -23,7 +23,7 @@ from ._record import SubmissionRecord, latest_record
 
 __all__ = ["RunStatus", "StageStatus", "run_status", "status_of_record"]
 
-MAX_LINES = 50  # per list in the report; the manifests and `status` JSON have every line
+MAX_LINES = 50  # per list in the report; the manifests and the logs have every line
 _CLOCK_SLACK = timedelta(seconds=5)  # compute nodes' clocks may be a little behind the login node's
 
 
@@ -56,7 +56,9 @@ class StageStatus:
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         if self.pending:
-            parts.append(f"{self.pending} pending")
+            # Slides left when the stage's jobs have all ended will not be done by this submission.
+            ended = bool(self.tasks) and not any(task.active for task in self.tasks)
+            parts.append(f"{self.pending} {'not done' if ended else 'pending'}")
         return ", ".join(parts)
 
 
