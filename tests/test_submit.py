@@ -420,6 +420,35 @@ def test_states_from_slurm_then_memory_then_the_log(tmp_path: Path) -> None:
     assert state_from_log(tmp_path / "none.out") is None
 
 
+def test_states_come_from_sacct_where_accounting_exists() -> None:
+    calls = []
+
+    def runner(argv, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        calls.append(argv)
+        if argv[0] == "sacct":
+            return subprocess.CompletedProcess(argv, 0, SACCT, "")
+        return subprocess.CompletedProcess(argv, 1, "", "unexpected")
+
+    jobs = [
+        JobSpec("tile", "7", 2),
+        JobSpec("train", "8", None),
+        JobSpec("predict", "9", 3),
+        JobSpec("embed", "10", None),
+    ]
+    states = query_states(jobs, client=SlurmClient(runner))
+    assert [(s.job_id, s.describe(), s.source) for s in states] == [
+        ("7_0", "COMPLETED", "sacct"),
+        ("7_1", "FAILED (exit 1)", "sacct"),
+        ("8", "TIMEOUT (TimeLimit)", "sacct"),
+        ("9_0", "CANCELLED (DependencyNeverSatisfied)", "sacct"),
+        ("9_1", "CANCELLED (DependencyNeverSatisfied)", "sacct"),
+        ("9_2", "CANCELLED (DependencyNeverSatisfied)", "sacct"),
+        ("10", "OUT_OF_MEMORY (OutOfMemory)", "sacct"),
+    ]
+    assert [call[0] for call in calls] == ["sacct"]  # one call for every job; scontrol not needed
+    assert calls[0][-2:] == ["-j", "7,8,9,10"]
+
+
 def test_wait_polls_until_every_task_has_ended() -> None:
     answers = iter(
         [
@@ -648,3 +677,33 @@ def test_stage_scripts_say_what_is_missing(fake_cli: Path) -> None:
         text=True,
     )
     assert result.returncode != 0 and "WSI_ENCODER" in result.stderr
+
+
+def test_local_submit_through_the_entry_point_reports_and_records(run_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """`submit --local` as a user runs it (stage scripts replaced by quick ones): exit 1 naming the stage that failed
+    and its log, a record and one log per stage, and `status` saying the same afterwards."""
+    stages = tmp_path / "stages"
+    stages.mkdir()
+    for stage in STAGES:
+        code = 3 if stage == "embed" else 0
+        (stages / f"{stage}.sbatch").write_text(f'#!/usr/bin/env bash\necho "{stage} on $WSI_OUT"\nexit {code}\n')
+    entry = Path(sys.executable).parent / "wsi-pipeline"
+    cli = [str(entry)] if entry.exists() else [sys.executable, "-m", "wsi_pipeline"]
+    argv = [*cli, *_submit_argv(run_inputs, "--stages", "tile,embed,train", "--stages-dir", str(stages), "--local")]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    out = run_inputs["out"]
+    (record_path,) = (out / "submissions").glob("*-local-*.json")
+    record = SubmissionRecord.load(record_path)
+    assert [(job.stage, job.state, job.reason) for job in record.jobs] == [
+        ("tile", "COMPLETED", ""),
+        ("embed", "FAILED", "exit 3"),
+        ("train", "COMPLETED", ""),  # afterany: train runs on what embed finished
+    ]
+    logs = [Path(job.log) for job in record.jobs]
+    assert [log.read_text() for log in logs] == [f"{stage} on {out}\n" for stage in ("tile", "embed", "train")]
+    assert logs[1] == out / "logs" / "local" / "embed" / f"{record.id}.out"
+    assert f"embed  local  FAILED (exit 3)  log {logs[1]}" in result.stdout
+    assert "embed on" in result.stderr  # the stage's output also reached the terminal
+    status = subprocess.run([*cli, "status", str(out)], capture_output=True, text=True)
+    assert status.returncode == 1 and status.stdout == result.stdout

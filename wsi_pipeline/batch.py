@@ -150,7 +150,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- locks
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a lock holder, a local run)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -196,7 +197,7 @@ class SlideLock:
         except FileNotFoundError:
             return True
         same_host = holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
-        if same_host and not _pid_alive(holder["pid"]):
+        if same_host and not pid_alive(holder["pid"]):
             return True
         return age > self.stale_after_s
 
@@ -497,4 +498,4 @@ def temporary_then_rename(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
-__all__ += ["temporary_then_rename", "one_line", "MANIFEST_COLUMNS", "STALE_AFTER_S"]
+__all__ += ["temporary_then_rename", "one_line", "MANIFEST_COLUMNS", "STALE_AFTER_S", "pid_alive"]

@@ -7,7 +7,6 @@ one log per stage (``<out>/logs/local/<stage>/<submission id>.out``; the output 
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from ..batch import pid_alive
 from ._jobs import TaskState
 from ._plan import RunSpec, StageJob
 from ._record import JobEntry, SubmissionRecord
@@ -111,19 +111,9 @@ def run_local(
     return local_states(record)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def local_states(record: SubmissionRecord) -> list[TaskState]:
     """The stages of a local run as task states; a RUNNING stage whose process is gone is INTERRUPTED."""
-    gone = record.status != "finished" and record.host == socket.gethostname() and not _alive(record.pid)
+    gone = record.status != "finished" and record.host == socket.gethostname() and not pid_alive(record.pid)
     states = []
     for entry in record.jobs:
         state, reason = entry.state or "UNKNOWN", entry.reason
