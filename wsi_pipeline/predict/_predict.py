@@ -25,7 +25,7 @@ from ..batch import BatchResult, Shard, SlideLock, SlideRecord, remove_stale_tem
 from ..errors import ConfigError, StoreMismatchError
 from ..store import SCORES, is_complete, list_encoders, open_store, read_attrs, read_coords, read_features, write_scores
 from ..training import resolve_device
-from ._geojson import attention_geojson, write_attention_geojson
+from ._geojson import write_attention_geojson
 from ._heatmap import draw_heatmap, save_top_tiles
 from ._inputs import PredictItem, SlidePreparer, collect_items
 from ._models import FoldModel, ModelSet, forward, load_models
@@ -205,10 +205,8 @@ def _geojson(store: Path, attention: np.ndarray, probabilities: dict[str, float]
         return f"{store}: no tiling.tile_size_level0 in the store's attrs"
     group = open_store(store)
     tissue = np.asarray(group["tissue_fraction"][...]) if "tissue_fraction" in group else None
-    collection = attention_geojson(
-        read_coords(store), float(tile_size), attention, probabilities, tissue_fraction=tissue
-    )
-    write_attention_geojson(path, collection)
+    coords = read_coords(store)
+    write_attention_geojson(path, coords, float(tile_size), attention, probabilities, tissue_fraction=tissue)
     return None
 
 
