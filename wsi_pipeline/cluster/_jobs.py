@@ -107,10 +107,8 @@ class TaskState:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TaskState:
         log = data.get("log")
-        return cls(
-            data["stage"], data["job_id"], data["state"], data.get("reason", ""), Path(log) if log else None,
-            data.get("source", ""),
-        )  # fmt: skip
+        fields = {key: data[key] for key in ("stage", "job_id", "state", "reason", "source") if key in data}
+        return cls(**fields, log=Path(log) if log else None)
 
 
 # --------------------------------------------------------------------------------------------- parsing
