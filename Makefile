@@ -3,11 +3,13 @@
 #   make all SLIDES=/data/slides OUT=runs/r1 ENCODER=uni LABELS=labels.csv     # every stage, here, in sequence
 #   make tile embed SLIDES=/data/slides OUT=runs/r1 ENCODER=uni                # some stages
 #   make submit SLIDES=/data/slides OUT=/scratch/r1 ENCODER=uni LABELS=labels.csv SUBMIT_ARGS="-p gpu"
+#   make status OUT=/scratch/r1
 #   make test lint bench example
 #
 # The stage targets call `wsi-pipeline submit --local --stages <stage>`, which runs the same stages/*.sbatch
 # scripts as the Slurm jobs, so local and cluster runs lay out OUT identically:
-#   OUT/stores/<slide>.zarr (tiles, features), OUT/runs/ (checkpoints), OUT/predictions/, OUT/logs/.
+#   OUT/stores/<slide>.zarr (tiles, features), OUT/runs/ (checkpoints), OUT/predictions/, OUT/logs/,
+#   OUT/submissions/ (what each run did; `make status` reads it).
 # A stage exits non-zero when any slide failed; `make all` goes on with the other slides (so does `make -k`).
 
 SHELL := /bin/bash
@@ -38,7 +40,7 @@ RUN_ARGS = $(SLIDES) --out $(OUT) --encoder $(ENCODER) $(call opt,--weights,$(WE
 	$(call opt,--labels,$(LABELS)) $(call opt,--config,$(CONFIG)) $(call opt,--model,$(MODEL)) \
 	$(call opt,--device,$(DEVICE)) $(call opt,--checkpoint,$(CHECKPOINT))
 
-.PHONY: help install tile embed train predict all submit submit-dry-run test lint format bench example clean
+.PHONY: help install tile embed train predict all submit submit-dry-run status test lint format bench example clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -53,7 +55,7 @@ embed:  ## ENCODER embeddings of every store in OUT/stores
 train:  ## train MODEL on OUT/stores with LABELS into OUT/runs
 	$(WSI) submit $(RUN_ARGS) --local --stages train
 
-predict:  ## predict every store with CHECKPOINT (default: the newest under OUT/runs) into OUT/predictions
+predict:  ## predict every store with the run train wrote (or CHECKPOINT: a run folder or a .pt) into OUT/predictions
 	$(WSI) submit $(RUN_ARGS) --local --stages predict
 
 all:  ## STAGES (default: all four) in sequence on this machine
@@ -64,6 +66,9 @@ submit:  ## STAGES as chained Slurm job arrays (sbatch options: SUBMIT_ARGS, con
 
 submit-dry-run:  ## print the sbatch commands `make submit` would run
 	$(WSI) submit $(RUN_ARGS) --stages $(STAGES) $(SUBMIT_ARGS) --dry-run
+
+status:  ## jobs, slides, logs and the resume command of the run in OUT (exit 0 done, 1 failed, 2 running)
+	$(WSI) status $(OUT)
 
 test:  ## the test suite (real data from ../shared/data or fetched once into ~/.cache; Slurm tests need Slurm)
 	$(PYTHON) -m pytest -q
@@ -103,14 +108,15 @@ example: install  ## the whole pipeline on real data: tile + embed a slide, trai
 	$(EX_WSI) convert-mil $(EX)/mil/musk1.csv --out $(EX)/mil
 	$(EX_WSI) train $(EX)/mil/musk1/stores --labels $(EX)/mil/musk1/labels.csv --out $(EX)/mil/runs \
 		--model asmil --config configs/presets/mil-benchmark.yaml --folds 5 --overwrite
-	$(EX_WSI) predict $(EX)/mil/runs/asmil_mil-features_cv5_seed0/fold_0/checkpoint_best.pt \
+	$(EX_WSI) predict $(EX)/mil/runs/asmil_mil-features_cv5_seed0 \
 		$(EX)/mil/musk1/stores --out $(EX)/mil/predictions --overwrite
 	@echo
 	@echo "example outputs:"
 	@echo "  $(EX)/run/stores/CMU-1-Small-Region.zarr   tiles + EfficientNet-Lite0 embeddings (zarr)"
 	@echo "  $(EX)/run/stores/qc/CMU-1-Small-Region.png tissue mask and tile grid"
 	@echo "  $(EX)/mil/runs/asmil_mil-features_cv5_seed0/summary.csv   5-fold CV metrics of ASMIL on Musk1"
-	@echo "  $(EX)/mil/predictions/predictions.csv      class probabilities per bag"
+	@echo "  $(EX)/mil/predictions/predictions.csv      out-of-fold class probabilities per bag"
+	@echo "  $(EX)/mil/predictions/metrics.json         their cohort metrics"
 
 clean:  ## remove example/ and caches (never OUT)
 	rm -rf example .pytest_cache .ruff_cache

@@ -138,8 +138,9 @@ def main() -> None:
     bag_args = ["--bags", args.bags, "--bag-size", args.bag_size, "--prevalence", args.prevalence,
                 "--target", args.target]  # fmt: skip
     per_seed = [run_seed(args.out, seed, args.variants, bag_args) for seed in args.seeds]
-    print(f"digit bags: {args.bags} bags of {args.bag_size}, prevalence {args.prevalence}, target digit "
-          f"{args.target}; seeds {', '.join(map(str, args.seeds))}; test metrics of 5-fold CV, mean ± std over seeds")  # fmt: skip
+    seeds = ", ".join(map(str, args.seeds))
+    print(f"digit bags: {args.bags} bags of {args.bag_size}, prevalence {args.prevalence}, target digit {args.target};")
+    print(f"seeds {seeds}; test metrics of 5-fold CV, mean ± std over the seeds")
     print(table(per_seed, args.variants))
 
 

@@ -44,3 +44,12 @@ def test_large_batch_all_ok_is_one_summary_line_not_an_empty_table() -> None:
         text.strip()
         == f"tile: {MAX_ROWS + 20} ok, 0 skipped, 0 failed (manifest: m.csv); {(MAX_ROWS + 20) * 10:,} tiles"
     )
+
+
+def test_the_summary_line_is_not_folded_to_the_table_width() -> None:
+    """In a job log (wide console, narrow table) the manifest path stays on the summary's one line."""
+    manifest = Path("/scratch/a-long-run-folder-name/stores/manifests/tile.shard-12-of-400.csv")
+    console = Console(width=400, record=True)
+    console.print(summary_table("tile", BatchResult(_records(2, 1), manifest)))
+    first = console.export_text().splitlines()[0]
+    assert first == f"tile: 2 ok, 0 skipped, 1 failed (manifest: {manifest})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ from wsi_pipeline.batch import Shard, read_manifest
 from wsi_pipeline.errors import CheckpointError, StoreMismatchError
 from wsi_pipeline.predict import PredictConfig, predict_slides, read_slide_result, scale_scores, slide_result_path
 from wsi_pipeline.slide import Slide
-from wsi_pipeline.store import FeatureWriter, read_scores, store_path, write_tile_store
+from wsi_pipeline.store import FeatureWriter, read_coords, read_scores, store_path, write_tile_store
 from wsi_pipeline.training import TrainConfig, train
 
 TILE = 256
@@ -87,7 +88,22 @@ def test_train_predict_round_trip_on_a_real_slide(trained: tuple[Path, Path], tm
     with (out / "predictions.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["slide_id"] for r in rows] == [f"cmu_band{i}" for i in range(6)]
-    assert set(rows[0]) == {"slide_id", "predicted_class", "prob_lower", "prob_upper", "n_tiles"}
+    assert list(rows[0]) == [
+        "slide_id",
+        "predicted_class",
+        "prob_lower",
+        "prob_upper",
+        "n_tiles",
+        "label",
+        "source",
+        "folds",
+    ]
+    # One fold's checkpoint: its test slides are out-of-fold, the slides it trained on are marked so.
+    tested = set(read_test_ids(checkpoint.parent))
+    assert tested and {r["slide_id"]: r["source"] for r in rows} == {
+        r["slide_id"]: "out-of-fold" if r["slide_id"] in tested else "in-training" for r in rows
+    }
+    assert {r["folds"] for r in rows} == {"0"} and all(r["label"] in {"lower", "upper"} for r in rows)
     for row in rows:
         assert row["predicted_class"] in {"lower", "upper"}
         assert float(row["prob_lower"]) + float(row["prob_upper"]) == pytest.approx(1.0, abs=1e-5)
@@ -158,7 +174,7 @@ def test_mismatched_stores_and_bad_checkpoints(trained: tuple[Path, Path], tmp_p
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a torch checkpoint.*checkpoint_best.pt"):
         predict_slides(bad, [stores], tmp_path / "p")
-    with pytest.raises(CheckpointError, match="checkpoint not found"):
+    with pytest.raises(CheckpointError, match="no such checkpoint or training run folder"):
         predict_slides(tmp_path / "none.pt", [stores], tmp_path / "p")
 
 
@@ -175,6 +191,115 @@ def test_cli_predict(trained: tuple[Path, Path], tmp_path: Path) -> None:
 
 
 FAST = PredictConfig(heatmaps=False, device="cpu")
+
+
+def read_test_ids(fold: Path) -> dict[str, dict[str, str]]:
+    """The fold's test slides as train wrote them (predictions_test.csv): slide id -> row."""
+    with (fold / "predictions_test.csv").open() as fh:
+        return {row["slide_id"]: row for row in csv.DictReader(fh)}
+
+
+def _rows(out: Path) -> dict[str, dict[str, str]]:
+    with (out / "predictions.csv").open() as fh:
+        return {row["slide_id"]: row for row in csv.DictReader(fh)}
+
+
+def test_run_folder_gives_each_labelled_slide_its_out_of_fold_model(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """A whole run: every labelled slide is predicted by the fold that tested it (what train itself computed for
+    that fold's test set), and metrics.json holds the cohort metrics of exactly those predictions."""
+    checkpoint, stores = trained
+    run = checkpoint.parent.parent
+    out = tmp_path / "pred"
+    result = predict_slides(run, [stores], out, PredictConfig(top_k=0, thumbnail_size=256, device="cpu"))
+    assert not result.failed and len(result.rows) == 6
+    rows = _rows(out)
+    for fold_dir in sorted(run.glob("fold_*")):
+        k = fold_dir.name.removeprefix("fold_")
+        for sid, at_train in read_test_ids(fold_dir).items():
+            row = rows.pop(sid)
+            assert (row["source"], row["folds"], row["label"]) == ("out-of-fold", k, at_train["label"])
+            assert float(row["prob_upper"]) == pytest.approx(float(at_train["prob_upper"]), abs=1e-5)
+    assert not rows  # every slide of the run was some fold's test slide
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 6 and metrics == {**metrics, **result.metrics}
+    all_rows = list(_rows(out).values())
+    correct = sum(r["predicted_class"] == r["label"] for r in all_rows)
+    assert metrics["accuracy"] == pytest.approx(correct / 6)
+    # The attention written to each store is the out-of-fold model's, under the run's name.
+    for row in all_rows:
+        scores = read_scores(stores / f"{row['slide_id']}.zarr", run.name)
+        assert len(scores) == int(row["n_tiles"]) and scores.sum() == pytest.approx(1.0, abs=1e-4)
+    heatmap = out / "heatmaps" / "cmu_band0.png"
+    assert heatmap.is_file()
+
+
+def test_run_folder_averages_the_folds_on_new_slides(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from wsi_pipeline.predict import predict_store
+    from wsi_pipeline.training import load_checkpoint, model_from_checkpoint
+
+    checkpoint, stores = trained
+    run = checkpoint.parent.parent
+    new = tmp_path / "new" / "unseen.zarr"  # a slide the run never had a label for
+    shutil.copytree(stores / "cmu_band4.zarr", new)
+    out = tmp_path / "pred"
+    result = predict_slides(run, [new], out, FAST)
+    row = _rows(out)["unseen"]
+    assert (row["source"], row["folds"], row["label"]) == ("new", "0 1 2", "")
+    per_fold = []
+    for fold_dir in sorted(run.glob("fold_*")):
+        ckpt = load_checkpoint(fold_dir / "checkpoint_best.pt")
+        per_fold.append(predict_store(new, model_from_checkpoint(ckpt), ckpt))
+    assert float(row["prob_upper"]) == pytest.approx(np.mean([probs[1] for _, _, probs in per_fold]), abs=1e-5)
+    np.testing.assert_allclose(
+        read_scores(new, run.name), np.mean([attn for _, attn, _ in per_fold], axis=0), rtol=1e-4, atol=1e-7
+    )
+    assert result.metrics is None and not (out / "metrics.json").exists()  # no labelled slide here
+
+    # --fold k is that fold's checkpoint: same answers, same scores name, same "done".
+    one = predict_slides(run, [new], tmp_path / "fold1", FAST, fold=1)
+    by_file = predict_slides(run / "fold_1" / "checkpoint_best.pt", [new], tmp_path / "fold1", FAST)
+    assert [r.status for r in by_file.records] == ["skipped"] and one.rows == by_file.rows
+    assert one.rows[0]["folds"] == "1" and (new / "scores" / f"{run.name}_fold1").is_dir()
+    assert one.rows[0]["prob_upper"] == pytest.approx(float(per_fold[1][2][1]), abs=1e-5)
+
+
+def test_unfinished_run_and_missing_fold_are_one_line_errors(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    checkpoint, stores = trained
+    run = tmp_path / "runs" / checkpoint.parent.parent.name
+    shutil.copytree(checkpoint.parent.parent, run, ignore=shutil.ignore_patterns("summary.json", "fold_2"))
+    cli = [sys.executable, "-m", "wsi_pipeline", "predict", str(run), str(stores), "-o", str(tmp_path / "p")]
+    unfinished = subprocess.run(cli, capture_output=True, text=True)
+    assert unfinished.returncode == 1 and "Traceback" not in unfinished.stderr
+    assert "training has not finished (2 fold(s) so far, no summary.json)" in unfinished.stderr
+    assert "--fold K" in unfinished.stderr
+    missing = subprocess.run([*cli, "--fold", "2"], capture_output=True, text=True)
+    assert missing.returncode == 1 and "no fold 2 (folds: 0, 1)" in missing.stderr and "Traceback" not in missing.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_qupath_geojson_has_one_detection_per_tile(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    checkpoint, stores = trained
+    run = checkpoint.parent.parent
+    out = tmp_path / "pred"
+    predict_slides(run, [stores / "cmu_band1.zarr"], out, FAST)
+    collection = json.loads((out / "geojson" / "cmu_band1.geojson").read_text())
+    coords = read_coords(stores / "cmu_band1.zarr")
+    scores = read_scores(stores / "cmu_band1.zarr", run.name)
+    row = _rows(out)["cmu_band1"]
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == len(coords)
+    for feature, (x, y), score in zip(collection["features"], coords, scores, strict=True):
+        assert feature["properties"]["objectType"] == "detection"
+        ring = feature["geometry"]["coordinates"][0]
+        assert ring[0] == ring[-1] == [x, y] and ring[2] == [x + TILE, y + TILE]
+        measurements = feature["properties"]["measurements"]
+        assert measurements["attention"] == pytest.approx(float(score), rel=1e-5)
+        assert measurements["slide prob upper"] == pytest.approx(float(row["prob_upper"]), abs=1e-5)
+    ranks = [f["properties"]["measurements"]["attention rank"] for f in collection["features"]]
+    top = int(np.argmax(scores))
+    assert min(ranks) == 0.0 and max(ranks) == ranks[top] == 1.0
 
 
 def _statuses(out: Path) -> dict[str, str]:
@@ -440,4 +565,10 @@ def test_one_command_from_raw_slide_to_diagnosis(cmu_slide: Path, tmp_path: Path
         "c": "skipped",
         "d": "skipped",
     }
-    assert again.rows == [{**row, "slide_id": sid} for sid, row in zip("abcd", [first.rows[0]] * 4, strict=True)]
+
+    # The same pixels give the same prediction; label and source say how each slide relates to the training run.
+    def prediction(row: dict) -> dict:
+        return {k: v for k, v in row.items() if k not in {"slide_id", "label", "source", "folds"}}
+
+    assert [prediction(row) for row in again.rows] == [prediction(first.rows[0])] * 4
+    assert [(r["slide_id"], r["label"]) for r in again.rows] == [("a", "x"), ("b", "x"), ("c", "y"), ("d", "y")]

@@ -150,7 +150,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- locks
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a lock holder, a local run)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -196,7 +197,7 @@ class SlideLock:
         except FileNotFoundError:
             return True
         same_host = holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
-        if same_host and not _pid_alive(holder["pid"]):
+        if same_host and not pid_alive(holder["pid"]):
             return True
         return age > self.stale_after_s
 
@@ -448,8 +449,8 @@ def run_slide_batch(
         _write_manifest(manifest, records)
         if on_record:
             on_record(rec)
-        # A caller that watches records (the CLI's progress and summary table) reports failures itself.
-        level = logging.WARNING if status == "failed" and on_record is None else logging.INFO
+        # A failed slide is a warning even under a progress bar: in a Slurm log it is the line to look for.
+        level = logging.WARNING if status == "failed" else logging.INFO
         log.log(level, "%s %s: %s %s", stage, item.slide_id, status, rec.error or "")
 
     for item in chosen:
@@ -497,4 +498,4 @@ def temporary_then_rename(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
-__all__ += ["temporary_then_rename", "one_line", "MANIFEST_COLUMNS", "STALE_AFTER_S"]
+__all__ += ["temporary_then_rename", "one_line", "MANIFEST_COLUMNS", "STALE_AFTER_S", "pid_alive"]

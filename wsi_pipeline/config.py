@@ -32,13 +32,28 @@ T = TypeVar("T")
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 floats: ``5e-4`` and ``1E3`` are numbers, as users write them (YAML 1.1,
-    which PyYAML follows, wants ``5.0e-4`` and reads ``5e-4`` as a string)."""
+    """``yaml.SafeLoader`` with YAML 1.2 numbers, as users write them: ``5e-4`` and ``1E3`` are floats (YAML 1.1,
+    which PyYAML follows, wants ``5.0e-4`` and reads ``5e-4`` as a string), and there are no base-60 numbers, which
+    read a Slurm time ``12:00:00`` as the integer 43200 (``--time=43200`` is 30 days)."""
 
 
+_Loader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+0123456789."),
 )
 

@@ -7,7 +7,6 @@ never load torch.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import warnings
@@ -17,10 +16,12 @@ import typer
 from rich.console import Console
 
 from ..errors import WsiPipelineError
+from ._logging import setup_logging
 from .annotate import annotate
 from .convert import convert_mil, digit_bags
 from .embed import embed
 from .predict import predict
+from .status import status
 from .submit import submit
 from .tile import tile
 from .train import train
@@ -58,18 +59,7 @@ def _root(
     ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    from rich.logging import RichHandler
-
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=err_console, show_path=verbose > 1, rich_tracebacks=True)],
-        force=True,
-    )
-    # huggingface_hub prints its records with a handler of its own; propagating them too would show each twice.
-    logging.getLogger("huggingface_hub").propagate = False
+    setup_logging(verbose, err_console)
 
 
 app.command(no_args_is_help=True)(tile)
@@ -78,6 +68,7 @@ app.command(no_args_is_help=True)(annotate)
 app.command(no_args_is_help=True)(train)
 app.command(no_args_is_help=True)(predict)
 app.command(no_args_is_help=True)(submit)
+app.command(no_args_is_help=True)(status)
 app.command(name="convert-mil", no_args_is_help=True)(convert_mil)
 app.command(name="digit-bags", no_args_is_help=True)(digit_bags)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -27,10 +27,13 @@ def _short_reason(rec: SlideRecord) -> str:
 def summary_table(
     stage: str, result: BatchResult, extra: Mapping[str, Callable[[SlideRecord], str]] | None = None
 ) -> RenderableType:
-    """One row per slide: status, tiles, seconds, the ``extra`` columns (header -> cell of a record), reason.
+    """A summary line, then one row per slide: status, tiles, seconds, the ``extra`` columns (header -> cell of a
+    record), reason.
 
     Large batches list only the slides that were not ``ok`` (failed first), at most ``MAX_ROWS`` of them; a large
-    batch where every slide is ok is the summary line alone (an empty table would say nothing).
+    batch where every slide is ok is the summary line alone (an empty table would say nothing). The summary line
+    (with the manifest's path) is a line of its own, as wide as the console: as the table's title it would be folded
+    to the table's width.
     """
     extra = dict(extra or {})
     records = result.records
@@ -43,7 +46,7 @@ def summary_table(
             return Text(f"{stage}: {result.summary()}; {total:,} tiles", no_wrap=False)
         records = not_ok[:MAX_ROWS]
         caption = f"{len(result.records) - len(records)} more slide(s) not listed; every slide is in the manifest"
-    table = Table(title=f"{stage}: {result.summary()}", title_justify="left", show_lines=False, caption=caption)
+    table = Table(show_lines=False, caption=caption)
     table.add_column("slide")
     table.add_column("status")
     table.add_column("tiles", justify="right")
@@ -61,7 +64,7 @@ def summary_table(
             *(cell(rec) for cell in extra.values()),
             _short_reason(rec),
         )
-    return table
+    return Group(Text(f"{stage}: {result.summary()}", style="bold"), table)
 
 
 @contextmanager

@@ -19,15 +19,21 @@ console = Console(stderr=True)
 
 
 def predict(
-    checkpoint: Annotated[
+    model: Annotated[
         Path,
-        typer.Argument(exists=True, dir_okay=False, metavar="CHECKPOINT", help="checkpoint_best.pt from a train run."),
+        typer.Argument(
+            exists=True,
+            metavar="MODEL",
+            help="A training run folder (runs/<run>: every fold; out-of-fold predictions for its labelled slides, "
+            "the mean of the folds for the others) or one checkpoint_best.pt.",
+        ),
     ],
     inputs: Annotated[
         list[Path],
         typer.Argument(metavar="INPUTS", help="Folders of stores, stores, CSVs slide_id,store, or slide files."),
     ],
     out: OutDirOpt,
+    fold: Annotated[int | None, typer.Option("--fold", help="With a run folder: use only this fold's model.")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Top-attention tiles saved per slide.")] = None,
     heatmaps: Annotated[bool | None, typer.Option("--heatmaps/--no-heatmaps", help="Draw heatmaps.")] = None,
     scaling: Annotated[
@@ -39,10 +45,11 @@ def predict(
     shard: ShardOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Predict slides (stores or slide files): OUT/predictions.csv, heatmaps/, top_tiles/, per-tile scores in
-    each store. Finished slides are skipped; exit code 1 when any slide failed.
+    """Predict slides (stores or slide files): OUT/predictions.csv, metrics.json (out-of-fold, labelled slides),
+    heatmaps/, top_tiles/, geojson/ (QuPath tile objects), per-tile scores in each store. Finished slides are
+    skipped; exit code 1 when any slide failed.
 
-    Example: wsi-pipeline predict runs/RUN/fold_0/checkpoint_best.pt stores/ --out pred/ --shard 0/4
+    Example: wsi-pipeline predict runs/asmil_uni_cv5_seed0 stores/ --out pred/ --shard 0/4
     """
     from ..predict import PredictConfig, predict_slides
 
@@ -51,7 +58,7 @@ def predict(
     chosen_shard = resolve_shard(shard)
     with slide_progress(console, "predict", None) as on_record:
         result = predict_slides(
-            checkpoint, inputs, out, cfg, shard=chosen_shard, overwrite=overwrite, on_record=on_record
+            model, inputs, out, cfg, fold=fold, shard=chosen_shard, overwrite=overwrite, on_record=on_record
         )
     rows = {row["slide_id"]: row for row in result.rows}
 
@@ -60,9 +67,19 @@ def predict(
         if row is None or rec.status == "failed":
             return ""
         label = row["predicted_class"]
-        return f"{label} ({row[f'prob_{label}']:.2f})"
+        source = f", {row['source']}" if row.get("source") else ""
+        return f"{label} ({row[f'prob_{label}']:.2f}{source})"
 
     console.print(summary_table("predict", result.batch, {"prediction": prediction}))
     console.print(f"{len(result.rows)} slide(s) in {result.csv}", highlight=False, soft_wrap=True)
+    if result.metrics:
+        m = result.metrics
+        console.print(
+            f"cohort, out-of-fold ({m['n']} labelled slide(s)): accuracy {m['accuracy']:.3f}, balanced accuracy "
+            f"{m['balanced_accuracy']:.3f}, macro-F1 {m['f1_macro']:.3f}, AUC {m['auc']:.3f} "
+            f"({result.csv.parent / 'metrics.json'})",
+            highlight=False,
+            soft_wrap=True,
+        )
     if result.failed:
         raise typer.Exit(1)

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..cluster import (
-    RunSpec,
-    SubmitConfig,
-    count_slides,
-    dry_run_script,
-    find_stages_dir,
-    parse_stages,
-    plan_jobs,
-    run_local,
-    submit_jobs,
-    summarize_run,
-    wait_for_jobs,
-)
+from ..cluster import RunSpec, SubmitConfig, parse_stages
 from ..config import load_config, merge_overrides, parse_set_overrides
 from ._options import ConfigOpt, DeviceOpt, EncoderOpt, ModelOpt, OverwriteOpt, RecursiveOpt, WeightsOpt
 
@@ -39,7 +29,12 @@ def submit(
     labels: Annotated[Path | None, typer.Option("--labels", "-l", help="Labels CSV for train.")] = None,
     model: ModelOpt = None,
     checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="Trained model for predict when train is not in --stages.")
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            help="What predict applies: a training run folder (all folds) or one checkpoint_best.pt. "
+            "Default: the run folder the train stage writes.",
+        ),
     ] = None,
     stages: Annotated[
         str, typer.Option("--stages", help="Comma-separated stages to run, in pipeline order.")
@@ -54,7 +49,10 @@ def submit(
         bool, typer.Option("--dry-run", help="Print the sbatch commands as a script; submit nothing.")
     ] = False,
     wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for the jobs, then summarise (exit 1 on failures).")
+        bool,
+        typer.Option(
+            "--wait", help="Wait for the jobs with progress lines, then report them (exit 1 unless all completed)."
+        ),
     ] = False,
     partition: Annotated[str | None, typer.Option("--partition", "-p", help="Slurm partition.")] = None,
     account: Annotated[str | None, typer.Option("--account", "-A", help="Slurm account.")] = None,
@@ -73,8 +71,12 @@ def submit(
 
     Per-slide stages run as arrays of ceil(slides / slides-per-task) tasks; each stage waits for the previous one
     (afterany: slides that failed are left out downstream and reported; predict needs a successful train).
-    Re-running the same command resumes: finished slides are skipped.
+    Every submission is recorded under OUT/submissions/ (see `wsi-pipeline status OUT`). With --wait or --local
+    the exit code is 0 only when every job completed and every slide finished. Re-running the same command
+    resumes: finished slides are skipped.
     """
+    from ..cluster import command_line, dry_run_script, prepare_run, progress_line, run_here, submit_run, wait_for_run
+
     cfg = load_config(
         SubmitConfig,
         "submit",
@@ -99,39 +101,35 @@ def submit(
         overwrite=overwrite,
         stages=parse_stages(stages),
     )
-    spec.validate()
-    from ..store import list_stores  # zarr: imported only when a command runs, so --help stays instant
-
-    # A run that starts after tile sizes its arrays from the stores already there.
-    n_slides = count_slides(spec.slides, recursive=recursive) if spec.slides else len(list_stores(spec.stores))
-    jobs = plan_jobs(spec, cfg, n_slides, find_stages_dir(stages_dir))
-    shards = next((job.tasks for job in jobs if job.tasks), None)
-
+    submission = prepare_run(spec, cfg, stages_dir)
+    command = command_line(sys.argv)
     if dry_run:
-        typer.echo(f"# {n_slides} slides, {shards or 1} array task(s) per per-slide stage", err=True)
-        typer.echo(dry_run_script(jobs, spec, shards), nl=False)
+        n_slides, shards = len(submission.slide_ids), submission.shards or 1
+        typer.echo(f"# {n_slides} slides, {shards} array task(s) per per-slide stage", err=True)
+        typer.echo(dry_run_script(submission.jobs, spec, submission.shards), nl=False)
         return
     if local:
-        outcomes = run_local(jobs, spec, echo=lambda line: typer.echo(line, err=True))
-        _report(spec)
-        if any(outcome.returncode != 0 for outcome in outcomes):
-            raise typer.Exit(1)
-        return
-    submitted = submit_jobs(jobs, spec, shards)
+        status = run_here(submission, command, echo=lambda line: typer.echo(line, err=True))
+        typer.echo(status.report())
+        raise typer.Exit(status.exit_code)
+    record, submitted = submit_run(submission, command)
     for job in submitted:
         size = f"{job.tasks} task(s)" if job.tasks else "1 job"
         typer.echo(f"{job.stage}: job {job.job_id} ({size})")
     typer.echo(f"logs: {spec.log_dir(cfg)}")
-    if wait:
-        wait_for_jobs([job.job_id for job in submitted])
-        if _report(spec):
-            raise typer.Exit(1)
+    typer.echo(f"record: {record.path}")
+    if not wait:
+        typer.echo(f"follow it with: wsi-pipeline status {spec.out}")
+        return
+    last = [""]
 
+    def on_poll(states: list) -> None:
+        line = progress_line(states)
+        if line != last[0]:
+            last[0] = line
+            typer.echo(f"[{datetime.now():%H:%M:%S}] {line}", err=True)
 
-def _report(spec: RunSpec) -> bool:
-    """Print slide statuses per stage; True when any slide failed."""
-    failed = False
-    for stage, counts in summarize_run(spec).items():
-        typer.echo(f"{stage}: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed")
-        failed = failed or counts["failed"] > 0
-    return failed
+    status = wait_for_run(record, poll_s=cfg.poll_seconds, on_poll=on_poll)
+    typer.echo(status.report())
+    if status.exit_code:
+        raise typer.Exit(1)

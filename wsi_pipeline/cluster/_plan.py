@@ -10,7 +10,8 @@ Run folder layout (``RunSpec``)::
     <out>/runs/                      train outputs (checkpoints)
     <out>/predictions/               predict outputs
     <out>/logs/slurm/<stage>/        one log per job or array task (%A_%a.out)
-    <out>/submissions/               what each submit did (commands, job ids)
+    <out>/logs/local/<stage>/        one log per stage of each local run (<submission id>.out)
+    <out>/submissions/               one record per submit, Slurm or local: command, jobs, their final states
 """
 
 from __future__ import annotations
@@ -87,12 +88,39 @@ class RunSpec:
     def predictions(self) -> Path:
         return self.out / "predictions"
 
-    def checkpoints(self) -> list[Path]:
-        """Best checkpoints the train stage wrote under ``runs/`` (predict.sbatch takes the newest)."""
-        return sorted(self.runs.glob("*/fold_*/checkpoint_best.pt"))
+    def train_run_dir(self) -> Path:
+        """The run folder the train stage writes (``runs/<model>_<encoder>_<split>_seed<seed>``), named from the same
+        settings ``wsi-pipeline train`` reads: the ``train:`` section of ``--config``, ``--model`` and ``--encoder``."""
+        from ..config import load_config, merge_overrides
+        from ..training import TrainConfig, run_dir, split_tag
+
+        config = load_config(
+            TrainConfig, "train", self.config, merge_overrides({"model": self.model, "encoder": self.encoder})
+        )
+        encoder = config.encoder or self.encoder or ""
+        return run_dir(
+            self.runs,
+            model=config.model,
+            encoder=encoder,
+            split=split_tag(config.split_csv, config.folds),
+            seed=config.seed,
+        )
+
+    def predict_model(self) -> str | None:
+        """What predict applies: ``--checkpoint`` (a checkpoint or a run folder), else the whole run folder train
+        writes (every fold: out-of-fold predictions for its labelled slides), never "the newest file"."""
+        if self.checkpoint:
+            return self.checkpoint
+        if "predict" in self.stages and self.encoder:
+            return str(self.train_run_dir())
+        return None
 
     def log_dir(self, config: SubmitConfig) -> Path:
         return Path(config.log_dir).absolute() if config.log_dir else self.out / "logs" / "slurm"
+
+    @property
+    def local_log_dir(self) -> Path:
+        return self.out / "logs" / "local"
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the missing option of a requested stage."""
@@ -106,14 +134,18 @@ class RunSpec:
             for attr, option in need[stage]:
                 if not getattr(self, attr):
                     raise ConfigError(f"the {stage} stage needs {option}; pass it or leave {stage} out of --stages")
-        if "predict" in self.stages and "train" not in self.stages and not (self.checkpoint or self.checkpoints()):
-            raise ConfigError(
-                f"predict without train needs --checkpoint or a trained model under {self.runs}; "
-                "or add train to --stages"
-            )
         for path in [*self.slides, self.labels, self.config, self.checkpoint]:
             if path and not Path(path).exists():
                 raise ConfigError(f"{path}: no such file or folder; check the path")
+        if "predict" in self.stages and "train" not in self.stages and not self.checkpoint:
+            run = self.train_run_dir()
+            if not (run / "summary.json").is_file():
+                found = sorted(p.parent.name for p in self.runs.glob("*/summary.json"))
+                raise ConfigError(
+                    f"predict without train: {run} is not a finished training run (the one these train settings "
+                    f"name); finished runs under {self.runs}: {', '.join(found) or 'none'}; pass "
+                    "--checkpoint RUN_FOLDER (or a checkpoint_best.pt), or add train to --stages"
+                )
 
     def env(self, shards: int | None = None) -> dict[str, str]:
         """The ``WSI_*`` variables the stage scripts read (empty ones are left out)."""
@@ -127,7 +159,7 @@ class RunSpec:
             "WSI_WEIGHTS": self.weights or "",
             "WSI_LABELS": self.labels or "",
             "WSI_MODEL": self.model or "",
-            "WSI_CHECKPOINT": self.checkpoint or "",
+            "WSI_CHECKPOINT": self.predict_model() or "",
             "WSI_CONFIG": self.config or "",
             "WSI_DEVICE": self.device or "",
             "WSI_RECURSIVE": "1" if self.recursive else "",
@@ -170,6 +202,12 @@ class StageJob:
     after: str | None = None  # the stage this one waits for
     dependency: str = "afterany"
 
+    @property
+    def log_pattern(self) -> str | None:
+        """The ``--output`` pattern of the job's logs (``%A_%a.out`` for an array, ``%j.out`` for one job)."""
+        found = [option.split("=", 1)[1] for option in self.options if option.startswith("--output=")]
+        return found[-1] if found else None
+
     def sbatch_argv(self, after_job: str | None = None, *, script_args: Sequence[str] = ()) -> list[str]:
         """The ``sbatch`` command line; ``after_job`` is the job id of ``self.after``."""
         argv = ["sbatch", "--parsable", *self.options]
@@ -178,7 +216,7 @@ class StageJob:
         return [*argv, str(self.script), *script_args]
 
 
-def _resource_options(stage: str, config: SubmitConfig) -> list[str]:
+def _resource_options(stage: str, config: SubmitConfig, *, cpu_only: bool = False) -> list[str]:
     res = config.resources(stage)
     options = []
     partition = res.partition or config.partition
@@ -191,8 +229,8 @@ def _resource_options(stage: str, config: SubmitConfig) -> list[str]:
         options.append(f"--cpus-per-task={res.cpus}")
     if res.mem:
         options.append(f"--mem={res.mem}")
-    # An explicit --gres on the command line beats the script's #SBATCH --gres, so CPU-only clusters work too.
-    options.append(f"--gres=gpu:{res.gpu_type + ':' if res.gpu_type else ''}{res.gpus}" if res.gpus else "--gres=none")
+    if not cpu_only:
+        options += res.gpu_options(config.gpu_option)
     return [*options, *config.extra_sbatch_args, *res.extra_args]
 
 
@@ -215,9 +253,10 @@ def plan_jobs(spec: RunSpec, config: SubmitConfig, n_slides: int, stages_dir: Pa
             options += [f"--array=0-{tasks - 1}%{config.max_concurrent}", f"--output={logs / stage / '%A_%a.out'}"]
         else:
             options.append(f"--output={logs / stage / '%j.out'}")
-        options += _resource_options(stage, config)
+        # --device cpu: no stage asks for a GPU, so a CPU-only cluster accepts every job.
+        options += _resource_options(stage, config, cpu_only=spec.device == "cpu")
         previous = jobs[-1].stage if jobs else None
-        # Without a checkpoint there is nothing to predict with, so predict never starts after a failed train.
+        # Without a trained model there is nothing to predict with, so predict never starts after a failed train.
         dependency = "afterok" if (stage == "predict" and previous == "train") else config.dependency
         script = stages_dir / f"{stage}.sbatch"
         jobs.append(StageJob(stage, script, tasks if array else None, options, previous, dependency))

@@ -1,29 +1,26 @@
-"""Submitting the job chain with ``sbatch`` and waiting for it; a dry run prints the same commands as a script."""
+"""Submitting the job chain with ``sbatch``, all or nothing; a dry run prints the same commands as a script."""
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import WsiPipelineError
+from ._jobs import SlurmClient
 from ._plan import RunSpec, StageJob
+from ._record import JobEntry, SubmissionRecord
 
-__all__ = ["SubmittedJob", "job_environment", "dry_run_script", "submit_jobs", "wait_for_jobs", "SlurmError"]
-
-Runner = Callable[..., subprocess.CompletedProcess]
+__all__ = ["SubmittedJob", "job_environment", "dry_run_script", "submit_jobs", "SlurmError"]
 
 
 class SlurmError(WsiPipelineError):
-    """sbatch/squeue failed or is missing."""
+    """sbatch/scancel failed or is missing."""
 
 
 @dataclass
@@ -32,6 +29,12 @@ class SubmittedJob:
     job_id: str
     tasks: int | None
     argv: list[str]
+
+
+def _bin_dir() -> str | None:
+    """This interpreter's ``bin/`` when it holds our entry point (a virtual environment not activated, say)."""
+    bin_dir = str(Path(sys.executable).parent)
+    return bin_dir if (Path(bin_dir) / "wsi-pipeline").exists() else None
 
 
 def job_environment(spec: RunSpec, shards: int | None, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -43,15 +46,22 @@ def job_environment(spec: RunSpec, shards: int | None, base: dict[str, str] | No
     env = dict(os.environ if base is None else base)
     env = {key: value for key, value in env.items() if not key.startswith("WSI_") or key == "WSI_PIPELINE_DEBUG"}
     env.update(spec.env(shards))
-    bin_dir = str(Path(sys.executable).parent)
-    if (Path(bin_dir) / "wsi-pipeline").exists() and env.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+    bin_dir = _bin_dir()
+    if bin_dir and env.get("PATH", "").split(os.pathsep)[0] != bin_dir:
         env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     return env
 
 
 def dry_run_script(jobs: Sequence[StageJob], spec: RunSpec, shards: int | None) -> str:
-    """A bash script doing what ``submit`` would do: export the variables, sbatch each stage with its dependency."""
+    """A bash script doing what ``submit`` would do: export the variables, sbatch each stage with its dependency.
+
+    It puts this install's ``bin/`` first on PATH, as ``submit`` does, so the jobs find ``wsi-pipeline`` even when
+    its virtual environment is not activated where the script runs.
+    """
     lines = ["#!/usr/bin/env bash", "set -euo pipefail"]
+    bin_dir = _bin_dir()
+    if bin_dir:
+        lines.append(f'export PATH={shlex.quote(bin_dir)}:"$PATH"')
     lines += [f"export {key}={shlex.quote(value)}" for key, value in spec.env(shards).items()]
     lines.append(f"mkdir -p {' '.join(shlex.quote(str(p)) for p in _log_dirs(jobs))}")
     for job in jobs:
@@ -64,12 +74,7 @@ def dry_run_script(jobs: Sequence[StageJob], spec: RunSpec, shards: int | None) 
 
 
 def _log_dirs(jobs: Sequence[StageJob]) -> list[Path]:
-    dirs = []
-    for job in jobs:
-        for option in job.options:
-            if option.startswith("--output="):
-                dirs.append(Path(option.split("=", 1)[1]).parent)
-    return dirs
+    return [Path(job.log_pattern).parent for job in jobs if job.log_pattern]
 
 
 def submit_jobs(
@@ -77,70 +82,69 @@ def submit_jobs(
     spec: RunSpec,
     shards: int | None,
     *,
-    runner: Runner = subprocess.run,
+    record: SubmissionRecord,
+    client: SlurmClient | None = None,
 ) -> list[SubmittedJob]:
-    """Submit ``jobs`` in order, each depending on the previous one; record what was done under ``<out>``."""
-    if runner is subprocess.run and shutil.which("sbatch") is None:
+    """Submit ``jobs`` in order, each depending on the previous one, all or nothing, and save ``record``.
+
+    When an ``sbatch`` fails, the jobs this submission already queued are cancelled (nothing half-submitted is left
+    behind), the record says so (``status: failed``) and ``SlurmError`` names the stage, Slurm's message and the
+    cancelled jobs.
+    """
+    client = client or SlurmClient()
+    if client.runner is subprocess.run and shutil.which("sbatch") is None:
         raise SlurmError("sbatch not found: run this on a Slurm login node, or use --local to run on this machine")
     for folder in _log_dirs(jobs):
         folder.mkdir(parents=True, exist_ok=True)
-    env = job_environment(spec, shards)
+    client.env = job_environment(spec, shards)
     submitted: list[SubmittedJob] = []
     ids: dict[str, str] = {}
     for job in jobs:
         argv = job.sbatch_argv(ids.get(job.after) if job.after else None)
-        result = runner(argv, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            done = ", ".join(f"{j.stage}={j.job_id}" for j in submitted) or "none"
-            raise SlurmError(
-                f"sbatch for the {job.stage} stage failed ({(result.stderr or result.stdout).strip()}); "
-                f"jobs already submitted: {done}; fix the option (see --dry-run) and submit again, finished slides "
-                "are skipped"
-            )
-        job_id = result.stdout.strip().split(";")[0]
+        try:
+            result = client.runner(argv, env=client.env, capture_output=True, text=True, check=False)
+        except OSError as err:
+            result = None
+            message = f"{argv[0]}: {err.strerror or err}"
+        else:
+            message = (result.stderr or result.stdout).strip().replace("\n", " ")
+        job_id = result.stdout.strip().split(";")[0] if result is not None and result.returncode == 0 else ""
         if not job_id.isdigit():
-            raise SlurmError(f"sbatch printed {result.stdout.strip()!r} instead of a job id")
+            if result is not None and result.returncode == 0:
+                message = f"sbatch printed {result.stdout.strip()!r} instead of a job id"
+            raise SlurmError(_abandon(record, submitted, client, job.stage, message))
         ids[job.stage] = job_id
         submitted.append(SubmittedJob(job.stage, job_id, job.tasks, argv))
-    _record(spec, submitted)
+        record.jobs.append(
+            JobEntry(
+                job.stage, job_id, job.tasks, job.log_pattern, argv, job.after, job.dependency if job.after else None
+            )
+        )
+    record.status = "submitted"
+    record.save()
     return submitted
 
 
-def _record(spec: RunSpec, submitted: Sequence[SubmittedJob]) -> Path:
-    folder = spec.out / "submissions"
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = folder / f"{stamp}-{submitted[0].job_id if submitted else 'none'}.json"
-    path.write_text(
-        json.dumps({"submitted": stamp, "env": spec.env(), "jobs": [job.__dict__ for job in submitted]}, indent=2)
-    )
-    return path
-
-
-def wait_for_jobs(
-    job_ids: Sequence[str],
-    *,
-    poll_s: float = 10.0,
-    timeout_s: float | None = None,
-    runner: Runner = subprocess.run,
-    on_poll: Callable[[int], None] | None = None,
-) -> None:
-    """Block until none of ``job_ids`` (arrays included) is pending or running."""
-    if not job_ids:
-        return
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        result = runner(
-            ["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True, check=False
-        )
-        # squeue exits non-zero with "Invalid job id" once every listed job has left the queue.
-        left = [line for line in result.stdout.split() if line.strip()] if result.returncode == 0 else []
-        if result.returncode != 0 and "Invalid job id" not in (result.stderr or ""):
-            raise SlurmError(f"squeue failed: {(result.stderr or result.stdout).strip()}")
-        if on_poll:
-            on_poll(len(left))
-        if not left:
-            return
-        if deadline is not None and time.monotonic() > deadline:
-            raise SlurmError(f"jobs {', '.join(job_ids)} still queued after {timeout_s:.0f}s")
-        time.sleep(poll_s)
+def _abandon(
+    record: SubmissionRecord, submitted: Sequence[SubmittedJob], client: SlurmClient, stage: str, message: str
+) -> str:
+    """Cancel what this submission queued, record the failure, and say both in one line."""
+    head = f"sbatch for the {stage} stage failed ({message})"
+    fix = "fix the option (see --dry-run and configs/submit.yaml) and submit again; finished slides are skipped"
+    if not submitted:
+        note = "nothing was submitted"
+    else:
+        ids = [job.job_id for job in submitted]
+        named = ", ".join(f"{job.stage} {job.job_id}" for job in submitted)
+        cancel = client.cancel(ids)
+        if cancel is not None and cancel.returncode == 0:
+            note = f"cancelled the jobs this submission had queued ({named}), so none of it runs"
+        else:
+            why = (cancel.stderr or cancel.stdout).strip() if cancel is not None else "scancel not found"
+            note = (
+                f"could not cancel the jobs already queued ({named}: {why}); cancel them with `scancel {' '.join(ids)}`"
+            )
+    record.status = "failed"
+    record.error = f"{head}; {note}"
+    record.save()
+    return f"{head}; {note}; {fix}"

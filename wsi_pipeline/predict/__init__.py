@@ -1,8 +1,10 @@
-"""``predict``: class probabilities and attention heatmaps from a trained checkpoint."""
+"""``predict``: class probabilities, attention heatmaps and QuPath tile objects from a training run or checkpoint."""
 
+from ._geojson import attention_geojson, write_attention_geojson
 from ._heatmap import colour_bar_ticks, draw_heatmap, save_top_tiles, scale_scores, uniformity_note
+from ._models import FoldModel, ModelSet, SlidePlan, load_models
 from ._predict import PredictConfig, PredictResult, check_store, predict_slides, predict_store, scores_name_for
-from ._results import read_slide_result, slide_result_path
+from ._results import cohort_metrics, read_slide_result, slide_result_path
 
 __all__ = [
     "PredictConfig",
@@ -11,6 +13,11 @@ __all__ = [
     "predict_slides",
     "predict_store",
     "scores_name_for",
+    "FoldModel",
+    "ModelSet",
+    "SlidePlan",
+    "load_models",
+    "cohort_metrics",
     "read_slide_result",
     "slide_result_path",
     "draw_heatmap",
@@ -18,4 +25,6 @@ __all__ = [
     "uniformity_note",
     "save_top_tiles",
     "scale_scores",
+    "attention_geojson",
+    "write_attention_geojson",
 ]

@@ -1,10 +1,12 @@
-"""``predict``: a trained checkpoint applied to slide stores (or raw slides): class probabilities, per-tile
-attention written back into the stores, heatmaps and top-k tiles.
+"""``predict``: a training run (every fold) or one checkpoint applied to slide stores (or raw slides): class
+probabilities, per-tile attention written back into the stores, heatmaps, top-k tiles and QuPath tile objects.
 
-Per slide, like the other per-slide stages (``batch.run_slide_batch``, stage ``predict``): skipped when done (its
-``<out>/slides/<slide_id>.json`` names the same checkpoint and embeddings), locked (``<out>/.locks/predict/``),
-recorded ok/failed/skipped in ``<out>/manifests/predict[.shard-i-of-n].csv``, and the batch goes on after a failure.
-``predictions.csv`` is then rebuilt from every input slide's result (see ``_results``).
+A run folder gives its labelled slides out-of-fold predictions (the cohort result, with ``metrics.json``) and every
+other slide the mean of its folds (``_models``). Per slide, like the other per-slide stages
+(``batch.run_slide_batch``, stage ``predict``): skipped when done (its ``<out>/slides/<slide_id>.json`` names the
+same model and embeddings), locked (``<out>/.locks/predict/``), recorded ok/failed/skipped in
+``<out>/manifests/predict[.shard-i-of-n].csv``, and the batch goes on after a failure. ``predictions.csv`` is then
+rebuilt from every input slide's result (see ``_results``).
 """
 
 from __future__ import annotations
@@ -25,19 +27,20 @@ from ..store import (
     SCORES,
     is_complete,
     list_encoders,
+    open_store,
     read_attrs,
     read_coords,
     read_features,
     read_instance_labels,
     write_scores,
 )
-from ..training._checkpoint import load_checkpoint, model_from_checkpoint
+from ..training import resolve_device
 from ..training._localisation import bag_localisation
-from ..training._train import resolve_device
+from ._geojson import write_attention_geojson
 from ._heatmap import draw_heatmap, save_top_tiles
 from ._inputs import PredictItem, SlidePreparer, collect_items
+from ._models import FoldModel, ModelSet, forward, load_models
 from ._results import (
-    checkpoint_identity,
     features_stamp,
     is_finished,
     read_slide_result,
@@ -62,19 +65,21 @@ class PredictConfig:
     scaling: Literal["rank", "percentile", "linear"] = "rank"
     thumbnail_size: int = 2048
     write_scores: bool = True  # store per-tile attention as scores/<scores_name> in each store
-    scores_name: str | None = None  # default: from the checkpoint's run folder, e.g. asmil_uni_cv5_seed0_fold0
+    scores_name: str | None = None  # default: the run folder's name (+ _fold<k> for one fold), e.g. asmil_uni_cv5_seed0
+    geojson: bool = True  # per-tile attention as QuPath detection objects: <out>/geojson/<slide_id>.geojson
     device: str = "auto"
 
 
 @dataclass
 class PredictResult:
-    """``csv``: the merged ``predictions.csv``; ``rows``: its rows (every input slide predicted with this checkpoint
-    so far, by this run or an earlier one or another shard); ``batch``: this run's per-slide records."""
+    """``csv``: the merged ``predictions.csv``; ``rows``: its rows (every input slide predicted with this model so
+    far, by this run or an earlier one or another shard); ``batch``: this run's per-slide records."""
 
     csv: Path
     rows: list[dict[str, Any]]
     batch: BatchResult
     heatmap_skipped: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] | None = None  # out-of-fold cohort metrics of the run's labelled slides (metrics.json)
 
     @property
     def records(self) -> list[SlideRecord]:
@@ -155,23 +160,19 @@ def _heatmap(
 def predict_store(
     store: Path, model: torch.nn.Module, ckpt: dict[str, Any], *, device: torch.device | str = "cpu"
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Predict one store: ``(row, attention (N,), probabilities (C,))`` where ``row`` holds the predicted class,
-    ``prob_<class>`` columns and ``n_tiles``; the bag is normalised as in training."""
-    classes = list(ckpt["classes"])
-    bag = torch.from_numpy(np.asarray(read_features(store, ckpt["encoder"]), dtype=np.float32)).to(device)  # (N, D)
-    norm = ckpt.get("feature_norm")
-    if norm:
-        bag = (bag - norm["mean"].to(device)) / norm["std"].to(device)  # (N, D)
-    with torch.inference_mode():
-        out = model(bag)
-        probs = torch.softmax(out.logits.float(), dim=-1)[0].cpu().numpy()  # (C,)
-        attention = out.attention()[0].cpu().numpy()  # (N,)
-    row = {
+    """Predict one store with one model: ``(row, attention (N,), probabilities (C,))`` where ``row`` holds the
+    predicted class, ``prob_<class>`` columns and ``n_tiles``; the bag is normalised as in training."""
+    member = FoldModel(ckpt.get("fold"), Path(store), ckpt, model=model)
+    probs, attention = forward(member, read_features(store, ckpt["encoder"]), device)
+    return _row(list(ckpt["classes"]), probs, len(attention)), attention, probs
+
+
+def _row(classes: Sequence[str], probs: np.ndarray, n_tiles: int) -> dict[str, Any]:
+    return {
         "predicted_class": classes[int(probs.argmax())],
         **{f"prob_{c}": float(p) for c, p in zip(classes, probs, strict=True)},
-        "n_tiles": len(attention),
+        "n_tiles": n_tiles,
     }
-    return row, attention, probs
 
 
 def _remove_stale_temporaries(out_dir: Path, item: PredictItem, scores_name: str) -> None:
@@ -180,6 +181,7 @@ def _remove_stale_temporaries(out_dir: Path, item: PredictItem, scores_name: str
         slide_result_path(out_dir, item.slide_id),
         out_dir / "heatmaps" / f"{item.slide_id}.png",
         out_dir / "top_tiles" / item.slide_id,
+        out_dir / "geojson" / f"{item.slide_id}.geojson",
         item.store / SCORES / scores_name,
     ]
     for final in finals:
@@ -207,35 +209,64 @@ def _check_some_store_fits(
         raise first
 
 
+def _geojson(store: Path, attention: np.ndarray, probabilities: dict[str, float], path: Path) -> str | None:
+    """Write the slide's tiles as QuPath detections; return why not when the store has no tile geometry."""
+    tile_size = (read_attrs(store).get("tiling") or {}).get("tile_size_level0")
+    if not tile_size:
+        return f"{store}: no tiling.tile_size_level0 in the store's attrs"
+    group = open_store(store)
+    tissue = np.asarray(group["tissue_fraction"][...]) if "tissue_fraction" in group else None
+    coords = read_coords(store)
+    write_attention_geojson(path, coords, float(tile_size), attention, probabilities, tissue_fraction=tissue)
+    return None
+
+
+def _describe(models: ModelSet, source: str, folds: Sequence[int]) -> str:
+    """How a slide was predicted, for titles: ``out-of-fold: fold 2``, ``mean of 5 folds``..."""
+    if not models.whole_run:
+        return f"fold {folds[0]}" if folds else "one checkpoint"
+    if source == "out-of-fold":
+        return f"out-of-fold: fold {', '.join(map(str, folds))}"
+    return f"mean of {len(folds)} folds" + (" (all trained on it)" if source == "in-training" else "")
+
+
 def predict_slides(
-    checkpoint: str | Path,
+    model: str | Path,
     inputs: Sequence[str | Path] | str | Path,
     out_dir: str | Path,
     config: PredictConfig | None = None,
     *,
+    fold: int | None = None,
     shard: Shard | None = None,
     overwrite: bool = False,
     on_record: Callable[[SlideRecord], None] | None = None,
 ) -> PredictResult:
-    """Predict every slide of ``inputs`` with a trained checkpoint; resumable and shardable.
+    """Predict every slide of ``inputs`` with a training run (every fold) or one checkpoint; resumable, shardable.
 
-    Each slide is skipped when done (``<out>/slides/<slide_id>.json`` from the same checkpoint and embeddings),
-    locked, and recorded ok/failed/skipped in ``<out>/manifests/predict[.shard-i-of-n].csv``; a failed slide (e.g. a
-    store without the checkpoint's embeddings) does not stop the others. ``predictions.csv`` is rebuilt at the end
+    With a run folder, each slide the run was trained on (it has a label there) is predicted by the fold model(s)
+    that never saw it (``source`` out-of-fold; their cohort metrics go to ``<out>/metrics.json``) and every other
+    slide by the mean of the folds' probabilities, with attention averaged over the same folds; ``fold`` picks one.
+    Each slide is skipped when done (``<out>/slides/<slide_id>.json`` from the same model and embeddings),
+    locked, and recorded ok/failed/skipped in ``<out>/manifests/predict[.shard-i-of-n].csv``; a failed slide (e.g.
+    a store without the model's embeddings) does not stop the others. ``predictions.csv`` is rebuilt at the end
     from the results of every input slide, so after the last shard it lists them all.
 
     Parameters
     ----------
-    checkpoint
-        A ``checkpoint_best.pt`` (or ``_last``) written by ``train``.
+    model
+        A training run folder (``runs/<model>_<encoder>_<split>_seed<seed>``, finished) or one
+        ``checkpoint_best.pt`` (or ``_last``) written by ``train``.
     inputs
         Folders of stores, single stores, CSVs ``slide_id,store``, or raw slide files and folders of slides (tiled
         and embedded into ``<out_dir>/stores`` with the settings the checkpoint recorded, one slide at a time).
     out_dir
-        Receives ``predictions.csv`` (slide_id, predicted_class, prob_<class>..., n_tiles), ``slides/<id>.json``,
-        ``heatmaps/<id>.png``, ``top_tiles/<id>/``, ``manifests/`` and ``.locks/``.
+        Receives ``predictions.csv`` (slide_id, predicted_class, prob_<class>..., n_tiles, label, source, folds),
+        ``metrics.json``, ``slides/<id>.json``, ``heatmaps/<id>.png``, ``top_tiles/<id>/``, ``geojson/<id>.geojson``,
+        ``manifests/`` and ``.locks/``.
     config
         ``PredictConfig``.
+    fold
+        With a run folder: only this fold's model.
     shard
         Only this shard of the slides (``resolve_shard("0/4")`` or the Slurm array variables).
     overwrite
@@ -246,40 +277,42 @@ def predict_slides(
     Raises
     ------
     CheckpointError
-        The checkpoint is unreadable (or, for raw slides, records no tile/embed settings).
+        The checkpoint is unreadable, the run's training has not finished, the fold does not exist (or, for raw
+        slides, the checkpoint records no tile/embed settings).
     StoreMismatchError
-        EVERY store input lacks the checkpoint's encoder or has another input dimension (checked before any
+        EVERY store input lacks the model's encoder or has another input dimension (checked before any
         prediction). When only some do, those slides are failed records and the rest are predicted.
 
     Examples
     --------
     >>> stores, labels = convert_mil_csv("musk1.csv", "mil/musk1")  # doctest: +SKIP
     >>> run = train(stores, labels, "runs/", TrainConfig(model="abmil"))  # doctest: +SKIP
-    >>> result = predict_slides(run.run_dir / "fold_0" / "checkpoint_best.pt", [stores], "pred/")  # doctest: +SKIP
-    >>> result.summary(), result.csv  # doctest: +SKIP
+    >>> result = predict_slides(run.run_dir, [stores], "pred/")  # doctest: +SKIP
+    >>> result.summary(), result.metrics["auc"]  # doctest: +SKIP
     """
     config = config or PredictConfig()
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    ckpt = load_checkpoint(checkpoint)
+    out_dir = Path(out_dir)
+    models = load_models(model, fold=fold)
+    ckpt, source_path = models.ckpt, models.source
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     items = collect_items(inputs, out_dir / "stores")
     if not items:
         raise ConfigError(f"no stores or slides found in {', '.join(map(str, inputs))}")
-    identity = checkpoint_identity(checkpoint)
-    encoder, classes = ckpt["encoder"], list(ckpt["classes"])
-    name = config.scores_name or scores_name_for(checkpoint, ckpt)
+    identity = models.identity()
+    encoder, classes = models.encoder, models.classes
+    name = config.scores_name or models.scores_name()
     scores_name = name if config.write_scores else None
     preparer = None
     if any(item.entry is not None for item in items):
-        preparer = SlidePreparer(ckpt, checkpoint, config.device, overwrite=overwrite)
+        preparer = SlidePreparer(ckpt, models.members[0].path, config.device, overwrite=overwrite)
 
     def is_done(item: PredictItem) -> bool:
         result = read_slide_result(out_dir, item.slide_id)
         return is_finished(result, item.store, identity, encoder, scores_name)
 
-    _check_some_store_fits(items, ckpt, checkpoint, (lambda item: False) if overwrite else is_done)
+    _check_some_store_fits(items, ckpt, source_path, (lambda item: False) if overwrite else is_done)
     device = resolve_device(config.device)
-    model = model_from_checkpoint(ckpt, device)
+    models.load(device)
     no_heatmap: list[str] = []
 
     def process(item: PredictItem, lock: SlideLock) -> int:
@@ -287,8 +320,15 @@ def predict_slides(
         if item.entry is not None:
             assert preparer is not None
             preparer.prepare(item, lock)
-        check_store(item.store, ckpt, checkpoint)
-        row, attention, probs = predict_store(item.store, model, ckpt, device=device)
+        check_store(item.store, ckpt, source_path)
+        plan = models.plan(item.slide_id)
+        features = read_features(item.store, encoder)
+        outputs = [forward(member, features, device) for member in plan.members]
+        probs = np.mean([p for p, _ in outputs], axis=0)  # (C,) mean over the folds used
+        attention = np.mean([a for _, a in outputs], axis=0)  # (N,) each fold's sums to 1, so does the mean
+        row = _row(classes, probs, len(attention))
+        probabilities = {c: float(p) for c, p in zip(classes, probs, strict=True)}
+        how = _describe(models, plan.source, plan.folds)
         instance_labels = read_instance_labels(item.store)
         localisation = None if instance_labels is None else bag_localisation(attention, instance_labels)
         if config.write_scores:
@@ -302,17 +342,23 @@ def predict_slides(
                     "model": ckpt["model_name"],
                     "encoder": encoder,
                     "kind": "attention",
+                    "folds": plan.folds,
+                    "source": plan.source,
                     "classes": classes,
                     "probabilities": probs.tolist(),
                 },
             )
         heatmap = None
         if config.heatmaps:
-            title = f"{item.slide_id}: {row['predicted_class']} (p={probs.max():.2f})"
+            title = f"{item.slide_id}: {row['predicted_class']} (p={probs.max():.2f}; {how})"
             heatmap = _heatmap(item.store, item.slide_id, read_coords(item.store), attention, out_dir, config, title)
             if heatmap:
                 no_heatmap.append(heatmap)
-        # Written last: its presence means the scores, heatmap and top tiles above are complete.
+        no_geojson = None
+        if config.geojson:
+            path = out_dir / "geojson" / f"{item.slide_id}.geojson"
+            no_geojson = _geojson(item.store, attention, probabilities, path)
+        # Written last: its presence means the scores, heatmap, top tiles and GeoJSON above are complete.
         write_slide_result(
             out_dir,
             item.slide_id,
@@ -326,10 +372,17 @@ def predict_slides(
                 "scores_name": scores_name,
                 "classes": classes,
                 "predicted_class": row["predicted_class"],
-                "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
+                "probabilities": probabilities,
+                "fold_probabilities": {
+                    str(k): [float(v) for v in p] for k, (p, _) in zip(plan.folds, outputs, strict=False)
+                },
+                "label": plan.label,
+                "source": plan.source,
+                "folds": plan.folds,
                 "n_tiles": int(row["n_tiles"]),
                 "localisation": localisation,  # attention vs the store's instance_labels, when it has them
                 "heatmap_skipped": heatmap,
+                "geojson_skipped": no_geojson,
             },
         )
         return int(row["n_tiles"])
@@ -350,6 +403,6 @@ def predict_slides(
             "their predictions and scores are kept"
         )
         warnings.warn(message, stacklevel=2)  # the CLI shows it as one line (no source line, not twice)
-    out_csv, rows = write_predictions_csv(out_dir, [item.slide_id for item in items], identity, classes)
+    out_csv, rows, metrics = write_predictions_csv(out_dir, [item.slide_id for item in items], identity, classes)
     log.info("predict: %s; %d slide(s) in %s", batch.summary(), len(rows), out_csv)
-    return PredictResult(out_csv, rows, batch, no_heatmap)
+    return PredictResult(out_csv, rows, batch, no_heatmap, metrics)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zarr
 
 from ..batch import SlideLock, atomic_write_text
@@ -35,6 +36,7 @@ __all__ = [
     "read_slide_result",
     "write_slide_result",
     "result_row",
+    "cohort_metrics",
     "write_predictions_csv",
 ]
 
@@ -93,27 +95,52 @@ def is_finished(
 
 
 def result_row(result: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
-    """One ``predictions.csv`` row: slide_id, predicted_class, prob_<class>..., n_tiles, and the localisation
-    columns (``loc_auc``, ``loc_precision``, ``loc_mass``) for slides whose store has instance labels."""
+    """One ``predictions.csv`` row: slide_id, predicted_class, prob_<class>..., n_tiles, label, source, folds, and
+    the localisation columns (``loc_auc``, ``loc_precision``, ``loc_mass``) for slides whose store has instance
+    labels."""
     probs = result["probabilities"]
     return {
         "slide_id": result["slide_id"],
         "predicted_class": result["predicted_class"],
         **{f"prob_{c}": float(probs[c]) for c in classes},
         "n_tiles": int(result["n_tiles"]),
+        "label": result.get("label") or "",
+        "source": result.get("source") or "",
+        "folds": " ".join(str(k) for k in result.get("folds") or []),
         **{key: result["localisation"][key] for key in LOCALISATION_KEYS if result.get("localisation")},
+    }
+
+
+def cohort_metrics(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> dict[str, Any] | None:
+    """Metrics of the out-of-fold predictions of labelled slides (the run's honest cohort result), or None."""
+    from ..training import classification_metrics
+
+    index = {c: i for i, c in enumerate(classes)}
+    held_out = [row for row in rows if row["source"] == "out-of-fold" and row["label"] in index]
+    if not held_out:
+        return None
+    y_true = np.array([index[row["label"]] for row in held_out], dtype=np.int64)
+    probs = np.array([[row[f"prob_{c}"] for c in classes] for row in held_out], dtype=np.float64)
+    metrics = classification_metrics(y_true, probs, len(classes))
+    return {
+        "what": "out-of-fold predictions: each labelled slide predicted by the fold model(s) that never trained on it",
+        "classes": list(classes),
+        "slides": [row["slide_id"] for row in held_out],
+        **metrics,
     }
 
 
 def write_predictions_csv(
     out_dir: Path, slide_ids: Sequence[str], identity: dict[str, Any], classes: Sequence[str]
-) -> tuple[Path, list[dict[str, Any]]]:
-    """Rewrite ``<out>/predictions.csv`` from the results of ``slide_ids`` made with this checkpoint, sorted by id.
+) -> tuple[Path, list[dict[str, Any]], dict[str, Any] | None]:
+    """Rewrite ``<out>/predictions.csv`` from the results of ``slide_ids`` made with this model, sorted by id, and
+    ``<out>/metrics.json`` (out-of-fold cohort metrics, when there are labelled held-out slides).
 
     Runs under ``<out>/.locks/predictions.csv.lock`` so that of several shards finishing together, the last one to
     write has read every other shard's finished results (a rename alone would let a slower, older view win).
     """
     out_csv = Path(out_dir) / "predictions.csv"
+    metrics_json = Path(out_dir) / "metrics.json"
     # Held for well under a second (its heartbeat beats every 15 s), so a lock older than a minute is abandoned.
     lock = SlideLock(Path(out_dir) / ".locks" / "predictions.csv.lock", stale_after_s=60.0)
     deadline = time.monotonic() + CSV_LOCK_WAIT_S
@@ -135,13 +162,21 @@ def write_predictions_csv(
             if result and (result.get("checkpoint") or {}).get("sha256") == identity["sha256"]:
                 rows.append(result_row(result, classes))
         buffer = io.StringIO()
-        fields = ["slide_id", "predicted_class"] + [f"prob_{c}" for c in classes] + ["n_tiles"]
+        fields = (
+            ["slide_id", "predicted_class"] + [f"prob_{c}" for c in classes] + ["n_tiles", "label", "source", "folds"]
+        )
         if any("loc_auc" in row for row in rows):
             fields += list(LOCALISATION_KEYS)
         writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(out_csv, buffer.getvalue())
+        metrics = cohort_metrics(rows, classes)
+        if metrics is not None:
+            text = json.dumps({**metrics, "model": identity["path"], "wsi_pipeline": provenance()}, indent=1)
+            atomic_write_text(metrics_json, text + "\n")
+        else:
+            metrics_json.unlink(missing_ok=True)  # would describe another model's predictions
     finally:
         lock.release()
-    return out_csv, rows
+    return out_csv, rows, metrics

@@ -364,6 +364,13 @@ def train_fold(
         "in_dim": loader.in_dim,
         "fold": split.fold,
         "feature_norm": norm,
+        # Which slides this fold saw, so predict can give each labelled slide its out-of-fold model.
+        "split": {
+            "train": split.train,
+            "val": split.val,
+            "test": split.test,
+            "labels": {s: labels.classes[y_of[s]] for s in (*split.train, *split.val, *split.test)},
+        },
     }
     save_checkpoint(out_dir / "checkpoint_last.pt", model, epoch=history[-1]["epoch"], **ckpt_meta)
     assert best_state is not None

@@ -1,0 +1,248 @@
+"""What ``predict`` applies: one checkpoint, one fold of a training run, or every fold of a run.
+
+A whole run gives each slide the honest answer the run can give:
+
+* a **labelled** slide of the run (in some fold's train, validation or test set) is predicted by the fold model(s)
+  that never saw it in training or validation: in k-fold CV, exactly the fold that tested it (``out-of-fold``). The
+  out-of-fold predictions of all labelled slides are the cohort result (``metrics.json``).
+* any **other** slide (``new``) gets the mean of every fold's class probabilities, and the mean of their attention.
+* a labelled slide every fold trained on (possible with a split CSV) gets the mean too, marked ``in-training``: its
+  prediction says nothing about generalisation.
+
+Which slides a fold saw comes from the split each checkpoint records (``split``); checkpoints without it fall back
+to the run's ``fold_<k>/predictions_test.csv`` (exact for k-fold CV). ``--fold k`` (or one checkpoint file) uses
+one model, with the same ``source`` labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+from ._results import checkpoint_identity
+
+__all__ = ["FoldModel", "ModelSet", "SlidePlan", "load_models"]
+
+_FOLD_DIR = re.compile(r"^fold_(\d+)$")
+SOURCES = ("out-of-fold", "new", "in-training", "")
+
+
+@dataclass
+class FoldModel:
+    """One checkpoint and the slides its training saw (train + validation) and tested."""
+
+    fold: int | None
+    path: Path
+    ckpt: dict[str, Any]
+    seen: frozenset[str] = frozenset()
+    tested: frozenset[str] = frozenset()
+    model: torch.nn.Module | None = None
+
+    def identity(self) -> dict[str, Any]:
+        return checkpoint_identity(self.path)
+
+
+@dataclass(frozen=True)
+class SlidePlan:
+    """Which models predict a slide and what their answer means (``source``, see the module docstring)."""
+
+    members: tuple[FoldModel, ...]
+    source: str
+    label: str | None
+
+    @property
+    def folds(self) -> list[int]:
+        return [m.fold for m in self.members if m.fold is not None]
+
+
+@dataclass
+class ModelSet:
+    """The model(s) of one ``predict``: ``members`` (one, or every fold of ``run``) and the run's labels."""
+
+    source: Path
+    members: list[FoldModel]
+    run: Path | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # slide id -> class, every labelled slide of the run
+    split_known: bool = False
+    whole_run: bool = False
+
+    @property
+    def ckpt(self) -> dict[str, Any]:
+        """The first member's checkpoint: encoder, classes, input dimension and source settings (all agree)."""
+        return self.members[0].ckpt
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.ckpt["classes"])
+
+    @property
+    def encoder(self) -> str:
+        return self.ckpt["encoder"]
+
+    def identity(self) -> dict[str, Any]:
+        """What "done with the same model" means: a checkpoint's identity, or a run's (the folds' sha256s)."""
+        if not self.whole_run:
+            return self.members[0].identity()
+        folds = [{"fold": m.fold, **m.identity()} for m in self.members]
+        digest = hashlib.sha256("\n".join(f"{f['fold']}:{f['sha256']}" for f in folds).encode()).hexdigest()
+        return {"path": str(self.source.resolve()), "sha256": digest, "folds": folds}
+
+    def scores_name(self) -> str:
+        """``scores/<name>`` in each store: the run folder's name for a whole run, ``<run>_fold<k>`` for one fold."""
+        if self.whole_run and self.run is not None:
+            return self.run.name
+        member = self.members[0]
+        if self.run is not None and member.fold is not None:
+            return f"{self.run.name}_fold{member.fold}"
+        return f"{self.ckpt['model_name']}_{member.path.stem}"
+
+    def plan(self, slide_id: str) -> SlidePlan:
+        """The models for ``slide_id``: the ones that never saw it when it is labelled, else all of them."""
+        label = self.labels.get(slide_id)
+        if not self.split_known:
+            return SlidePlan(tuple(self.members), "", label)
+        if label is None:
+            return SlidePlan(tuple(self.members), "new", None)
+        unseen = tuple(m for m in self.members if slide_id not in m.seen)
+        if unseen:
+            return SlidePlan(unseen, "out-of-fold", label)
+        return SlidePlan(tuple(self.members), "in-training", label)
+
+    def load(self, device: torch.device | str) -> None:
+        from ..training import model_from_checkpoint
+
+        for member in self.members:
+            if member.model is None:
+                member.model = model_from_checkpoint(member.ckpt, device)
+
+
+def _fold_of(path: Path, ckpt: dict[str, Any]) -> int | None:
+    match = _FOLD_DIR.match(path.parent.name)
+    if match:
+        return int(match[1])
+    fold = ckpt.get("fold")
+    return int(fold) if fold is not None else None
+
+
+def _run_of(path: Path) -> Path | None:
+    """The run folder of a ``<run>/fold_<k>/checkpoint_*.pt``."""
+    return path.parent.parent if _FOLD_DIR.match(path.parent.name) else None
+
+
+def _fold_checkpoints(run: Path) -> dict[int, Path]:
+    found = {}
+    for folder in run.iterdir() if run.is_dir() else []:
+        match = _FOLD_DIR.match(folder.name)
+        if match and (folder / "checkpoint_best.pt").is_file():
+            found[int(match[1])] = folder / "checkpoint_best.pt"
+    return dict(sorted(found.items()))
+
+
+def _read_test_csv(path: Path) -> dict[str, str]:
+    """slide id -> label of a fold's ``predictions_test.csv`` (train writes it for every fold with test slides)."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        return {row["slide_id"]: row.get("label", "") for row in csv.DictReader(handle)}
+
+
+def _attach_splits(models: ModelSet, run_folds: dict[int, Path]) -> None:
+    """Fill each member's seen/tested slides and the run's labels, from the checkpoints or the run's test CSVs."""
+    splits = [m.ckpt.get("split") for m in models.members]
+    if all(splits):
+        for member, split in zip(models.members, splits, strict=True):
+            member.seen = frozenset([*split.get("train", []), *split.get("val", [])])
+            member.tested = frozenset(split.get("test", []))
+            models.labels.update(split.get("labels") or {})
+        models.split_known = True
+        return
+    if not run_folds:
+        return  # a lone checkpoint without a recorded split: nothing is known about its slides
+    # Older checkpoints: the run's test CSVs. Every labelled slide is tested by some fold in k-fold CV, and a fold
+    # saw every labelled slide it did not test.
+    tested = {fold: _read_test_csv(path.parent / "predictions_test.csv") for fold, path in run_folds.items()}
+    for labels in tested.values():
+        models.labels.update(labels)
+    for member in models.members:
+        member.tested = frozenset(tested.get(member.fold, {}) if member.fold is not None else ())
+        member.seen = frozenset(models.labels) - member.tested
+    models.split_known = bool(models.labels)
+
+
+def _check_same(members: list[FoldModel]) -> None:
+    first = members[0].ckpt
+    for member in members[1:]:
+        for key in ("encoder", "classes", "in_dim"):
+            if member.ckpt[key] != first[key]:
+                raise CheckpointError(
+                    f"{member.path}: {key} {member.ckpt[key]!r} differs from {members[0].path} ({first[key]!r}); "
+                    "the folds of one run must agree: re-train the run"
+                )
+
+
+def load_models(path: str | Path, *, fold: int | None = None) -> ModelSet:
+    """The model(s) behind ``path``: a ``checkpoint_best.pt``, or a training run folder (every fold, or ``fold``).
+
+    Raises ``CheckpointError`` for a missing or unreadable checkpoint, a run whose training has not finished, or a
+    fold the run does not have.
+    """
+    from ..training import load_checkpoint
+
+    path = Path(path)
+    if path.is_file():
+        if fold is not None:
+            raise CheckpointError(f"{path}: --fold picks a fold of a training run folder; pass the run folder")
+        ckpt = load_checkpoint(path)
+        run = _run_of(path)
+        models = ModelSet(path, [FoldModel(_fold_of(path, ckpt), path, ckpt)], run=run)
+        _attach_splits(models, _fold_checkpoints(run) if run else {})
+        return models
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint or training run folder; pass runs/<run> or a .pt file")
+    folds = _fold_checkpoints(path)
+    if not folds:
+        raise CheckpointError(
+            f"{path}: not a training run folder (no fold_<k>/checkpoint_best.pt); pass the folder `wsi-pipeline "
+            "train` made (runs/<model>_<encoder>_<split>_seed<seed>) or a checkpoint file"
+        )
+    if fold is not None:
+        if fold not in folds:
+            raise CheckpointError(f"{path}: no fold {fold} (folds: {', '.join(map(str, folds))}); pick one of them")
+        chosen = {fold: folds[fold]}
+    else:
+        if not (path / "summary.json").is_file():
+            raise CheckpointError(
+                f"{path}: training has not finished ({len(folds)} fold(s) so far, no summary.json); finish it (re-run "
+                "the same train command: finished folds are kept) or predict with one fold: --fold K"
+            )
+        chosen = folds
+    members = [FoldModel(k, p, load_checkpoint(p)) for k, p in chosen.items()]
+    _check_same(members)
+    models = ModelSet(path, members, run=path, whole_run=fold is None)
+    _attach_splits(models, folds)
+    return models
+
+
+def forward(member: FoldModel, features: np.ndarray, device: torch.device | str) -> tuple[np.ndarray, np.ndarray]:
+    """One model on one bag ``(N, D)``: ``(probabilities (C,), attention (N,))``, normalised as in training."""
+    assert member.model is not None, "call ModelSet.load() first"
+    bag = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(device)  # (N, D)
+    norm = member.ckpt.get("feature_norm")
+    if norm:
+        bag = (bag - norm["mean"].to(device)) / norm["std"].to(device)  # (N, D)
+    with torch.inference_mode():
+        out = member.model(bag)
+        probs = torch.softmax(out.logits.float(), dim=-1)[0].cpu().numpy()  # (C,)
+        attention = out.attention()[0].float().cpu().numpy()  # (N,)
+    return probs, attention
+
+
+__all__ += ["forward"]
