@@ -88,7 +88,9 @@ def test_out_that_is_a_file_is_a_usage_error(tmp_path: Path, cmu_slide: Path) ->
 
 def test_missing_or_wrong_files_name_the_file_and_the_fix(tmp_path: Path, mil_dir: Path) -> None:
     _usage_error(run_cli("predict", tmp_path / "nope.pt", tmp_path, "-o", tmp_path / "p"), "nope.pt' does not exist")
-    _usage_error(run_cli("predict", tmp_path, tmp_path, "-o", tmp_path / "p"), "is a directory")
+    # A folder is taken as a training run: one that is not says what to pass.
+    line = _one_line_error(run_cli("predict", tmp_path, tmp_path, "-o", tmp_path / "p"), str(tmp_path))
+    assert "not a training run folder" in line and "checkpoint file" in line
     # A file that is no checkpoint: say what to pass, not "re-train".
     line = _one_line_error(run_cli("predict", mil_dir / "musk1.csv", tmp_path, "-o", tmp_path / "p"), "musk1.csv")
     assert "not a torch checkpoint" in line and "checkpoint_best.pt" in line and "re-train" not in line

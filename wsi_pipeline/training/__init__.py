@@ -1,13 +1,55 @@
-"""``train``: MIL models on the stored bags of embeddings, with labels from a CSV, splits or k-fold CV."""
+"""``train``: MIL models on the stored bags of embeddings, with labels from a CSV, splits or k-fold CV.
 
-from ._bags import BagLoader, resolve_encoder
-from ._checkpoint import fold_dir, load_checkpoint, model_from_checkpoint, parse_run_dir, run_dir, save_checkpoint
-from ._config import TrainConfig, resolve_plugins
-from ._localisation import LOCALISATION_KEYS, bag_localisation, mean_localisation
-from ._metrics import classification_metrics, mean_std, selection_score
-from ._splits import Labels, Split, make_splits, read_labels, resolve_stores, split_tag
-from ._stability import entropy, js_divergence, mean_entropy, stability_between
-from ._train import FoldResult, TrainResult, evaluate, resolve_device, train, train_fold
+Names are loaded on first use (PEP 562), so that code needing only the torch-free parts (``TrainConfig``, run-folder
+names) does not import torch: ``wsi-pipeline submit`` names the run folder of its train stage this way.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BagLoader": "._bags",
+    "resolve_encoder": "._bags",
+    "fold_dir": "._runs",
+    "load_checkpoint": "._checkpoint",
+    "model_from_checkpoint": "._checkpoint",
+    "parse_run_dir": "._runs",
+    "run_dir": "._runs",
+    "save_checkpoint": "._checkpoint",
+    "TrainConfig": "._config",
+    "resolve_plugins": "._config",
+    "LOCALISATION_KEYS": "._localisation",
+    "bag_localisation": "._localisation",
+    "mean_localisation": "._localisation",
+    "classification_metrics": "._metrics",
+    "mean_std": "._metrics",
+    "selection_score": "._metrics",
+    "Labels": "._splits",
+    "Split": "._splits",
+    "make_splits": "._splits",
+    "read_labels": "._splits",
+    "resolve_stores": "._splits",
+    "split_tag": "._splits",
+    "entropy": "._stability",
+    "js_divergence": "._stability",
+    "mean_entropy": "._stability",
+    "stability_between": "._stability",
+    "FoldResult": "._train",
+    "TrainResult": "._train",
+    "evaluate": "._train",
+    "resolve_device": "._train",
+    "train": "._train",
+    "train_fold": "._train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+
 
 __all__ = [
     "BagLoader",

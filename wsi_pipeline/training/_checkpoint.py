@@ -1,8 +1,7 @@
-"""Run folders and checkpoints: every path of a run is built here, and a checkpoint carries all it needs."""
+"""Checkpoints: written atomically, and each carries all it needs to rebuild its model and its inputs."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -12,33 +11,12 @@ from torch import nn
 from .. import __version__
 from ..errors import CheckpointError
 from ..store import LAYOUT_VERSION, provenance
+from ._runs import fold_dir, parse_run_dir, run_dir
 
 __all__ = ["run_dir", "parse_run_dir", "fold_dir", "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
 _REQUIRED = ("model_name", "model_kwargs", "state_dict", "classes", "in_dim", "encoder", "config")
-_RUN_RE = re.compile(r"^(?P<model>[^_]+)_(?P<encoder>.+?)_(?P<split>cv\d+|split-.+)_seed(?P<seed>-?\d+)$")
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text)
-
-
-def run_dir(out: str | Path, *, model: str, encoder: str, split: str, seed: int) -> Path:
-    """``<out>/<model>_<encoder>_<split>_seed<seed>``; ``parse_run_dir`` is its inverse."""
-    return Path(out) / f"{_safe(model).replace('_', '-')}_{_safe(encoder)}_{_safe(split)}_seed{seed}"
-
-
-def parse_run_dir(path: str | Path) -> dict[str, Any]:
-    """The settings a run folder's name records: model, encoder, split tag and seed."""
-    match = _RUN_RE.match(Path(path).name)
-    if not match:
-        raise ValueError(f"{path}: not a run folder name (<model>_<encoder>_<split>_seed<seed>)")
-    return {**match.groupdict(), "seed": int(match["seed"])}
-
-
-def fold_dir(run: Path, fold: int) -> Path:
-    return Path(run) / f"fold_{fold}"
 
 
 def save_checkpoint(path: Path, model: nn.Module, **meta: Any) -> Path:
