@@ -47,6 +47,8 @@ class TileView:
             raise ValueError(f"interpolation {self.interpolation!r}: expected one of {', '.join(_ENLARGE)}")
         if self.size is not None and self.crop is not None and self.crop > self.size:
             raise ValueError(f"crop {self.crop} is larger than the resized tile ({self.size})")
+        if self.crop is not None and self.crop == self.size:
+            object.__setattr__(self, "crop", None)  # cropping to the whole tile is no crop: one way to say it
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> TileView:
@@ -55,7 +57,7 @@ class TileView:
         crop = attrs.get("input_size")
         return cls(
             size=None if size is None else int(size),
-            crop=None if crop is None or crop == size else int(crop),
+            crop=None if crop is None else int(crop),
             interpolation=str(attrs.get("interpolation", "bicubic")),
         )
 
