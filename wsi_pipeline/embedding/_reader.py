@@ -62,8 +62,8 @@ class TileBatch(NamedTuple):
     """A batch from the readers: ``tiles[i]`` is row ``rows[i]`` of slide ``jobs[i]``; ``errors`` lists
     ``(i, one-line reason)`` for tiles that could not be read (their pixels are zeros)."""
 
-    jobs: torch.Tensor  # (B,) int64
-    rows: torch.Tensor  # (B,) int64
+    jobs: np.ndarray  # (B,) int64; small arrays travel pickled, only the tiles through shared memory
+    rows: np.ndarray  # (B,) int64
     tiles: torch.Tensor  # (B, S, S, 3) uint8
     errors: list[tuple[int, str]]
 
@@ -119,8 +119,8 @@ class TileReader(Dataset):
             else:
                 tiles[i] = tile
         return TileBatch(
-            jobs=torch.tensor([item[0] for item in items], dtype=torch.int64),
-            rows=torch.tensor([item[1] for item in items], dtype=torch.int64),
+            jobs=np.array([item[0] for item in items], dtype=np.int64),
+            rows=np.array([item[1] for item in items], dtype=np.int64),
             tiles=torch.from_numpy(tiles),
             errors=errors,
         )

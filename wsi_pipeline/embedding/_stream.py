@@ -273,7 +273,7 @@ class TileStream:
         if event is not None:
             event.synchronize()
         feats = host.numpy() if host is not None else None
-        jobs, rows = batch.jobs.numpy(), batch.rows.numpy()
+        jobs, rows = batch.jobs, batch.rows
         errors = dict(batch.errors)
         cuts = (np.flatnonzero(jobs[1:] != jobs[:-1]) + 1).tolist()
         landed = dropped = 0
