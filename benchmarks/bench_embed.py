@@ -18,8 +18,10 @@ The cases:
   link of its own name to one of them (so every slide is opened separately), with its own seeded tile subset.
 
 On CPU the readers and the encoder share the cores, so (a) runs with the threads the pipeline leaves to the encoder
-(``available_cpus() - num_workers``). ``--repeat N`` measures every part N times, interleaving the cases, and
-reports medians (figures on a shared machine move between runs; ratios measured side by side move less).
+(``available_cpus() - num_workers``). ``--repeat N`` measures every part N times, interleaving the cases (and
+alternating the order of (b) and (c)); each round gives its own ratio, measured minutes apart at most, and the
+report gives the median tiles/s and the median and range of the per-round ratios (on a shared machine the load of
+other jobs moves absolute figures a lot; ratios measured side by side move less).
 
 Usage::
 
@@ -229,18 +231,29 @@ def bench(args: argparse.Namespace) -> dict:
             tiles[case] = n
             samples[case].setdefault(part, []).append(n / seconds)
 
-        for _ in range(args.repeat):
+        for round_ in range(args.repeat):
             for case, folder in cases.items():
                 stores = list_stores(folder)
                 with runtime.cpu_threads() as threads:
                     samples[case].setdefault("a", []).append(
                         encoder_alone(runtime, stores, args.batch_size, args.min_seconds)
                     )
-                measure(case, "b", lambda stores=stores: read_alone(stores, view, runtime.num_workers))
-                measure(case, "c", lambda folder=folder: pipeline(folder, config, runtime))
+                parts = {
+                    "b": lambda stores=stores: read_alone(stores, view, runtime.num_workers),
+                    "c": lambda folder=folder: pipeline(folder, config, runtime),
+                }
+                for part in ("b", "c") if round_ % 2 == 0 else ("c", "b"):
+                    measure(case, part, parts[part])
                 if case == "cohort" and not args.no_per_slide:
                     with runtime.cpu_threads():
                         measure(case, "d", lambda folder=folder: per_slide(folder, runtime))
+                row = {part: values[-1] for part, values in samples[case].items()}
+                print(
+                    f"round {round_ + 1} {case}: "
+                    + ", ".join(f"({part}) {value:.1f}" for part, value in row.items())
+                    + f" tiles/s; (c)/min(a,b) = {row['c'] / min(row['a'], row['b']):.3f}",
+                    flush=True,
+                )
         report = {
             "encoder": encoder.enc_name,
             "weights": encoder.weights.source,
@@ -256,18 +269,21 @@ def bench(args: argparse.Namespace) -> dict:
         }
         for case, parts in samples.items():
             med = {part: statistics.median(values) for part, values in parts.items()}
-            slowest = min(med["a"], med["b"])
+            slowest = [min(a, b) for a, b in zip(parts["a"], parts["b"], strict=True)]  # per round
             row = {
                 "slides": len(list_stores(cases[case])),
                 "tiles": tiles[case],
                 "a_encoder_tiles_s": round(med["a"], 1),
                 "b_read_tiles_s": round(med["b"], 1),
                 "c_pipeline_tiles_s": round(med["c"], 1),
-                "ratio_c_over_min_ab": round(med["c"] / slowest, 3),
             }
-            if "d" in med:
-                row["d_per_slide_pipeline_tiles_s"] = round(med["d"], 1)
-                row["ratio_d_over_min_ab"] = round(med["d"] / slowest, 3)
+            for part in ("c", "d"):
+                if part in parts:
+                    ratios = [value / low for value, low in zip(parts[part], slowest, strict=True)]
+                    if part == "d":
+                        row["d_per_slide_pipeline_tiles_s"] = round(med["d"], 1)
+                    row[f"ratio_{part}_over_min_ab"] = round(statistics.median(ratios), 3)
+                    row[f"ratio_{part}_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
             report["cases"][case] = row
         return report
     finally:
@@ -279,10 +295,11 @@ def _print(report: dict) -> None:
         if key != "cases":
             print(f"{key:<16} {value}")
     columns = ["slides", "tiles", "a_encoder_tiles_s", "b_read_tiles_s", "c_pipeline_tiles_s", "ratio_c_over_min_ab"]
-    columns += ["d_per_slide_pipeline_tiles_s", "ratio_d_over_min_ab"]
-    heads = ["slides", "tiles", "(a) encoder", "(b) reading", "(c) pipeline", "(c)/min(a,b)"]
-    heads += ["(d) per slide", "(d)/min"]
-    print("\n" + " | ".join(["case", *heads]))
+    columns += ["ratio_c_range", "d_per_slide_pipeline_tiles_s", "ratio_d_over_min_ab", "ratio_d_range"]
+    heads = ["slides", "tiles", "(a) encoder", "(b) reading", "(c) pipeline", "(c)/min(a,b)", "range"]
+    heads += ["(d) per slide", "(d)/min(a,b)", "range"]
+    print("\nmedians over rounds; ratios: median and range of the per-round ratios")
+    print(" | ".join(["case", *heads]))
     for case, row in report["cases"].items():
         print(" | ".join([case, *(str(row.get(c, "-")) for c in columns)]))
     print(json.dumps(report))
