@@ -8,7 +8,11 @@ For each case, on the same tiles:
 (c) the full pipeline: ``embed_stores`` on the folder of stores (skip checks, locks, manifest, writing included),
 (d) cohort only: one pipeline per slide (``embed_slide`` in a loop: readers started for every slide, as 0.x did).
 
-It prints tiles/s and ``(c) / min(a, b)``: close to 1 means the pipeline runs at the speed of its slowest part.
+It prints tiles/s and ``(c) / min(a, b)``: close to 1 means the pipeline runs at the speed of its slowest part,
+which needs the parts to run on cores of their own. It also prints the CPU time per tile of each part (the process
+and its readers) and ``CPU (c) / ((a) + (b))``: close to 1 means the pipeline does no work beyond reading and
+encoding, whatever else the machine runs (on a shared machine, where the parts cannot each have a free core, this
+is the figure that does not move with the load of other jobs).
 The cases:
 
 - ``large``: ``--large-slides`` stores of ``--large-tiles`` tiles each over CMU-1-Small-Region.svs (a dense,
@@ -38,6 +42,7 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -112,6 +117,22 @@ def make_cohort(work: Path, out: Path, n_slides: int, n_distinct: int, lo: int, 
     return out
 
 
+# --------------------------------------------------------------------------------------------- clocks
+class Clock:
+    """Wall time and CPU time (this process's threads plus its finished child processes: the readers)."""
+
+    @staticmethod
+    def _cpu() -> float:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), self._cpu()
+
+    def stop(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, self._cpu() - self.cpu
+
+
 # --------------------------------------------------------------------------------------------- (b) reading alone
 _VIEW: TileView | None = None
 _OPEN: dict[str, Slide] = {}
@@ -135,29 +156,32 @@ def _init_reader(view: TileView) -> None:
     torch.set_num_threads(1)
 
 
-def read_alone(stores: list[Path], view: TileView, workers: int, chunk: int = 256) -> tuple[int, float]:
+def read_alone(stores: list[Path], view: TileView, workers: int, chunk: int = 256) -> tuple[int, float, float]:
     units = []
     for store in stores:
         attrs = read_attrs(store)
         coords = read_coords(store)
         path, tiling = attrs["slide"]["path"], attrs["tiling"]
         units += [(path, tiling, coords[i : i + chunk]) for i in range(0, len(coords), chunk)]
-    start = time.perf_counter()
+    clock = Clock()
     if workers == 0:
         _init_reader(view)
         n = sum(_read_unit(unit) for unit in units)
+        for slide in _OPEN.values():
+            slide.close()
+        _OPEN.clear()
     else:
-        with multiprocessing.get_context("fork").Pool(workers, _init_reader, (view,)) as pool:
-            n = sum(pool.imap(_read_unit, units))
-    seconds = time.perf_counter() - start
-    for slide in _OPEN.values():
-        slide.close()
-    _OPEN.clear()
-    return n, seconds
+        pool = multiprocessing.get_context("fork").Pool(workers, _init_reader, (view,))
+        n = sum(pool.imap(_read_unit, units))
+        pool.close()
+        pool.join()  # reaped: their CPU time is counted
+    return n, *clock.stop()
 
 
 # --------------------------------------------------------------------------------------------- (a) encoder alone
-def encoder_alone(runtime: EmbedRuntime, stores: list[Path], batch_size: int, min_seconds: float) -> float:
+def encoder_alone(
+    runtime: EmbedRuntime, stores: list[Path], batch_size: int, min_seconds: float
+) -> tuple[int, float, float]:
     view = encoder_view(runtime.encoder.config)
     tiles = []
     for store in stores:  # up to 1024 real tiles, decoded once
@@ -173,13 +197,13 @@ def encoder_alone(runtime: EmbedRuntime, stores: list[Path], batch_size: int, mi
         batches = [b.pin_memory() for b in batches]
     runtime.forward(batches[0])  # warm-up (and compilation)
     _sync(runtime.device)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < min_seconds or n == 0:
+    n, clock = 0, Clock()
+    while time.perf_counter() - clock.wall < min_seconds or n == 0:
         for b in batches:
             runtime.forward(b)
             n += len(b)
         _sync(runtime.device)
-    return n / (time.perf_counter() - start)
+    return n, *clock.stop()
 
 
 def _sync(device: torch.device) -> None:
@@ -188,18 +212,18 @@ def _sync(device: torch.device) -> None:
 
 
 # --------------------------------------------------------------------------------------------- (c), (d)
-def pipeline(folder: Path, config: EmbedConfig, runtime: EmbedRuntime) -> tuple[int, float]:
-    start = time.perf_counter()
+def pipeline(folder: Path, config: EmbedConfig, runtime: EmbedRuntime) -> tuple[int, float, float]:
+    clock = Clock()
     result = embed_stores(folder, config=config, encoder=runtime.encoder, overwrite=True)
-    seconds = time.perf_counter() - start
+    wall, cpu = clock.stop()
     assert not result.failed, result.failed
-    return sum(r.n_tiles or 0 for r in result.records), seconds
+    return sum(r.n_tiles or 0 for r in result.records), wall, cpu
 
 
-def per_slide(folder: Path, runtime: EmbedRuntime) -> tuple[int, float]:
-    start = time.perf_counter()
+def per_slide(folder: Path, runtime: EmbedRuntime) -> tuple[int, float, float]:
+    clock = Clock()
     n = sum(embed_slide(store, runtime) for store in list_stores(folder))
-    return n, time.perf_counter() - start
+    return n, *clock.stop()
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -223,20 +247,25 @@ def bench(args: argparse.Namespace) -> dict:
         runtime = EmbedRuntime.create(encoder, config)
         # The runtime keeps its own config; (c) builds a fresh one from the same config and encoder.
         view = encoder_view(encoder.config)
-        samples: dict[str, dict[str, list[float]]] = {case: {} for case in cases}
+        speed: dict[str, dict[str, list[float]]] = {case: {} for case in cases}  # tiles/s per round
+        cpu: dict[str, dict[str, list[float]]] = {case: {} for case in cases}  # CPU ms per tile per round
         tiles: dict[str, int] = {}
 
-        def measure(case: str, part: str, fn: Callable[[], tuple[int, float]]) -> None:
-            n, seconds = fn()
-            tiles[case] = n
-            samples[case].setdefault(part, []).append(n / seconds)
+        def measure(case: str, part: str, fn: Callable[[], tuple[int, float, float]]) -> None:
+            n, wall, cpu_s = fn()
+            if part != "a":
+                tiles[case] = n
+            speed[case].setdefault(part, []).append(n / wall)
+            cpu[case].setdefault(part, []).append(1000 * cpu_s / n)
 
         for round_ in range(args.repeat):
             for case, folder in cases.items():
                 stores = list_stores(folder)
                 with runtime.cpu_threads() as threads:
-                    samples[case].setdefault("a", []).append(
-                        encoder_alone(runtime, stores, args.batch_size, args.min_seconds)
+                    measure(
+                        case,
+                        "a",
+                        lambda stores=stores: encoder_alone(runtime, stores, args.batch_size, args.min_seconds),
                     )
                 parts = {
                     "b": lambda stores=stores: read_alone(stores, view, runtime.num_workers),
@@ -247,11 +276,12 @@ def bench(args: argparse.Namespace) -> dict:
                 if case == "cohort" and not args.no_per_slide:
                     with runtime.cpu_threads():
                         measure(case, "d", lambda folder=folder: per_slide(folder, runtime))
-                row = {part: values[-1] for part, values in samples[case].items()}
+                row = {part: values[-1] for part, values in speed[case].items()}
+                use = {part: values[-1] for part, values in cpu[case].items()}
                 print(
                     f"round {round_ + 1} {case}: "
-                    + ", ".join(f"({part}) {value:.1f}" for part, value in row.items())
-                    + f" tiles/s; (c)/min(a,b) = {row['c'] / min(row['a'], row['b']):.3f}",
+                    + ", ".join(f"({part}) {row[part]:.1f} tiles/s {use[part]:.2f} CPU ms/tile" for part in row)
+                    + f"; (c)/min(a,b) = {row['c'] / min(row['a'], row['b']):.3f}",
                     flush=True,
                 )
         report = {
@@ -267,23 +297,21 @@ def bench(args: argparse.Namespace) -> dict:
             "repeat": args.repeat,
             "cases": {},
         }
-        for case, parts in samples.items():
+        for case, parts in speed.items():
             med = {part: statistics.median(values) for part, values in parts.items()}
             slowest = [min(a, b) for a, b in zip(parts["a"], parts["b"], strict=True)]  # per round
-            row = {
-                "slides": len(list_stores(cases[case])),
-                "tiles": tiles[case],
-                "a_encoder_tiles_s": round(med["a"], 1),
-                "b_read_tiles_s": round(med["b"], 1),
-                "c_pipeline_tiles_s": round(med["c"], 1),
-            }
+            both = [a + b for a, b in zip(cpu[case]["a"], cpu[case]["b"], strict=True)]  # CPU of the two parts alone
+            row: dict = {"slides": len(list_stores(cases[case])), "tiles": tiles[case]}
+            for part in parts:
+                row[f"{part}_tiles_s"] = round(med[part], 1)
+                row[f"{part}_cpu_ms_per_tile"] = round(statistics.median(cpu[case][part]), 3)
             for part in ("c", "d"):
                 if part in parts:
                     ratios = [value / low for value, low in zip(parts[part], slowest, strict=True)]
-                    if part == "d":
-                        row["d_per_slide_pipeline_tiles_s"] = round(med["d"], 1)
-                    row[f"ratio_{part}_over_min_ab"] = round(statistics.median(ratios), 3)
-                    row[f"ratio_{part}_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
+                    row[f"{part}_over_min_ab"] = round(statistics.median(ratios), 3)
+                    row[f"{part}_over_min_ab_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
+                    extra = [value / ab for value, ab in zip(cpu[case][part], both, strict=True)]
+                    row[f"{part}_cpu_over_a_plus_b"] = round(statistics.median(extra), 3)
             report["cases"][case] = row
         return report
     finally:
@@ -294,14 +322,29 @@ def _print(report: dict) -> None:
     for key, value in report.items():
         if key != "cases":
             print(f"{key:<16} {value}")
-    columns = ["slides", "tiles", "a_encoder_tiles_s", "b_read_tiles_s", "c_pipeline_tiles_s", "ratio_c_over_min_ab"]
-    columns += ["ratio_c_range", "d_per_slide_pipeline_tiles_s", "ratio_d_over_min_ab", "ratio_d_range"]
-    heads = ["slides", "tiles", "(a) encoder", "(b) reading", "(c) pipeline", "(c)/min(a,b)", "range"]
-    heads += ["(d) per slide", "(d)/min(a,b)", "range"]
-    print("\nmedians over rounds; ratios: median and range of the per-round ratios")
-    print(" | ".join(["case", *heads]))
+    print("\ntiles/s and CPU ms per tile: medians over rounds; ratios: median [range] of the per-round ratios")
+    heads = ["case", "slides", "tiles", "(a) encoder", "(b) reading", "(c) pipeline", "(c)/min(a,b)", "(d) per slide"]
+    heads += ["(d)/min(a,b)", "CPU ms/tile a, b, c, d", "CPU c/(a+b)", "CPU d/(a+b)"]
+    print(" | ".join(heads))
     for case, row in report["cases"].items():
-        print(" | ".join([case, *(str(row.get(c, "-")) for c in columns)]))
+        ratio = [
+            f"{row[f'{p}_over_min_ab']} {row[f'{p}_over_min_ab_range']}" if f"{p}_tiles_s" in row else "-" for p in "cd"
+        ]
+        cells = [
+            case,
+            row["slides"],
+            row["tiles"],
+            row["a_tiles_s"],
+            row["b_tiles_s"],
+            row["c_tiles_s"],
+            ratio[0],
+            row.get("d_tiles_s", "-"),
+            ratio[1],
+            ", ".join(str(row.get(f"{p}_cpu_ms_per_tile", "-")) for p in "abcd"),
+            row["c_cpu_over_a_plus_b"],
+            row.get("d_cpu_over_a_plus_b", "-"),
+        ]
+        print(" | ".join(str(cell) for cell in cells))
     print(json.dumps(report))
 
 
@@ -312,7 +355,7 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="default: the shared EfficientNet-Lite0 file, else random")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--large-slides", type=int, default=1)

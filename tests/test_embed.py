@@ -251,6 +251,8 @@ def test_cli_embeds_and_lists(stores: Path) -> None:
     result = runner.invoke(app, ["embed", str(stores), "--encoder", ENC, "-j", "0", "-b", "4", "--set", "seed=0"])
     assert result.exit_code == 0, result.output
     assert all(store.has_features(p, ENC) for p in store.list_stores(stores))
+    n_tiles = sum(len(store.read_coords(p)) for p in store.list_stores(stores))
+    assert f"{ENC}: 2/2 slides" in result.output and f"{n_tiles}/{n_tiles}" in result.output  # one bar for the run
     listed = runner.invoke(app, ["embed", "--list"])
     assert listed.exit_code == 0
     assert all(name in listed.output for name in list_encoders())

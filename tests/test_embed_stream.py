@@ -155,8 +155,11 @@ def test_bad_slides_in_the_middle_of_the_stream_fail_alone(stores: Path, referen
     _bad_store(stores, "c3y-unreadable", SLIDES / "unreadable.svs")  # opens; its tiles cannot be decoded
     _bad_store(stores, "c3z-unopenable", SLIDES / "unopenable.tiff")  # unsupported compression
     _bad_store(stores, "c3zz-missing", stores / "gone.svs")  # the slide file was moved away
-    result = embed_stores(stores, config=dataclasses.replace(STREAM, num_workers=2))
+    seen: list[EmbedProgress] = []
+    result = embed_stores(stores, config=dataclasses.replace(STREAM, num_workers=2), progress=seen.append)
     status = {r.slide_id: r for r in result.records}
+    # The run's total shrank by the tiles of the failed slides: the bar ends full, at the tiles really embedded.
+    assert seen[-1].tiles_done == seen[-1].tiles_total >= sum(SIZES.values()) and seen[-1].slides_done == 11
     bad = ["c3x-broken", "c3y-unreadable", "c3z-unopenable", "c3zz-missing"]
     for sid, file in zip(bad, ["broken.svs", "unreadable.svs", "unopenable.tiff", "gone.svs"], strict=True):
         assert status[sid].status == "failed" and file in status[sid].error, status[sid]
@@ -184,7 +187,9 @@ def test_a_reader_that_dies_takes_only_its_slide_down(
         return real(self, ref)
 
     monkeypatch.setattr(TileReader, "__getitem__", dying)
-    result = embed_stores(stores, config=STREAM)
+    seen: list[EmbedProgress] = []
+    result = embed_stores(stores, config=STREAM, progress=seen.append)
+    assert seen[-1].tiles_done == seen[-1].tiles_total == sum(SIZES.values())  # retried tiles counted once
     status = {r.slide_id: r for r in result.records}
     assert status["c3x-crash"].status == "failed" and "retried alone" in status["c3x-crash"].error
     assert str(crash) in status["c3x-crash"].error

@@ -131,13 +131,13 @@ def _open_job(number: int, store: Path, runtime: EmbedRuntime, *, check: dict[st
                     "use --overwrite to redo them"
                 )
     try:
-        group = open_store(store)
+        group = open_store(store)  # a StoreError names the command that makes it
         attrs = group.attrs.asdict()
         slide, tiling = attrs.get("slide") or {}, dict(attrs.get("tiling") or {})
         slide_path = str(slide["path"])
         read_level, read_size, _ = tile_read_params(tiling)
         coords = np.asarray(group["coords"][...], dtype=np.int64).reshape(-1, 2)
-    except (KeyError, TypeError, StoreError) as err:
+    except (KeyError, TypeError) as err:
         raise StoreError(
             f"{store}: no slide.path / tiling.read_level / tiling.read_size in its attrs; "
             "remake it with `wsi-pipeline tile --overwrite`"

@@ -192,16 +192,18 @@ class TileStream:
         reason = one_line(_clean_worker_error(err))
         log.warning("tile stream stopped (%s); retrying its %d slide(s) in flight one by one", reason, len(in_flight))
         self.open.clear()
-        for job in in_flight:
-            dropped = job.landed
+        redo = sum(job.landed for job in in_flight)
+        for job in in_flight:  # all first: an interruption during the retries leaves no partial array behind
             job.discard()
-            self.on_tiles(-dropped, 0)
+        self.on_tiles(-redo, 0)
+        for job in in_flight:
             try:
                 self._run_loader(iter([job]), job.n_tiles)
             except Exception as again:  # noqa: BLE001 - fails this slide only
                 self.open.pop(job.number, None)
                 message = one_line(_clean_worker_error(again))
-                self._fail(job, SlideError(f"{job.slide_path}: embedding failed, also when retried alone ({message})"))
+                error = SlideError(f"{job.slide_path}: embedding failed, also when retried alone ({message})")
+                self.on_tiles(0, self._fail(job, error))
 
     def _run_loader(self, jobs: Iterator[SlideJob], planned_tiles: int | None) -> None:
         config = self.runtime.config
