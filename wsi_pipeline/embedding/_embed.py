@@ -108,9 +108,9 @@ def _signature_diffs(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str
 
 def features_view(store: str | Path, enc_name: str) -> TileView | None:
     """How the tiles of ``store``'s ``features/<enc_name>`` were read (the encoder's view, for ``read_tile``), or
-    None when the store has no such array."""
+    None when the store has no such array or it records no input size (bags made outside ``embed``)."""
     attrs = _features_attrs(Path(store), enc_name)
-    return TileView.from_attrs(attrs) if attrs else None
+    return TileView.from_attrs(attrs) if attrs and "input_size" in attrs else None
 
 
 def _is_done(store: Path, enc_name: str, signature: dict[str, Any]) -> bool:
