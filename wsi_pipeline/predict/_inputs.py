@@ -133,4 +133,4 @@ class SlidePreparer:
             tile_slide(slide, item.store.parent, config=self.tile_config)
         if retile or not has_features(item.store, self.encoder):
             log.info("%s: embedding with %s", item.slide_id, self.encoder)
-            embed_slide(item.store, self._embed_runtime(), config=self.embed_config, lock=lock)
+            embed_slide(item.store, self._embed_runtime(), config=self.embed_config)

@@ -124,7 +124,14 @@ def check_store(store: Path, ckpt: dict[str, Any], checkpoint: Path) -> None:
 
 
 def _heatmap(
-    store: Path, sid: str, coords: np.ndarray, scores: np.ndarray, out_dir: Path, config: PredictConfig, title: str
+    store: Path,
+    sid: str,
+    coords: np.ndarray,
+    scores: np.ndarray,
+    out_dir: Path,
+    config: PredictConfig,
+    title: str,
+    encoder: str,
 ) -> str | None:
     """Draw the heatmap and top tiles; return why not when the store's slide file is unavailable."""
     attrs = read_attrs(store)
@@ -153,7 +160,10 @@ def _heatmap(
             title=title,
         )
         if config.top_k > 0:
-            save_top_tiles(wsi, coords, tiling, scores, out_dir / "top_tiles" / sid, k=config.top_k)
+            from ..embedding import features_view
+
+            view = features_view(store, encoder)  # the pixels the encoder saw
+            save_top_tiles(wsi, coords, tiling, scores, out_dir / "top_tiles" / sid, k=config.top_k, view=view)
     return None
 
 
@@ -351,7 +361,8 @@ def predict_slides(
         heatmap = None
         if config.heatmaps:
             title = f"{item.slide_id}: {row['predicted_class']} (p={probs.max():.2f}; {how})"
-            heatmap = _heatmap(item.store, item.slide_id, read_coords(item.store), attention, out_dir, config, title)
+            coords = read_coords(item.store)
+            heatmap = _heatmap(item.store, item.slide_id, coords, attention, out_dir, config, title, encoder)
             if heatmap:
                 no_heatmap.append(heatmap)
         no_geojson = None
