@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,10 @@ def bench_loading(paths: list[Path], bags: list[np.ndarray], repeats: int) -> di
     }
 
 
-def bench_epoch(name: str, bags: list[torch.Tensor], labels: torch.Tensor, device: torch.device, epochs: int) -> float:
+def make_trainer(
+    name: str, bags: list[torch.Tensor], labels: torch.Tensor, device: torch.device
+) -> Callable[[], float]:
+    """One model with its default recipe, warmed up; calling the result times one training epoch."""
     torch.manual_seed(0)
     model = create_model(name, in_dim=bags[0].shape[1], n_classes=2).to(device)
     anchor = Anchor(model) if name == "asmil" else None
@@ -75,15 +79,16 @@ def bench_epoch(name: str, bags: list[torch.Tensor], labels: torch.Tensor, devic
     items = [(str(i), bag) for i, bag in enumerate(bags)]
     targets = {str(i): labels[i : i + 1] for i in range(len(bags))}
     train_epoch(model, items[:2], targets, optimizer, dropper=dropper, anchor=anchor)  # warm-up
-    times = []
-    for _ in range(epochs):
+
+    def epoch() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         loss = train_epoch(model, items, targets, optimizer, dropper=dropper, anchor=anchor)
         float(sum(loss.values()))  # one sync per epoch
-        times.append(time.perf_counter() - start)
-    return min(times)
+        return time.perf_counter() - start
+
+    return epoch
 
 
 def main() -> None:
@@ -91,7 +96,7 @@ def main() -> None:
     parser.add_argument("--bags", type=int, default=200)
     parser.add_argument("--instances", type=int, default=5000)
     parser.add_argument("--dim", type=int, default=1024)
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per model (best is reported)")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per model, interleaved (median reported)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="where to write the stores (default: a temp dir)")
@@ -120,7 +125,12 @@ def main() -> None:
     bags = [torch.from_numpy(b.astype(np.float32)).to(device) for b in bags16]
     labels = torch.from_numpy(rng.integers(0, 2, args.bags)).to(device)
     del bags16
-    seconds = {name: bench_epoch(name, bags, labels, device, args.epochs) for name in ("abmil", "acmil", "asmil")}
+    trainers = {name: make_trainer(name, bags, labels, device) for name in ("abmil", "acmil", "asmil")}
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(args.epochs):  # round-robin, so that a change of machine load hits every model alike
+        for name, epoch in trainers.items():
+            times[name].append(epoch())
+    seconds = {name: float(np.median(t)) for name, t in times.items()}
     print("| model | s / epoch | ms / bag | ratio to ABMIL |")
     print("| --- | --- | --- | --- |")
     for name, sec in seconds.items():

@@ -87,6 +87,9 @@ class ASMIL(nn.Module):
         Biases in the attention projections (default, as in the authors' code; the paper's formulas have none).
     query_std
         Standard deviation of the branch queries at initialisation (1e-6 in the paper).
+    token_norm
+        LayerNorm over the branch tokens (default, as in the paper); ``False`` is the change of the asmil-localise
+        preset (docs/asmil.md: with it the student leaves its initial plateau of uniform attention).
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class ASMIL(nn.Module):
         dropout: float = 0.1,
         bias: bool = True,
         query_std: float = 1e-6,
+        token_norm: bool = True,
     ) -> None:
         super().__init__()
         hidden_dim = hidden_dim or default_hidden_dim(in_dim)
@@ -108,7 +112,7 @@ class ASMIL(nn.Module):
         nn.init.normal_(self.token_queries, std=query_std)
         self.token_attention = BranchAttention(hidden_dim, n_heads, bias=bias)
         self.token_dropout = nn.Dropout(dropout)
-        self.token_norm = nn.LayerNorm(hidden_dim)
+        self.token_norm = nn.LayerNorm(hidden_dim) if token_norm else nn.Identity()
         self.class_query = nn.Parameter(torch.zeros(1, hidden_dim))
         self.bag_attention = BranchAttention(hidden_dim, n_heads, bias=bias)
         self.classifier = nn.Linear(hidden_dim, n_classes)
