@@ -348,6 +348,15 @@ def read_manifest(out_dir: Path, stage: str) -> list[SlideRecord]:
 
 
 # --------------------------------------------------------------------------------------------- the loop
+@dataclass(frozen=True)
+class Done:
+    """What a stage's ``process`` may return instead of a bare tile count: the count and a note for the manifest's
+    reason column (e.g. a ``--slide-mpp`` that the slide's own resolution overruled)."""
+
+    n_tiles: int | None
+    note: str = ""
+
+
 class SlideItem(Protocol):
     slide_id: str
     path: Any
@@ -420,7 +429,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 @_sigterm_as_interrupt()
 def run_slide_batch(
     items: Sequence[SlideItem],
-    process: Callable[[SlideItem, SlideLock], int | None],
+    process: Callable[[SlideItem, SlideLock], int | Done | None],
     *,
     stage: str,
     out_dir: Path,
@@ -432,10 +441,10 @@ def run_slide_batch(
 ) -> BatchResult:
     """Run ``process(item, lock)`` for each item of this shard, recording one manifest line per slide.
 
-    ``process`` returns the number of tiles (or None) and raises on failure; it must write its outputs
-    atomically. ``SlideError`` and any other ``Exception`` become a failed record and the batch goes on;
-    ``KeyboardInterrupt`` stops the batch (the slide's lock is released and its partial output stays temporary);
-    so does SIGTERM, which Slurm sends on ``scancel``, at the time limit and on preemption.
+    ``process`` returns the number of tiles (or None, or a ``Done`` with a note) and raises on failure; it must
+    write its outputs atomically. ``SlideError`` and any other ``Exception`` become a failed record and the batch
+    goes on; ``KeyboardInterrupt`` stops the batch (the slide's lock is released and its partial output stays
+    temporary); so does SIGTERM, which Slurm sends on ``scancel``, at the time limit and on preemption.
     A slide locked by a live process elsewhere is recorded as skipped.
     """
     out_dir = Path(out_dir)
@@ -469,13 +478,15 @@ def run_slide_batch(
             if not overwrite and is_done(item):
                 record(item, "skipped", error="already done (use --overwrite to redo)")
                 continue
-            n_tiles = process(item, lock)
+            outcome = process(item, lock)
         except Exception as err:  # noqa: BLE001 - a bad slide must never stop the batch
             if not isinstance(err, SlideError):
                 log.debug("unexpected error on %s", item.slide_id, exc_info=True)
             record(item, "failed", seconds=round(time.perf_counter() - start, 3), error=one_line(err))
         else:
-            record(item, "ok", n_tiles=n_tiles, seconds=round(time.perf_counter() - start, 3))
+            done = outcome if isinstance(outcome, Done) else Done(outcome)
+            seconds = round(time.perf_counter() - start, 3)
+            record(item, "ok", n_tiles=done.n_tiles, seconds=seconds, error=done.note)
         finally:
             lock.release()
     if not records:
@@ -498,4 +509,4 @@ def temporary_then_rename(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
-__all__ += ["temporary_then_rename", "one_line", "MANIFEST_COLUMNS", "STALE_AFTER_S", "pid_alive"]
+__all__ += ["temporary_then_rename", "one_line", "MANIFEST_COLUMNS", "STALE_AFTER_S", "pid_alive", "Done"]

@@ -19,6 +19,7 @@ from ._embed import (
     resolve_num_workers,
     resolve_precision,
 )
+from ._reuse import features_changes, features_signature
 
 __all__ = [
     "EmbedConfig",
@@ -27,6 +28,8 @@ __all__ = [
     "embed_slide",
     "embed_stage_name",
     "embed_stores",
+    "features_changes",
+    "features_signature",
     "load_encoder",
     "prepare_tile",
     "resolve_device",

@@ -30,11 +30,13 @@ from ..batch import (
 )
 from ..config import config_to_dict
 from ..encoders import Encoder, create_encoder
-from ..errors import ConfigError, EncoderError, SlideError, SlideOpenError, StoreError
+from ..errors import ConfigError, EncoderError, SlideError, SlideOpenError, StoreError, StoreMismatchError
 from ..slide import Slide
-from ..store import FeatureWriter, has_features, list_stores, open_store, slide_id_from_store
+from ..store import FeatureWriter, list_stores, open_store, slide_id_from_store
+from ..tiling import check_store_slide
 from ._config import EmbedConfig
 from ._dataset import TileDataset, to_model_input
+from ._reuse import features_changes, features_signature
 
 __all__ = [
     "embed_slide",
@@ -270,7 +272,9 @@ def embed_slide(
     slide_path, read_level, read_size, tiling = _tile_params(store)
     coords = np.asarray(open_store(store)["coords"][...])
     slide_id = slide_id_from_store(store)
-    with Slide(slide_path) as probe:  # fail early, in this process, when the file cannot even be opened
+    # Fail early, in this process, when the file cannot be opened or is not the slide the store was tiled from.
+    check_store_slide(store)
+    with Slide(slide_path) as probe:
         if read_level >= probe.level_count:
             raise SlideOpenError(f"{slide_path}: has no level {read_level} (store {store}); re-run `tile`")
     dataset = TileDataset(slide_path, coords, read_level=read_level, read_size=read_size, spec=enc.config)
@@ -284,6 +288,7 @@ def embed_slide(
         "read_level": read_level,
         "read_size": read_size,
         "config": config_to_dict(runtime.config),
+        "signature": runtime_signature(runtime),
     }
     # Half-written arrays of this encoder left by killed runs (we hold the slide's lock for this encoder).
     remove_stale_temporaries(store / "features" / enc.enc_name)
@@ -329,6 +334,13 @@ def embed_slide(
     return len(coords)
 
 
+def runtime_signature(runtime: EmbedRuntime) -> dict[str, Any]:
+    """``features_signature`` of what this runtime computes (encoder, weights, precision, stored dtype)."""
+    return features_signature(
+        runtime.encoder.attrs(), precision=runtime.precision, dtype=runtime.config.dtype, seed=runtime.config.seed
+    )
+
+
 def _land(
     pending: tuple[torch.Tensor, Any], sink: _ChunkSink, progress: Progress | None, slide_id: str, total: int
 ) -> None:
@@ -372,8 +384,11 @@ def embed_stores(
 ) -> BatchResult:
     """Embed the tiles of every finished store in ``stores_dir`` with one encoder; resumable and shardable.
 
-    Slides whose ``features/<encoder>`` is complete are skipped unless ``overwrite``; a slide that cannot be read is
-    recorded as failed (with its reason) and the batch goes on. The manifest is
+    Slides whose ``features/<encoder>`` is complete and was made from the same tiles with the same settings
+    (``features_changes``) are skipped unless ``overwrite``; one made another way fails its slide with what changed
+    (``weights: random -> efficientnet-lite0-57934424.pth``) unless ``overwrite``. A slide that cannot be read, or
+    whose file is no longer the one its store was tiled from, is recorded as failed (with its reason) and the batch
+    goes on. The manifest is
     ``<stores_dir>/manifests/embed-<encoder>.csv`` (one file per shard).
 
     Parameters
@@ -414,7 +429,19 @@ def embed_stores(
         len(items),
     )
 
+    signature = runtime_signature(runtime)
+    weights = enc.weights.to_dict()
+
+    def is_done(item: _StoreItem) -> bool:
+        return features_changes(item.path, enc.enc_name, signature) == []
+
     def process(item: _StoreItem, lock: SlideLock) -> int:
+        changed = None if overwrite else features_changes(item.path, enc.enc_name, signature, weights)
+        if changed:
+            raise StoreMismatchError(
+                f"{item.path}: features/{enc.enc_name} were made another way ({'; '.join(changed)}); "
+                "use --overwrite to redo them"
+            )
         try:
             return embed_slide(item.path, runtime, config=config, progress=progress, lock=lock)
         except SlideError:
@@ -428,7 +455,7 @@ def embed_stores(
             process,
             stage=embed_stage_name(enc.enc_name),
             out_dir=stores_dir,
-            is_done=lambda item: has_features(item.path, enc.enc_name),
+            is_done=is_done,
             overwrite=overwrite,
             shard=shard,
         )
