@@ -20,7 +20,7 @@ from wsi_pipeline.batch import Shard, read_manifest
 from wsi_pipeline.cli import app
 from wsi_pipeline.config import config_to_dict
 from wsi_pipeline.embedding import EmbedConfig, EmbedRuntime, embed_slide, embed_stores, resolve_num_workers
-from wsi_pipeline.embedding import _embed as embed_module
+from wsi_pipeline.embedding import _stream as stream_module
 from wsi_pipeline.encoders import create_encoder, list_encoders
 from wsi_pipeline.slide import Slide
 
@@ -120,13 +120,16 @@ def test_interrupted_slide_never_looks_finished(stores: Path, monkeypatch: pytes
 
     def dying_forward(self: EmbedRuntime, tiles: torch.Tensor) -> torch.Tensor:
         calls["n"] += 1
-        if calls["n"] == 2:
+        # Batch 3 (the end of the first slide, the start of the second) fails, and the first slide fails again when
+        # retried alone; the second, retried alone, succeeds.
+        if calls["n"] in (3, 4):
             raise RuntimeError("killed mid-slide")
         return real_forward(self, tiles)
 
     monkeypatch.setattr(EmbedRuntime, "forward", dying_forward)
     result = embed_stores(stores, config=FAST)
     assert result.records[0].status == "failed" and "killed mid-slide" in result.records[0].error
+    assert "retried alone" in result.records[0].error and result.records[1].status == "ok"
     first = store.list_stores(stores)[0]
     assert not store.has_features(first, ENC)
     assert [p.name for p in (first / "features").iterdir() if p.is_dir()] == []  # the temporary array is gone
@@ -236,7 +239,7 @@ def test_worker_errors_keep_their_one_line_message() -> None:
         "Caught SlideReadError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
         '  File "x.py", line 1, in f\nwsi_pipeline.errors.SlideReadError: a.svs: cannot decode the region\n'
     )
-    clean = embed_module._clean_worker_error(wrapped)
+    clean = stream_module._clean_worker_error(wrapped)
     assert isinstance(clean, SlideReadError) and str(clean) == "a.svs: cannot decode the region"
 
 
@@ -250,6 +253,8 @@ def test_cli_embeds_and_lists(stores: Path) -> None:
     result = runner.invoke(app, ["embed", str(stores), "--encoder", ENC, "-j", "0", "-b", "4", "--set", "seed=0"])
     assert result.exit_code == 0, result.output
     assert all(store.has_features(p, ENC) for p in store.list_stores(stores))
+    n_tiles = sum(len(store.read_coords(p)) for p in store.list_stores(stores))
+    assert f"{ENC}: 2/2 slides" in result.output and f"{n_tiles}/{n_tiles}" in result.output  # one bar for the run
     listed = runner.invoke(app, ["embed", "--list"])
     assert listed.exit_code == 0
     assert all(name in listed.output for name in list_encoders())

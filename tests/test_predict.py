@@ -547,7 +547,19 @@ def test_one_command_from_raw_slide_to_diagnosis(cmu_slide: Path, tmp_path: Path
     assert not from_slide.failed and [r["slide_id"] for r in from_slide.rows] == [cmu_slide.stem]
     assert (tmp_path / "p1" / "stores" / f"{cmu_slide.stem}.zarr").is_dir()
     assert (tmp_path / "p1" / "heatmaps" / f"{cmu_slide.stem}.png").is_file()
-    assert len(list((tmp_path / "p1" / "top_tiles" / cmu_slide.stem).glob("*.png"))) == 2
+    top = sorted((tmp_path / "p1" / "top_tiles" / cmu_slide.stem).glob("*.png"))
+    assert len(top) == 2
+    from PIL import Image
+
+    from wsi_pipeline.store import read_attrs
+
+    # Top tiles are the pixels the encoder saw: read_tile with the view recorded with the embeddings (64 px here).
+    made_store = tmp_path / "p1" / "stores" / f"{cmu_slide.stem}.zarr"
+    view = embedding.features_view(made_store, "tiny_test")
+    _, x, y = top[0].stem.split("_")
+    with Slide(cmu_slide) as slide:
+        seen = tiling.read_tile(slide, (int(x[1:]), int(y[1:])), read_attrs(made_store)["tiling"], view)
+    assert seen.shape == (64, 64, 3) and np.array_equal(np.asarray(Image.open(top[0])), seen)
     made, ref = from_slide.rows[0], from_store.rows[0]
     assert made["n_tiles"] == ref["n_tiles"] and made["predicted_class"] == ref["predicted_class"]
     assert made["prob_x"] == pytest.approx(ref["prob_x"], abs=1e-5)

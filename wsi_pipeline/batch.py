@@ -4,8 +4,9 @@
 - ``SlideLock``: a per-slide lock file holding host, pid and start time; a lock whose process is gone (same host)
   or whose heartbeat is older than ``stale_after_s`` is taken over, so a killed job's slide is redone next run.
 - ``atomic_path``/``atomic_write_text``: write to a temporary name beside the target and rename when complete.
-- ``run_slide_batch``: the loop over slides: skip finished ones (unless overwrite), lock, run, record
-  ok/failed/skipped with a one-line reason, rewrite the manifest CSV after every slide, go on after failures.
+- ``SlideBatch``: one run's bookkeeping: skip finished slides (unless overwrite), lock, record ok/failed/skipped
+  with a one-line reason, rewrite the manifest CSV after every slide; several slides may be in flight at once.
+- ``run_slide_batch``: the loop over slides with a ``SlideBatch``, one slide at a time, going on after failures.
 
 Each run writes its own manifest, ``<out>/manifests/<stage>.csv`` or ``<stage>.shard-<i>-of-<n>.csv``, so shards
 never write the same file; ``read_manifest`` merges them (latest record per slide wins).
@@ -314,15 +315,6 @@ def manifest_path(out_dir: Path, stage: str, shard: Shard | None = None) -> Path
     return Path(out_dir) / "manifests" / name
 
 
-def _write_manifest(path: Path, records: Sequence[SlideRecord]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS)
-    writer.writeheader()
-    for record in records:
-        writer.writerow(asdict(record))
-    atomic_write_text(path, buffer.getvalue())
-
-
 def read_manifest(out_dir: Path, stage: str) -> list[SlideRecord]:
     """All records of ``stage`` under ``out_dir`` (every shard's file), the latest per slide, sorted by id."""
     latest: dict[str, SlideRecord] = {}
@@ -426,7 +418,140 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@_sigterm_as_interrupt()
+class SlideBatch:
+    """The bookkeeping of one run of a per-slide stage: which slides, skips, locks, records and the manifest.
+
+    ``run_slide_batch`` uses it one slide at a time; a stage that keeps several slides in flight (``embed`` streams
+    tiles of many slides through one reading pipeline) claims each slide when it starts and finishes or fails it
+    when its outputs are committed. Used as a context manager: SIGTERM becomes ``KeyboardInterrupt`` inside, and on
+    the way out the locks of slides still in flight are released and the manifest is written.
+
+    Examples
+    --------
+    >>> with SlideBatch(items, stage="demo", out_dir=out, is_done=done) as batch:  # doctest: +SKIP
+    ...     for item in batch.items:
+    ...         if batch.claim(item) is not None:  # None: recorded as skipped (done, or locked elsewhere)
+    ...             batch.finish(item, n_tiles=work(item))  # or batch.fail(item, err)
+    >>> batch.result()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        items: Sequence[SlideItem],
+        *,
+        stage: str,
+        out_dir: Path,
+        is_done: Callable[[SlideItem], bool],
+        overwrite: bool = False,
+        shard: Shard | None = None,
+        stale_after_s: float = STALE_AFTER_S,
+        on_record: Callable[[SlideRecord], None] | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.items: list[SlideItem] = shard.select(items) if shard else sorted(items, key=lambda item: item.slide_id)
+        self.stage = stage
+        self.is_done = is_done
+        self.overwrite = overwrite
+        self.stale_after_s = stale_after_s
+        self.on_record = on_record
+        self.manifest = manifest_path(self.out_dir, stage, shard)
+        self.records: list[SlideRecord] = []
+        self._lines: list[str] = []  # each record's CSV line, formatted once: rewriting the manifest stays cheap
+        self._held: dict[str, tuple[SlideLock, float]] = {}  # slide id -> (lock, start time) of slides in flight
+        self._exit = contextlib.ExitStack()
+
+    def __enter__(self) -> SlideBatch:
+        self._exit.enter_context(_sigterm_as_interrupt())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            for lock, _ in self._held.values():
+                lock.release()
+            self._held.clear()
+            if not self.records:
+                self._write_manifest()
+        finally:
+            self._exit.close()
+
+    def record(self, item: SlideItem, status: Status, **kwargs: Any) -> SlideRecord:
+        rec = SlideRecord(slide_id=item.slide_id, path=str(item.path), status=status, **kwargs)
+        self.records.append(rec)
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS).writerow(asdict(rec))
+        self._lines.append(buffer.getvalue())
+        self._write_manifest()
+        if self.on_record:
+            self.on_record(rec)
+        # A failed slide is a warning even under a progress bar: in a Slurm log it is the line to look for.
+        level = logging.WARNING if status == "failed" else logging.INFO
+        log.log(level, "%s %s: %s %s", self.stage, item.slide_id, status, rec.error or "")
+        return rec
+
+    def _write_manifest(self) -> None:
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS).writeheader()
+        atomic_write_text(self.manifest, buffer.getvalue() + "".join(self._lines))
+
+    def skip_if_done(self, item: SlideItem) -> bool:
+        """Record ``item`` as skipped when it is done (and ``overwrite`` is off); True when it was."""
+        if not self.overwrite and self.is_done(item):
+            self.record(item, "skipped", error="already done (use --overwrite to redo)")
+            return True
+        return False
+
+    def claim(self, item: SlideItem, *, checked: bool = False) -> SlideLock | None:
+        """Lock ``item`` for this run, or record it and return None: skipped (done, or locked by a live process), or
+        failed (its done-check raised).
+
+        ``checked``: the caller has just called ``skip_if_done``; the check is repeated once the lock is held,
+        since another process may have finished the slide meanwhile.
+        """
+        if not checked and self.skip_if_done(item):
+            return None
+        path = self.out_dir / ".locks" / self.stage / f"{item.slide_id}.lock"
+        lock = SlideLock(path, stale_after_s=self.stale_after_s)
+        try:
+            lock.acquire()
+        except LockedError as err:
+            self.record(item, "skipped", error=f"locked: {err}")
+            return None
+        self._held[item.slide_id] = (lock, time.perf_counter())
+        try:
+            done = self.skip_if_done(item)
+        except Exception as err:  # noqa: BLE001 - an unreadable output fails this slide, not the batch
+            self.fail(item, err)
+            return None
+        if done:
+            self._settle(item)
+            return None
+        return lock
+
+    def _settle(self, item: SlideItem) -> float:
+        lock, start = self._held.pop(item.slide_id)
+        lock.release()
+        return round(time.perf_counter() - start, 3)
+
+    def finish(self, item: SlideItem, n_tiles: int | None = None, note: str = "") -> None:
+        """``item``'s outputs are committed: release its lock and record it ok (with ``note`` in the reason column,
+        e.g. a ``--slide-mpp`` the slide's own resolution overruled)."""
+        seconds = self._settle(item)
+        self.record(item, "ok", n_tiles=n_tiles, seconds=seconds, error=note)
+
+    def fail(self, item: SlideItem, err: BaseException) -> None:
+        """``item`` failed (nothing of it was committed): release its lock and record the one-line reason."""
+        if not isinstance(err, SlideError):
+            log.debug("unexpected error on %s", item.slide_id, exc_info=err)
+        seconds = self._settle(item)
+        self.record(item, "failed", seconds=seconds, error=one_line(err))
+
+    def result(self) -> BatchResult:
+        """The records in slide order (a streaming stage records slides as they finish)."""
+        order = {item.slide_id: i for i, item in enumerate(self.items)}
+        records = sorted(self.records, key=lambda rec: order.get(rec.slide_id, len(order)))
+        return BatchResult(records=records, manifest=self.manifest)
+
+
 def run_slide_batch(
     items: Sequence[SlideItem],
     process: Callable[[SlideItem, SlideLock], int | Done | None],
@@ -447,51 +572,28 @@ def run_slide_batch(
     temporary); so does SIGTERM, which Slurm sends on ``scancel``, at the time limit and on preemption.
     A slide locked by a live process elsewhere is recorded as skipped.
     """
-    out_dir = Path(out_dir)
-    chosen = shard.select(items) if shard else sorted(items, key=lambda item: item.slide_id)
-    manifest = manifest_path(out_dir, stage, shard)
-    records: list[SlideRecord] = []
-
-    def record(item: SlideItem, status: Status, **kwargs: Any) -> None:
-        rec = SlideRecord(slide_id=item.slide_id, path=str(item.path), status=status, **kwargs)
-        records.append(rec)
-        _write_manifest(manifest, records)
-        if on_record:
-            on_record(rec)
-        # A failed slide is a warning even under a progress bar: in a Slurm log it is the line to look for.
-        level = logging.WARNING if status == "failed" else logging.INFO
-        log.log(level, "%s %s: %s %s", stage, item.slide_id, status, rec.error or "")
-
-    for item in chosen:
-        if not overwrite and is_done(item):
-            record(item, "skipped", error="already done (use --overwrite to redo)")
-            continue
-        lock = SlideLock(out_dir / ".locks" / stage / f"{item.slide_id}.lock", stale_after_s=stale_after_s)
-        try:
-            lock.acquire()
-        except LockedError as err:
-            record(item, "skipped", error=f"locked: {err}")
-            continue
-        start = time.perf_counter()
-        try:
-            # Another process may have finished the slide while we waited for the lock.
-            if not overwrite and is_done(item):
-                record(item, "skipped", error="already done (use --overwrite to redo)")
+    with SlideBatch(
+        items,
+        stage=stage,
+        out_dir=out_dir,
+        is_done=is_done,
+        overwrite=overwrite,
+        shard=shard,
+        stale_after_s=stale_after_s,
+        on_record=on_record,
+    ) as batch:
+        for item in batch.items:
+            lock = batch.claim(item)
+            if lock is None:
                 continue
-            outcome = process(item, lock)
-        except Exception as err:  # noqa: BLE001 - a bad slide must never stop the batch
-            if not isinstance(err, SlideError):
-                log.debug("unexpected error on %s", item.slide_id, exc_info=True)
-            record(item, "failed", seconds=round(time.perf_counter() - start, 3), error=one_line(err))
-        else:
-            done = outcome if isinstance(outcome, Done) else Done(outcome)
-            seconds = round(time.perf_counter() - start, 3)
-            record(item, "ok", n_tiles=done.n_tiles, seconds=seconds, error=done.note)
-        finally:
-            lock.release()
-    if not records:
-        _write_manifest(manifest, records)
-    return BatchResult(records=records, manifest=manifest)
+            try:
+                outcome = process(item, lock)
+            except Exception as err:  # noqa: BLE001 - a bad slide must never stop the batch
+                batch.fail(item, err)
+            else:
+                done = outcome if isinstance(outcome, Done) else Done(outcome)
+                batch.finish(item, n_tiles=done.n_tiles, note=done.note)
+    return batch.result()
 
 
 @contextlib.contextmanager
@@ -509,4 +611,4 @@ def temporary_then_rename(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
-__all__ += ["temporary_then_rename", "one_line", "MANIFEST_COLUMNS", "STALE_AFTER_S", "pid_alive", "Done"]
+__all__ += ["temporary_then_rename", "one_line", "MANIFEST_COLUMNS", "STALE_AFTER_S", "SlideBatch", "pid_alive", "Done"]

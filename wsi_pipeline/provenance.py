@@ -161,7 +161,7 @@ def weights_label(weights: Mapping[str, Any] | None) -> str:
     weights = weights or {}
     source = str(weights.get("source") or "")
     if source == "random" or not weights.get("sha256"):
-        return "random"
+        return "random" if weights.get("seed") is None else f"random (seed {weights['seed']})"
     if source.startswith("hf-hub:"):
         return source
     return Path(str(weights.get("location") or "")).name or f"sha256 {str(weights['sha256'])[:12]}"

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -73,7 +82,7 @@ def embed(
         return
     if stores_dir is None:
         raise typer.BadParameter("give the folder of tile stores (or --list)", param_hint="STORES_DIR")
-    from ..embedding import EmbedConfig, embed_stores, load_encoder
+    from ..embedding import EmbedConfig, EmbedProgress, embed_stores, load_encoder
     from ..store import require_stores
 
     options = {
@@ -91,22 +100,23 @@ def embed(
     selected = resolve_shard(shard)
     require_stores(stores_dir)  # a run folder given instead of its stores/ is an error, not "0 ok"
     enc = load_encoder(cfg)
+    # One bar for the whole run: tiles of all slides to embed, their rate and the time left.
     with Progress(
         TextColumn("[bold]embed[/] {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         _TilesPerSecond(),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=console,
         transient=False,
     ) as bar:
-        task = bar.add_task(cfg.encoder, total=0)
+        task = bar.add_task(cfg.encoder, total=None)
 
-        def progress(slide_id: str, done: int, total: int) -> None:
-            if done == 0:  # a slide starts: its tiles join the total
-                bar.update(task, total=(bar.tasks[0].total or 0) + total, description=f"{cfg.encoder} {slide_id}")
-            else:
-                bar.advance(task, done)
+        def progress(state: EmbedProgress) -> None:
+            slides = f"{cfg.encoder}: {state.slides_done}/{state.slides_total} slides"
+            bar.update(task, completed=state.tiles_done, total=state.tiles_total, description=slides)
 
         result = embed_stores(
             stores_dir, config=cfg, shard=selected, overwrite=overwrite, progress=progress, encoder=enc

@@ -8,30 +8,35 @@ Examples
 """
 
 from ._config import EmbedConfig
-from ._dataset import TileDataset, prepare_tile, to_model_input
 from ._embed import (
-    EmbedRuntime,
+    EmbedProgress,
     embed_slide,
     embed_stage_name,
     embed_stores,
-    load_encoder,
-    resolve_device,
-    resolve_num_workers,
-    resolve_precision,
+    features_signature,
+    features_view,
 )
-from ._reuse import features_changes, features_signature
+from ._reader import TileReader, TileRef, encoder_view, to_model_input
+from ._reuse import features_changes
+from ._runtime import EmbedRuntime, load_encoder, resolve_device, resolve_num_workers, resolve_precision
+from ._stream import SlideJob, TileStream
 
 __all__ = [
     "EmbedConfig",
+    "EmbedProgress",
     "EmbedRuntime",
-    "TileDataset",
+    "SlideJob",
+    "TileReader",
+    "TileRef",
+    "TileStream",
     "embed_slide",
     "embed_stage_name",
     "embed_stores",
+    "encoder_view",
     "features_changes",
     "features_signature",
+    "features_view",
     "load_encoder",
-    "prepare_tile",
     "resolve_device",
     "resolve_num_workers",
     "resolve_precision",

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..batch import atomic_path, temporary_then_rename
 from ..slide import Slide
-from ..tiling import read_tile
+from ..tiling import TileView, read_tile
 
 __all__ = [
     "scale_scores",
@@ -162,11 +162,14 @@ def save_top_tiles(
     out_dir: Path,
     *,
     k: int = 8,
+    view: TileView | None = None,
 ) -> list[Path]:
     """Save the ``k`` highest-scoring tiles as PNGs named ``rank<r>_x<x>_y<y>.png`` in ``out_dir``.
 
-    Tiles are read as the encoder saw them (``read_tile``: the store's read level, resized to ``tile_size``).
-    ``out_dir`` is filled under a temporary name and replaces any previous folder when complete.
+    Tiles are read with ``read_tile`` and ``view``, the encoder's view of the embeddings
+    (``wsi_pipeline.embedding.features_view``), so they are the pixels the encoder saw; without a view, the store's
+    tiles (``tile_size``). ``out_dir`` is filled under a temporary name and replaces any previous folder when
+    complete.
     """
     from PIL import Image
 
@@ -178,6 +181,6 @@ def save_top_tiles(
         for rank, index in enumerate(top, start=1):
             x, y = (int(v) for v in coords[index])
             name = f"rank{rank:02d}_x{x}_y{y}.png"
-            Image.fromarray(read_tile(slide, (x, y), tiling)).save(tmp / name)
+            Image.fromarray(read_tile(slide, (x, y), tiling, view)).save(tmp / name)
             names.append(name)
     return [out_dir / name for name in names]

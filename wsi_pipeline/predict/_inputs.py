@@ -214,8 +214,7 @@ class SlidePreparer:
         """Make ``item.store`` (tile) and its embeddings unless they exist with the checkpoint's settings; a store
         made from another file or with other tiling settings fails the slide (``StoreMismatchError``) unless
         ``overwrite``, and so do embeddings made another way."""
-        from ..embedding import embed_slide, features_changes
-        from ..embedding._embed import runtime_signature
+        from ..embedding import embed_slide, features_changes, features_signature
         from ..errors import StoreMismatchError
         from ..tiling import check_store_settings, tile_slide
 
@@ -229,13 +228,13 @@ class SlidePreparer:
             tile_slide(slide, item.store.parent, config=self.tile_config)
         runtime = self._embed_runtime()
         if not retile:
-            changed = features_changes(item.store, self.encoder, runtime_signature(runtime))
+            changed = features_changes(item.store, self.encoder, features_signature(runtime))
             if changed == []:
                 return  # embedded before with these very settings and weights
             if changed and not self.overwrite:
                 raise StoreMismatchError(
-                    f"{item.store}: features/{self.encoder} were made another way ({'; '.join(changed)}); use "
+                    f"{item.store}: features/{self.encoder} were made with other settings ({'; '.join(changed)}); use "
                     "--overwrite to redo them"
                 )
         log.info("%s: embedding with %s", item.slide_id, self.encoder)
-        embed_slide(item.store, runtime, config=self.embed_config, lock=lock)
+        embed_slide(item.store, runtime, config=self.embed_config)

@@ -180,7 +180,14 @@ def model_mismatches(store: Path, ckpt: dict[str, Any]) -> list[str]:
 
 
 def _heatmap(
-    store: Path, sid: str, coords: np.ndarray, scores: np.ndarray, out_dir: Path, config: PredictConfig, title: str
+    store: Path,
+    sid: str,
+    coords: np.ndarray,
+    scores: np.ndarray,
+    out_dir: Path,
+    config: PredictConfig,
+    title: str,
+    encoder: str,
 ) -> str | None:
     """Draw the heatmap and top tiles; return why not when the store's slide file is unavailable."""
     attrs = read_attrs(store)
@@ -215,7 +222,10 @@ def _heatmap(
             title=title,
         )
         if config.top_k > 0:
-            save_top_tiles(wsi, coords, tiling, scores, out_dir / "top_tiles" / sid, k=config.top_k)
+            from ..embedding import features_view
+
+            view = features_view(store, encoder)  # the pixels the encoder saw
+            save_top_tiles(wsi, coords, tiling, scores, out_dir / "top_tiles" / sid, k=config.top_k, view=view)
     return None
 
 
@@ -422,7 +432,8 @@ def predict_slides(
         heatmap = None
         if config.heatmaps:
             title = f"{item.slide_id}: {row['predicted_class']} (p={probs.max():.2f}; {how})"
-            heatmap = _heatmap(item.store, item.slide_id, read_coords(item.store), attention, out_dir, config, title)
+            coords = read_coords(item.store)
+            heatmap = _heatmap(item.store, item.slide_id, coords, attention, out_dir, config, title, encoder)
             if heatmap:
                 no_heatmap.append(heatmap)
         no_geojson = None

@@ -9,7 +9,7 @@ Examples
 
 from ._config import EDGE_POLICIES, QcConfig, TileConfig
 from ._grid import grid_positions, select_tiles, tissue_fractions
-from ._read import read_tile
+from ._read import TileView, read_tile, resize_tile, tile_read_params
 from ._tile import (
     STAGE,
     TileGrid,
@@ -37,4 +37,7 @@ __all__ = [
     "tissue_fractions",
     "select_tiles",
     "read_tile",
+    "resize_tile",
+    "tile_read_params",
+    "TileView",
 ]

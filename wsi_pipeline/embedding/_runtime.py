@@ -1,0 +1,134 @@
+"""``EmbedRuntime``: an encoder on its device with the resolved precision, and how the CPUs are shared out."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..batch import available_cpus
+from ..encoders import Encoder, create_encoder
+from ..errors import ConfigError
+from ._config import EmbedConfig
+from ._reader import to_model_input
+
+__all__ = ["EmbedRuntime", "load_encoder", "resolve_device", "resolve_num_workers", "resolve_precision"]
+
+log = logging.getLogger(__name__)
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available here; use --device cpu or auto")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device, recommended: str) -> str:
+    """``bf16``/``fp16``/``fp32`` actually used: ``auto`` is the preset's choice on CUDA and fp32 on CPU."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        precision = recommended
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        log.warning("this GPU has no bf16; using fp16 autocast instead")
+        return "fp16"
+    if precision not in _AUTOCAST:
+        raise ConfigError(f"precision {precision!r}: expected auto, bf16, fp16 or fp32")
+    return precision
+
+
+def resolve_num_workers(config: EmbedConfig, device: torch.device, environ: dict[str, str] | None = None) -> int:
+    """Reader processes: explicit, else the usable CPUs minus the main process (on CPU, half go to the encoder)."""
+    if config.num_workers is not None:
+        return config.num_workers
+    cpus = available_cpus(environ)
+    if device.type == "cuda":
+        return max(0, min(cpus - 1, 16))
+    return max(0, min(cpus // 2, 8))
+
+
+def load_encoder(config: EmbedConfig) -> Encoder:
+    """The encoder named by ``config`` with its weights (``create_encoder`` with the config's options)."""
+    return create_encoder(
+        config.encoder,
+        weights=config.weights,
+        offline=config.offline,
+        seed=config.seed,
+        weights_remap=config.weights_remap,
+        input_size=config.input_size,
+    )
+
+
+@dataclass
+class EmbedRuntime:
+    """An encoder placed on its device with the resolved precision, ready to embed batches of ``uint8`` tiles."""
+
+    encoder: Encoder
+    device: torch.device
+    precision: str
+    num_workers: int
+    config: EmbedConfig
+    model: Any
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def create(cls, encoder: Encoder, config: EmbedConfig) -> EmbedRuntime:
+        device = resolve_device(config.device)
+        precision = resolve_precision(config.precision, device, encoder.precision)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # every batch has the same shape: pick the fastest kernels once
+        model = encoder.model.to(device).eval()
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if config.compile:
+            model = torch.compile(model, dynamic=False)
+        spec = encoder.config
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        workers = resolve_num_workers(config, device)
+        return cls(encoder, device, precision, workers, config, model, mean, std)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = _AUTOCAST[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        """``uint8`` tiles (B, S, S, 3) on any device -> float32 embeddings (B, D) on the runtime's device."""
+        n = len(tiles)
+        tiles = tiles.to(self.device, non_blocking=True)
+        if self.config.compile and n < self.config.batch_size:
+            # A fixed batch shape avoids recompiling for the last, shorter batch.
+            pad = tiles.new_zeros((self.config.batch_size - n, *tiles.shape[1:]))
+            tiles = torch.cat([tiles, pad])
+        with torch.inference_mode():
+            x = to_model_input(tiles, self.mean, self.std, channels_last=self.config.channels_last)  # (B, 3, S, S)
+            with self.autocast():
+                out = self.model(x)  # (B, D)
+            return out[:n].float()
+
+    @contextlib.contextmanager
+    def cpu_threads(self) -> Iterator[int]:
+        """On CPU, give the encoder the CPUs the readers leave free (never more than this process may use); yields
+        the encoder's thread count."""
+        if self.device.type != "cpu":
+            yield torch.get_num_threads()
+            return
+        before = torch.get_num_threads()
+        threads = self.config.torch_threads or max(1, available_cpus() - self.num_workers)
+        torch.set_num_threads(threads)
+        try:
+            yield threads
+        finally:
+            torch.set_num_threads(before)
