@@ -72,6 +72,8 @@ VARIANTS = {
     "asmil-q1": ("asmil", {"query_std": 1.0}, ASMIL_RECIPE),
     "asmil-anchor-mean": ("asmil", {}, {**ASMIL_RECIPE, "reduction": "mean"}),
     "asmil-q1-anchor-mean": ("asmil", {"query_std": 1.0}, {**ASMIL_RECIPE, "reduction": "mean"}),
+    "asmil-no-bias-anchor-mean": ("asmil", {"bias": False}, {**ASMIL_RECIPE, "reduction": "mean"}),
+    "asmil-no-token-norm-anchor-mean": (ASMILNoTokenNorm, {}, {**ASMIL_RECIPE, "reduction": "mean"}),
 }
 
 
