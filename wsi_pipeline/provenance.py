@@ -31,6 +31,7 @@ __all__ = [
     "file_sha256",
     "head_tail_sha256",
     "changes",
+    "flatten",
     "short",
     "slide_changes",
     "tiles_fingerprint",
@@ -95,11 +96,12 @@ def short(value: Any, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, Mapping) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -107,7 +109,7 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def changes(old: Mapping[str, Any] | None, new: Mapping[str, Any], *, limit: int = 6) -> list[str]:
     """``key: old -> new`` for each (dotted) key whose value differs, at most ``limit`` lines (then ``+N more``)."""
-    before, after = _flatten(_plain(old or {})), _flatten(_plain(new))
+    before, after = flatten(_plain(old or {})), flatten(_plain(new))
     lines = []
     for key in sorted(set(before) | set(after)):
         a, b = before.get(key, "(none)"), after.get(key, "(none)")

@@ -18,6 +18,7 @@ from typing import Any
 from ..batch import SlideLock, remove_stale_temporaries
 from ..discovery import SLIDE_EXTENSIONS, SlideEntry, discover_slides
 from ..errors import CheckpointError, ConfigError
+from ..provenance import flatten
 from ..store import STORE_SUFFIX, store_path
 from ..training._splits import resolve_stores
 
@@ -92,16 +93,6 @@ def collect_items(
     return sorted(items, key=lambda item: item.slide_id)
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 class SlidePreparer:
     """Tiles and embeds one raw slide into its store with the checkpoint's recorded settings and weights.
 
@@ -135,8 +126,8 @@ class SlidePreparer:
                 "`embed`, e.g. converted MIL benchmark bags); tile and embed the slides yourself and pass the stores"
             )
         self.checkpoint = checkpoint
-        self.tile_config = load_config(TileConfig, "tile", None, _flatten(tile_settings))
-        embed_overrides = {**_flatten(embed_settings), "encoder": ckpt["encoder"]}
+        self.tile_config = load_config(TileConfig, "tile", None, flatten(tile_settings))
+        embed_overrides = {**flatten(embed_settings), "encoder": ckpt["encoder"]}
         embed_overrides["weights"] = self._weights_to_load(weights)
         if device != "auto":
             embed_overrides["device"] = device
@@ -210,27 +201,31 @@ class SlidePreparer:
             self._runtime = EmbedRuntime.create(load_encoder(self.embed_config), self.embed_config)
         return self._runtime
 
-    def prepare(self, item: PredictItem, lock: SlideLock) -> None:
+    def prepare(self, item: PredictItem, lock: SlideLock) -> str:
         """Make ``item.store`` (tile) and its embeddings unless they exist with the checkpoint's settings; a store
         made from another file or with other tiling settings fails the slide (``StoreMismatchError``) unless
-        ``overwrite``, and so do embeddings made another way."""
+        ``overwrite``, and so do embeddings made another way. Returns a note for the manifest (a ``--slide-mpp``
+        the slide's own resolution overruled), or ''."""
         from ..embedding import embed_slide, features_changes, features_signature
         from ..errors import StoreMismatchError
         from ..tiling import check_store_settings, tile_slide
 
         assert item.entry is not None, "prepare() is for raw slides"
-        slide = item.entry.open()
-        retile = self.overwrite or not check_store_settings(item.store, self.tile_config, slide)
-        if retile:
-            # Leftovers of a killed run; safe to remove, we hold the slide's lock.
-            remove_stale_temporaries(item.store)
-            log.info("%s: tiling %s into %s", item.slide_id, item.path, item.store.parent)
-            tile_slide(slide, item.store.parent, config=self.tile_config)
+        with item.entry.open() as slide:
+            note = slide.mpp_note()
+            if note:
+                log.warning("%s", note)
+            retile = self.overwrite or not check_store_settings(item.store, self.tile_config, slide)
+            if retile:
+                # Leftovers of a killed run; safe to remove, we hold the slide's lock.
+                remove_stale_temporaries(item.store)
+                log.info("%s: tiling %s into %s", item.slide_id, item.path, item.store.parent)
+                tile_slide(slide, item.store.parent, config=self.tile_config)
         runtime = self._embed_runtime()
         if not retile:
             changed = features_changes(item.store, self.encoder, features_signature(runtime))
             if changed == []:
-                return  # embedded before with these very settings and weights
+                return note  # embedded before with these very settings and weights
             if changed and not self.overwrite:
                 raise StoreMismatchError(
                     f"{item.store}: features/{self.encoder} were made with other settings ({'; '.join(changed)}); use "
@@ -238,3 +233,4 @@ class SlidePreparer:
                 )
         log.info("%s: embedding with %s", item.slide_id, self.encoder)
         embed_slide(item.store, runtime, config=self.embed_config)
+        return note

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..batch import BatchResult, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
+from ..batch import BatchResult, Done, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
 from ..errors import ConfigError, StoreMismatchError
 from ..provenance import short, weights_identity, weights_label
 from ..store import (
@@ -396,11 +396,12 @@ def predict_slides(
     models.load(device)
     no_heatmap: list[str] = []
 
-    def process(item: PredictItem, lock: SlideLock) -> int:
+    def process(item: PredictItem, lock: SlideLock) -> Done:
         _remove_stale_temporaries(out_dir, item, name)
+        note = ""
         if item.entry is not None:
             assert preparer is not None
-            preparer.prepare(item, lock)
+            note = preparer.prepare(item, lock)
         check_store(item.store, ckpt, source_path)
         plan = models.plan(item.slide_id)
         features = read_features(item.store, encoder)
@@ -467,7 +468,7 @@ def predict_slides(
                 "geojson_skipped": no_geojson,
             },
         )
-        return int(row["n_tiles"])
+        return Done(int(row["n_tiles"]), note)
 
     batch = run_slide_batch(
         items,

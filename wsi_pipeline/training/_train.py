@@ -27,7 +27,7 @@ from ..batch import SlideLock, atomic_write_text, remove_path
 from ..config import config_to_dict
 from ..errors import CheckpointError, ConfigError, LockedError, MissingPrerequisiteError, RunMismatchError
 from ..mil import Anchor, RandomDropping, create_model, is_model, list_models
-from ..store import FEATURES
+from ..store import FEATURES, provenance
 from ._bags import BagLoader, resolve_encoder
 from ._checkpoint import fold_dir, load_checkpoint, run_dir, save_checkpoint
 from ._config import TrainConfig, resolve_plugins
@@ -495,7 +495,6 @@ def train_fold(
     }
     assert progress.best_state is not None
     model.load_state_dict(progress.best_state)
-    save_checkpoint(out_dir / "checkpoint_best.pt", model, epoch=best_epoch, **ckpt_meta)
 
     result = FoldResult(split.fold, best_epoch, {}, {}, history, out_dir, test_last=last["test"], val_last=last["val"])
     for name, ids in (("val", split.val), ("test", split.test)):
@@ -531,8 +530,11 @@ def train_fold(
         "val_last": result.val_last,
         "test_last": result.test_last,
         "history": history,
+        "wsi_pipeline": provenance(),
     }
-    # Written last: its presence means every output of the fold above is complete.
+    # The fold's model, then its metrics.json, last: their presence means every output of the fold is complete (a
+    # fold killed before has only checkpoint_last.pt, which no one mistakes for a trained model).
+    save_checkpoint(out_dir / "checkpoint_best.pt", model, epoch=best_epoch, **ckpt_meta)
     atomic_write_text(out_dir / "metrics.json", json.dumps(fold_json, indent=1, default=float) + "\n")
     return result
 
@@ -633,7 +635,7 @@ def train(
         identity = run_identity(config, labels, {s: store_map[s] for s in usable})
         _prepare_run(run, identity, overwrite)
         config_dict = {**config_to_dict(config), "resolved": {"anchor": anchor_mode, "drop": drop_mode}}
-        atomic_write_text(run / IDENTITY_FILE, json.dumps(identity, indent=1) + "\n")
+        atomic_write_text(run / IDENTITY_FILE, json.dumps({**identity, "wsi_pipeline": provenance()}, indent=1) + "\n")
         atomic_write_text(run / "config.yaml", yaml.safe_dump({"train": config_dict}, sort_keys=False))
         atomic_write_text(run / "classes.json", json.dumps(labels.class_to_index, indent=1) + "\n")
         meta = {
@@ -681,14 +683,15 @@ def _prepare_run(run: Path, identity: dict[str, Any], overwrite: bool) -> None:
     old = read_identity(run)
     trained = _trained_folds(run)
     finished = trained or (run / "summary.json").is_file()
-    same = old is not None and old.get("sha256") == identity["sha256"]
-    if same or not finished:
+    if not finished:
         return
-    if overwrite:
+    if overwrite:  # even a run of the same identity: --overwrite means "train it again"
         _note("--overwrite: %s is retrained from scratch (%d fold folder(s) removed)", run, len(trained))
         for path in [*run.glob("fold_*"), run / "summary.json", run / "summary.csv", run / IDENTITY_FILE]:
             remove_path(path)
         return
+    if old is not None and old.get("sha256") == identity["sha256"]:
+        return  # the same run: finished folds are kept, an interrupted one resumes
     if old is None:
         raise RunMismatchError(
             f"{run}: holds folds trained by an older wsi-pipeline, which recorded no run identity; retrain it with "
@@ -780,6 +783,7 @@ def _summarise(run: Path, results: list[FoldResult]) -> dict[str, Any]:
         "test_mean_std": mean_std([r.test for r in results], keys),
         "test_last_mean_std": mean_std([r.test_last for r in results], keys),
         "val_mean_std": mean_std([r.val for r in results], keys),
+        "wsi_pipeline": provenance(),
     }
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=1, default=float) + "\n")
     present = [k for k in keys if any(k in r.test for r in results)]
