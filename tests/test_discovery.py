@@ -72,7 +72,8 @@ def test_csv_manifest_and_mpp_overrides(tmp_path: Path) -> None:
     assert set(entries) == {"patient-1", "b", "c_weird_name"}
     assert entries["patient-1"].mpp == 0.25  # the manifest's own value wins
     assert entries["b"].mpp == 0.5  # then the per-slide CSV
-    assert entries["c_weird_name"].mpp == 1.0  # then --slide-mpp
+    # --slide-mpp is the run's default, used only where the slide itself states no resolution
+    assert entries["c_weird_name"].mpp is None and entries["c_weird_name"].default_mpp == 1.0
     assert entries["b"].path == tmp_path / "slides" / "b.svs"  # relative to the manifest
     assert isinstance(entries["b"], SlideEntry)
 

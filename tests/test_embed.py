@@ -146,7 +146,9 @@ def test_unreadable_slide_is_recorded_and_batch_goes_on(stores: Path) -> None:
     bad = SLIDES / "unreadable.svs"
     good_attrs = store.read_attrs(store.list_stores(stores)[0])
     attrs = {k: good_attrs[k] for k in ("tiling", "config")}
-    attrs["slide"] = {**good_attrs["slide"], "path": str(bad), "id": "a-unreadable"}
+    with Slide(bad) as slide:  # the store describes that very file: it opens, but its tiles cannot be decoded
+        identity = slide.identity()
+    attrs["slide"] = {**good_attrs["slide"], "path": str(bad), "id": "a-unreadable", "identity": identity}
     store.write_tile_store(store.store_path(stores, "a-unreadable"), [[0, 0], [224, 0]], [1.0, 1.0], attrs)
     result = embed_stores(stores, config=dataclasses.replace(FAST, num_workers=1))
     status = {r.slide_id: r for r in result.records}

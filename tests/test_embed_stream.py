@@ -107,6 +107,11 @@ def _bad_store(stores_dir: Path, slide_id: str, slide_file: Path) -> None:
     good = store.read_attrs(store.list_stores(stores_dir)[0])
     attrs = {k: good[k] for k in ("tiling", "config")}
     attrs["slide"] = {**good["slide"], "path": str(slide_file), "id": slide_id}
+    try:  # a file that opens is the one the store was tiled from (its identity); the others broke since
+        with Slide(slide_file) as slide:
+            attrs["slide"]["identity"] = slide.identity()
+    except Exception:  # noqa: BLE001 - unopenable or gone: only the embed stage's error matters here
+        pass
     coords = [[0, 0], [224, 0], [0, 224], [224, 224], [448, 0]]  # unreadable.svs fails only near its origin
     store.write_tile_store(store.store_path(stores_dir, slide_id), coords, np.ones(len(coords)), attrs)
 
@@ -255,9 +260,9 @@ def test_features_made_another_way_are_not_reused_silently(stores: Path) -> None
     other_weights = embed_stores(stores, config=dataclasses.replace(STREAM, seed=1))  # other random weights
     assert {r.status for r in other_weights.records} == {"failed"}
     error = other_weights.records[0].error
-    assert "made with other settings (weights)" in error and "--overwrite" in error
+    assert "made with other settings (weights: random (seed 0) -> random (seed 1))" in error and "--overwrite" in error
     other_dtype = embed_stores(stores, config=dataclasses.replace(STREAM, dtype="float32"))
-    assert "dtype float16 -> float32" in other_dtype.records[0].error
+    assert "dtype: float16 -> float32" in other_dtype.records[0].error
     redo = embed_stores(stores, config=dataclasses.replace(STREAM, seed=1), overwrite=True)
     assert {r.status for r in redo.records} == {"ok"}
     assert {r.status for r in embed_stores(stores, config=dataclasses.replace(STREAM, seed=1)).records} == {"skipped"}

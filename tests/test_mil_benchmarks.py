@@ -43,6 +43,17 @@ def test_convert_musk1_into_real_stores(mil_dir: Path, tmp_path: Path) -> None:
     mtime = (first / "zarr.json").stat().st_mtime_ns
     convert_mil_csv(mil_dir / "musk1.csv", tmp_path / "musk1")
     assert (first / "zarr.json").stat().st_mtime_ns == mtime
+    # A CSV whose rows changed is converted again, whatever its bag ids: an old bag is never kept silently.
+    rows = (mil_dir / "musk1.csv").read_text().splitlines()
+    label, bag, value, rest = rows[0].split(",", 3)
+    edited = tmp_path / "edited" / "musk1.csv"
+    edited.parent.mkdir()
+    edited.write_text("\n".join([f"{label},{bag},{float(value) + 1},{rest}", *rows[1:]]) + "\n")
+    second = stores_dir / f"musk1_{ids[1]}.zarr"
+    kept = (second / "zarr.json").stat().st_mtime_ns
+    convert_mil_csv(edited, tmp_path / "musk1")
+    assert read_features(first, MIL_ENCODER)[0, 0] == np.float32(float(value) + 1)
+    assert (second / "zarr.json").stat().st_mtime_ns == kept
 
 
 def test_bad_csv_is_a_clear_error(tmp_path: Path) -> None:

@@ -40,13 +40,14 @@ def _make_stores(slide_path: Path, out: Path, n_bands: int = 6) -> tuple[Path, P
         ys = np.arange(0, height - TILE + 1, TILE)
         grid = np.array([(x, y) for y in ys for x in xs], dtype=np.int64)
         feats = np.stack([_colour_features(slide.read_region((int(x), int(y)), 0, (TILE, TILE))) for x, y in grid])
+        identity = slide.identity()  # what `tile` records: heatmaps check they draw over this very file
     bands = np.array_split(np.arange(len(grid)), n_bands)
     stores = out / "stores"
     rows = ["slide_id,label"]
     for i, rows_i in enumerate(bands):
         sid = f"cmu_band{i}"
         attrs = {
-            "slide": {"id": sid, "path": str(slide_path), "width": width, "height": height},
+            "slide": {"id": sid, "path": str(slide_path), "width": width, "height": height, "identity": identity},
             "tiling": {"tile_size": TILE, "tile_size_level0": TILE, "stride_level0": TILE, "n_tiles": len(rows_i)},
             "mask": {},
             "config": {"target_mpp": 0.5},
@@ -388,7 +389,8 @@ def test_a_bad_store_fails_alone(trained: tuple[Path, Path], tmp_path: Path) -> 
 
     checkpoint, stores = trained
     bad = tmp_path / "more" / "bad.zarr"
-    write_tile_store(bad, np.zeros((3, 2)), np.ones(3), {"slide": {"id": "bad", "path": None}, "tiling": {}})
+    tiling = {"tile_size": TILE, "tile_size_level0": TILE}  # tiled as the training stores were
+    write_tile_store(bad, np.zeros((3, 2)), np.ones(3), {"slide": {"id": "bad", "path": None}, "tiling": tiling})
     with FeatureWriter(bad, "uni", 3, 8) as writer:
         writer.write(0, np.zeros((3, 8)))
     out = tmp_path / "pred"
@@ -419,8 +421,13 @@ def test_re_embedded_store_is_predicted_again(trained: tuple[Path, Path], tmp_pa
     predict_slides(checkpoint, [store], out, FAST)
     n = int(read_slide_result(out, "cmu_band3")["n_tiles"])
     feats = np.asarray(zarr.open_array(str(store / "features" / ENCODER))[...])
-    group = zarr.open_group(str(store / "features"), mode="a")
-    group[ENCODER].attrs["wsi_pipeline"] = {**group[ENCODER].attrs["wsi_pipeline"], "created": "later"}
+    # Re-embedded to the very same embeddings: the same fingerprint, nothing to redo.
+    with FeatureWriter(store, ENCODER, len(feats), feats.shape[1], attrs={"encoder": ENCODER}) as writer:
+        writer.write(0, feats)
+    assert predict_slides(checkpoint, [store], out, FAST).records[0].status == "skipped"
+    # Re-embedded to other embeddings (another encoder run): predicted again.
+    with FeatureWriter(store, ENCODER, len(feats), feats.shape[1], attrs={"encoder": ENCODER}) as writer:
+        writer.write(0, feats[::-1])
     assert predict_slides(checkpoint, [store], out, FAST).records[0].status == "ok"
     assert predict_slides(checkpoint, [store], out, FAST).records[0].status == "skipped"
     shutil.rmtree(store / "scores")  # scores lost (e.g. a copied store): redone

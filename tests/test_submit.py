@@ -636,6 +636,7 @@ def test_stage_scripts_build_the_cli_call_from_the_environment(
         str(config),
         "--device",
         "cpu",
+        "--overwrite",  # `submit --overwrite` retrains the run folder too: its folds came from the old stores
     ]
     predict = _script_argv("predict", {**env, "WSI_CHECKPOINT": "/m/best.pt", "SLURM_ARRAY_TASK_ID": "3"}, fake_cli)
     assert predict[1:] == [

@@ -43,7 +43,7 @@ def test_options_reach_the_library(calls: list[dict], tmp_path: Path) -> None:
     assert (cfg.target_mpp, cfg.tile_size, cfg.stride, cfg.min_tissue, cfg.edge) == (0.25, 256, 128, 0.3, "pad")
     assert cfg.mask.pen_filter is True
     assert call["shard"] == Shard(1, 2) and call["overwrite"] is True
-    assert [(e.slide_id, e.mpp) for e in call["entries"]] == [("a", 0.5), ("b", 0.5)]
+    assert [(e.slide_id, e.mpp, e.default_mpp) for e in call["entries"]] == [("a", None, 0.5), ("b", None, 0.5)]
 
 
 def test_config_preset_and_slurm_shard(calls: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

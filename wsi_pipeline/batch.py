@@ -340,6 +340,15 @@ def read_manifest(out_dir: Path, stage: str) -> list[SlideRecord]:
 
 
 # --------------------------------------------------------------------------------------------- the loop
+@dataclass(frozen=True)
+class Done:
+    """What a stage's ``process`` may return instead of a bare tile count: the count and a note for the manifest's
+    reason column (e.g. a ``--slide-mpp`` that the slide's own resolution overruled)."""
+
+    n_tiles: int | None
+    note: str = ""
+
+
 class SlideItem(Protocol):
     slide_id: str
     path: Any
@@ -523,10 +532,11 @@ class SlideBatch:
         lock.release()
         return round(time.perf_counter() - start, 3)
 
-    def finish(self, item: SlideItem, n_tiles: int | None = None) -> None:
-        """``item``'s outputs are committed: release its lock and record it ok."""
+    def finish(self, item: SlideItem, n_tiles: int | None = None, note: str = "") -> None:
+        """``item``'s outputs are committed: release its lock and record it ok (with ``note`` in the reason column,
+        e.g. a ``--slide-mpp`` the slide's own resolution overruled)."""
         seconds = self._settle(item)
-        self.record(item, "ok", n_tiles=n_tiles, seconds=seconds)
+        self.record(item, "ok", n_tiles=n_tiles, seconds=seconds, error=note)
 
     def fail(self, item: SlideItem, err: BaseException) -> None:
         """``item`` failed (nothing of it was committed): release its lock and record the one-line reason."""
@@ -544,7 +554,7 @@ class SlideBatch:
 
 def run_slide_batch(
     items: Sequence[SlideItem],
-    process: Callable[[SlideItem, SlideLock], int | None],
+    process: Callable[[SlideItem, SlideLock], int | Done | None],
     *,
     stage: str,
     out_dir: Path,
@@ -556,10 +566,10 @@ def run_slide_batch(
 ) -> BatchResult:
     """Run ``process(item, lock)`` for each item of this shard, recording one manifest line per slide.
 
-    ``process`` returns the number of tiles (or None) and raises on failure; it must write its outputs
-    atomically. ``SlideError`` and any other ``Exception`` become a failed record and the batch goes on;
-    ``KeyboardInterrupt`` stops the batch (the slide's lock is released and its partial output stays temporary);
-    so does SIGTERM, which Slurm sends on ``scancel``, at the time limit and on preemption.
+    ``process`` returns the number of tiles (or None, or a ``Done`` with a note) and raises on failure; it must
+    write its outputs atomically. ``SlideError`` and any other ``Exception`` become a failed record and the batch
+    goes on; ``KeyboardInterrupt`` stops the batch (the slide's lock is released and its partial output stays
+    temporary); so does SIGTERM, which Slurm sends on ``scancel``, at the time limit and on preemption.
     A slide locked by a live process elsewhere is recorded as skipped.
     """
     with SlideBatch(
@@ -577,11 +587,12 @@ def run_slide_batch(
             if lock is None:
                 continue
             try:
-                n_tiles = process(item, lock)
+                outcome = process(item, lock)
             except Exception as err:  # noqa: BLE001 - a bad slide must never stop the batch
                 batch.fail(item, err)
             else:
-                batch.finish(item, n_tiles=n_tiles)
+                done = outcome if isinstance(outcome, Done) else Done(outcome)
+                batch.finish(item, n_tiles=done.n_tiles, note=done.note)
     return batch.result()
 
 
@@ -600,4 +611,4 @@ def temporary_then_rename(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
-__all__ += ["temporary_then_rename", "one_line", "MANIFEST_COLUMNS", "STALE_AFTER_S", "SlideBatch", "pid_alive"]
+__all__ += ["temporary_then_rename", "one_line", "MANIFEST_COLUMNS", "STALE_AFTER_S", "SlideBatch", "pid_alive", "Done"]

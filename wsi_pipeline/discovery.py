@@ -14,9 +14,10 @@ DICOM
 MIRAX
     ``.mrxs`` files are slides; their companion data folders (same name without the suffix) are never searched.
 Resolution
-    ``mpp`` of an entry is an override: a manifest's ``mpp`` column or the ``mpp_csv`` row for the slide (matched by
-    slide id, file name or path) win over ``slide_mpp`` (one value for the whole run); None means "read it from the
-    slide".
+    ``mpp`` of an entry is a per-slide override of the slide's own metadata: a manifest's ``mpp`` column, else the
+    ``mpp_csv`` row for the slide (matched by slide id, file name or path). ``default_mpp`` is ``slide_mpp`` (one
+    value for the whole run): it is used only for slides whose metadata states no resolution, so a batch-wide value
+    never silently rescales a slide that knows its own (``Slide.mpp_note`` says when they disagree).
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .slide import Slide
 
 __all__ = ["SlideEntry", "discover_slides", "read_mpp_csv", "SLIDE_EXTENSIONS"]
 
@@ -52,11 +57,19 @@ SLIDE_EXTENSIONS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class SlideEntry:
-    """One slide to process: its stable id, its file, and an optional mpp override."""
+    """One slide to process: its stable id, its file, an optional per-slide mpp override and the run's default
+    mpp for slides without one of their own (``--slide-mpp``)."""
 
     slide_id: str
     path: Path
     mpp: float | None = None
+    default_mpp: float | None = None
+
+    def open(self) -> Slide:
+        """The ``Slide`` of this entry (lazily opened), with its id and resolution settings."""
+        from .slide import Slide
+
+        return Slide(self.path, mpp=self.mpp, slide_id=self.slide_id, default_mpp=self.default_mpp)
 
 
 def _clean_id(text: str) -> str:
@@ -198,7 +211,7 @@ def discover_slides(
     mpp_csv
         CSV ``slide,mpp`` of per-slide resolutions (key: slide id, file name or path).
     slide_mpp
-        One resolution for every slide without a per-slide value.
+        The resolution of slides that state none in their metadata and have no per-slide value.
 
     Returns
     -------
@@ -265,7 +278,7 @@ def discover_slides(
         if mpp is None:
             keys = (slide_id, path.name, str(path), str(path.resolve()))
             mpp = next((per_slide[k] for k in keys if k in per_slide), None)
-        entries.append(SlideEntry(slide_id, path, mpp if mpp is not None else slide_mpp))
+        entries.append(SlideEntry(slide_id, path, mpp, slide_mpp))
     matched = {e.slide_id for e in entries} | {e.path.name for e in entries} | {str(e.path) for e in entries}
     matched |= {str(e.path.resolve()) for e in entries}
     unknown = sorted(set(per_slide) - matched)

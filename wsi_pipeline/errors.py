@@ -21,6 +21,7 @@ __all__ = [
     "EncoderError",
     "WeightsError",
     "CheckpointError",
+    "RunMismatchError",
     "LockedError",
 ]
 
@@ -79,6 +80,10 @@ class WeightsError(WsiPipelineError):
 
 class CheckpointError(WsiPipelineError):
     """A checkpoint is unreadable or does not fit the data it is applied to."""
+
+
+class RunMismatchError(WsiPipelineError):
+    """A training run folder holds a run of other settings, labels, slides or features than the ones asked for."""
 
 
 class LockedError(WsiPipelineError):

@@ -14,6 +14,7 @@ slides.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -25,7 +26,14 @@ import numpy as np
 
 from .batch import atomic_write_text, remove_path
 from .errors import ConfigError
-from .store import FeatureWriter, has_features, store_path, write_instance_labels, write_tile_store
+from .store import (
+    FeatureWriter,
+    features_attrs,
+    has_features,
+    store_path,
+    write_instance_labels,
+    write_tile_store,
+)
 
 __all__ = ["MIL_ENCODER", "read_mil_csv", "convert_mil_csv", "DigitBagsConfig", "make_digit_bags"]
 
@@ -99,13 +107,22 @@ def convert_mil_csv(
     source = {"source": "mil-benchmark-csv", "csv": str(csv_path.resolve())}
     for bag_id in bag_ids:
         path = store_path(stores_dir, f"{name}_{bag_id}")
-        if not overwrite and has_features(path, MIL_ENCODER):
-            continue
+        if not overwrite and _same_bag(path, bags[bag_id]):
+            continue  # converted before from these very rows
         _write_bag_store(path, bags[bag_id], {**source, "bag_id": bag_id})
     labels_csv = _write_labels_csv(out_dir, [f"{name}_{b}" for b in bag_ids], y)
     dim = next(iter(bags.values())).shape[1]
     log.info("%s: %d bags (%d positive), D=%d -> %s", csv_path, len(bag_ids), int(y.sum()), dim, stores_dir)
     return stores_dir, labels_csv
+
+
+def _same_bag(path: Path, feats: np.ndarray) -> bool:
+    """Whether ``path`` holds these very features already (its recorded embeddings' sha256): a CSV whose rows
+    changed is converted again, whatever its bag ids."""
+    if not has_features(path, MIL_ENCODER):
+        return False
+    digest = hashlib.sha256(np.ascontiguousarray(feats, dtype=np.float32).tobytes()).hexdigest()
+    return (features_attrs(path, MIL_ENCODER) or {}).get("content_sha256") == digest
 
 
 def _write_bag_store(

@@ -38,17 +38,32 @@ _PLAUSIBLE_MPP = (0.05, 50.0)
 _READ_CHUNK = 4096  # level pixels per side of each region read when building a downsampled picture
 
 
-def resolve_mpp(properties: dict[str, str], override: float | None = None) -> tuple[float | None, str]:
+def resolve_mpp(
+    properties: dict[str, str], override: float | None = None, default: float | None = None
+) -> tuple[float | None, str]:
     """The slide's microns per pixel and where it came from, or ``(None, reason)``.
 
-    Order: an explicit override, OpenSlide's ``openslide.mpp-x/y`` (which covers Aperio, Hamamatsu, MIRAX, DICOM,
-    Leica and TIFF resolution tags), then vendor keys OpenSlide may leave unparsed. TIFF resolutions that are
-    writer defaults (72/96 dpi) or outside a plausible microscope range are refused.
+    Order: an explicit per-slide override, OpenSlide's ``openslide.mpp-x/y`` (which covers Aperio, Hamamatsu,
+    MIRAX, DICOM, Leica and TIFF resolution tags), then vendor keys OpenSlide may leave unparsed, then ``default``
+    (``--slide-mpp``: one value for the slides that state none). TIFF resolutions that are writer defaults
+    (72/96 dpi) or outside a plausible microscope range are refused.
     """
     if override is not None:
-        if not _PLAUSIBLE_MPP[0] <= override <= _PLAUSIBLE_MPP[1]:
-            raise MissingMppError(f"mpp override {override} is outside {_PLAUSIBLE_MPP}; give microns per pixel")
-        return float(override), "override"
+        return _checked(override, "override"), "override"
+    value, source = _metadata_mpp(properties)
+    if value is None and default is not None:
+        return _checked(default, "--slide-mpp"), "slide_mpp"
+    return value, source
+
+
+def _checked(mpp: float, what: str) -> float:
+    if not _PLAUSIBLE_MPP[0] <= mpp <= _PLAUSIBLE_MPP[1]:
+        raise MissingMppError(f"{what} {mpp} is outside {_PLAUSIBLE_MPP}; give microns per pixel")
+    return float(mpp)
+
+
+def _metadata_mpp(properties: dict[str, str]) -> tuple[float | None, str]:
+    """The resolution the slide states itself, or ``(None, why not)``."""
     candidates = [
         ("openslide.mpp-x", properties.get("openslide.mpp-x")),
         ("aperio.MPP", properties.get("aperio.MPP")),
@@ -96,12 +111,22 @@ class Slide:
         Microns per pixel at level 0 to use instead of the slide's own metadata.
     slide_id
         Stable identifier used in output names; defaults to the file stem.
+    default_mpp
+        Microns per pixel for a slide whose metadata states none (``--slide-mpp``); the slide's own value wins.
     """
 
-    def __init__(self, path: str | Path, *, mpp: float | None = None, slide_id: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        mpp: float | None = None,
+        slide_id: str | None = None,
+        default_mpp: float | None = None,
+    ) -> None:
         self.path = Path(path)
         self.slide_id = slide_id or self.path.stem
         self._mpp_override = mpp
+        self._default_mpp = default_mpp
         self._osr: openslide.OpenSlide | FlatImage | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -168,7 +193,37 @@ class Slide:
 
     def mpp_info(self) -> tuple[float | None, str]:
         """``(mpp, source)``, with ``mpp`` None (and the reason in ``source``) when unknown."""
-        return resolve_mpp(self.properties, self._mpp_override)
+        return resolve_mpp(self.properties, self._mpp_override, self._default_mpp)
+
+    def mpp_note(self) -> str:
+        """Why ``default_mpp`` (``--slide-mpp``) was not used, when it contradicts the slide's own resolution by
+        more than 10% (one of the two is wrong: the user should know); empty otherwise."""
+        if self._default_mpp is None or self._mpp_override is not None:
+            return ""
+        own, source = _metadata_mpp(self.properties)
+        if own is None or abs(self._default_mpp - own) <= 0.1 * own:
+            return ""
+        return (
+            f"{self.path}: --slide-mpp {self._default_mpp:g} ignored, the slide states {own:.4g} um/px ({source}); "
+            "to override a slide's own resolution give it its own value (--mpp-csv or a manifest mpp column)"
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """Path-independent facts that tell this slide from any other, cheap to read: size in bytes, level-0
+        dimensions, vendor, level count, a hash of the properties and of the file's first and last 64 KiB. A moved
+        or copied slide keeps its identity; a replaced or re-scanned one does not."""
+        from .provenance import fingerprint, head_tail_sha256
+
+        width, height = self.dimensions
+        return {
+            "bytes": self.path.stat().st_size,
+            "width": width,
+            "height": height,
+            "vendor": self.vendor,
+            "level_count": self.level_count,
+            "properties_sha256": fingerprint(self.properties),
+            "head_tail_sha256": head_tail_sha256(self.path),
+        }
 
     @property
     def mpp(self) -> float:
@@ -209,11 +264,12 @@ class Slide:
             "level_dimensions": [list(d) for d in self.level_dimensions],
             "level_downsamples": self.level_downsamples,
             "objective_power": self.osr.properties.get("openslide.objective-power"),
+            "identity": self.identity(),
         }
 
     def _mpp_y(self, mpp_x: float | None, source: str) -> float | None:
         # Pixels are square for every scanner we know; record mpp-y when the slide states its own.
-        if mpp_x is None or source == "override":
+        if mpp_x is None or source in ("override", "slide_mpp"):
             return mpp_x
         try:
             return float(self.osr.properties["openslide.mpp-y"])

@@ -15,6 +15,9 @@ Layout (``LAYOUT_VERSION = 1``)::
                                               fields, kernel sizes in mask px, tissue_fraction}
                                      config: the full tile config that made the store
                                      signature: the config minus qc; a re-run with another one is refused
+                                     fingerprint: {tiles, coords_sha256}: ``provenance.tiles_fingerprint`` of the
+                                              slide's identity (slide.identity), its mpp, the coordinates and
+                                              how tiles are read; what every array below was made from
       Tile i is read as slide.read_region(coords[i], tiling.read_level, (read_size, read_size)) and resized to
       tile_size: read_size = round(tile_size_level0 / level_downsamples[read_level]), tile_size_level0 =
       tile_size * target_mpp / slide.mpp (a float; the read square is exact to half a read-level pixel).
@@ -22,7 +25,8 @@ Layout (``LAYOUT_VERSION = 1``)::
       tissue_fraction   float32 (N,)    fraction of each tile covered by the tissue mask
       features/<encoder> float16 (N, D) patch embeddings, one array per encoder; attrs: encoder preset, timm name,
                                         weights source and sha256, precision, input size, mean/std, package version,
-                                        complete: true
+                                        signature (the settings that change embeddings), content_sha256,
+                                        fingerprint {sha256, tiles}, complete: true
       scores/<run_name>  float32 (N,)   per-tile attention written by ``predict``; attrs: checkpoint, model, ...
       instance_labels    int16 (N,)     optional ground truth per tile: 0 = negative (no key instance / outside every
                                         annotation), k >= 1 = class k, -1 = unknown; attrs: classes (name of each
@@ -35,7 +39,11 @@ crash never leaves anything that looks finished. ``is_complete`` and ``has_featu
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import shutil
 import socket
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -46,8 +54,9 @@ import numpy as np
 import zarr
 
 from . import __version__
-from .batch import atomic_path, remove_path
+from .batch import atomic_path, atomic_write_text, remove_path
 from .errors import MissingPrerequisiteError, StoreError
+from .provenance import features_fingerprint, tiles_fingerprint
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -59,6 +68,10 @@ __all__ = [
     "is_complete",
     "provenance",
     "write_tile_store",
+    "update_store_attrs",
+    "store_fingerprint",
+    "features_attrs",
+    "features_fingerprint_of",
     "open_store",
     "read_attrs",
     "read_coords",
@@ -73,6 +86,8 @@ __all__ = [
     "read_instance_labels",
     "read_instance_labels_attrs",
 ]
+
+log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 1
 STORE_SUFFIX = ".zarr"
@@ -146,16 +161,83 @@ def require_stores(stores_dir: str | Path) -> list[Path]:
     )
 
 
+_TILE_READ_KEYS = ("tile_size", "target_mpp", "read_level", "read_size", "tile_size_level0")
+_KEPT_ARRAYS = (FEATURES, SCORES, INSTANCE_LABELS)  # what a re-tiled store keeps when its tiles did not change
+
+
+def _tiles_fingerprint(coords: np.ndarray, attrs: Mapping[str, Any]) -> dict[str, str]:
+    slide, tiling = dict(attrs.get("slide") or {}), dict(attrs.get("tiling") or {})
+    # Slides made by `tile` have an identity; bags converted from tables have only an id (their content is hashed
+    # with their features).
+    identity = slide.get("identity") or {"id": slide.get("id")}
+    coords_sha = hashlib.sha256(np.ascontiguousarray(coords, dtype="<i8").tobytes()).hexdigest()
+    read = {key: tiling.get(key) for key in _TILE_READ_KEYS}
+    return {"tiles": tiles_fingerprint(identity, slide.get("mpp"), coords_sha, read), "coords_sha256": coords_sha}
+
+
+def store_fingerprint(path: str | Path) -> str | None:
+    """The tiles fingerprint of a finished store (None for stores made before fingerprints were recorded)."""
+    return (_read_json_attrs(Path(path) / "zarr.json").get("fingerprint") or {}).get("tiles")
+
+
+def _read_json_attrs(meta: Path) -> dict[str, Any]:
+    """The attributes of a zarr v3 node from its ``zarr.json`` (one small read, no zarr machinery)."""
+    try:
+        return json.loads(meta.read_text()).get("attributes") or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def update_store_attrs(path: str | Path, updates: Mapping[str, Any]) -> None:
+    """Replace top-level attribute sections of a finished store in one atomic rewrite of its ``zarr.json`` (e.g.
+    ``slide`` when the slide file moved): readers see the old or the new metadata, never half of it."""
+    meta = Path(path) / "zarr.json"
+    data = json.loads(meta.read_text())
+    data["attributes"] = {**(data.get("attributes") or {}), **dict(updates)}
+    atomic_write_text(meta, json.dumps(data, indent=2))
+
+
+def _keep_arrays(old: Path, new: Path) -> list[str]:
+    """Copy the finished arrays added after tiling (features, scores, instance labels) of store ``old`` into
+    ``new``: its tiles are the same, so they still describe them. Returns what was kept."""
+    kept = []
+    for name in _KEPT_ARRAYS:
+        source = old / name
+        if not source.is_dir():
+            continue
+        if name == INSTANCE_LABELS:
+            if _read_json_attrs(source / "zarr.json").get("complete"):
+                shutil.copytree(source, new / name)
+                kept.append(name)
+            continue
+        (new / name).mkdir(exist_ok=True)
+        if (source / "zarr.json").is_file():
+            shutil.copy2(source / "zarr.json", new / name / "zarr.json")
+        for child in sorted(source.iterdir()):
+            if (
+                child.is_dir()
+                and not child.name.startswith(".")
+                and _read_json_attrs(child / "zarr.json").get("complete")
+            ):
+                shutil.copytree(child, new / name / child.name)
+                kept.append(f"{name}/{child.name}")
+    return kept
+
+
 def write_tile_store(
     final: str | Path,
     coords: np.ndarray,
     tissue_fraction: np.ndarray,
     attrs: Mapping[str, Any],
+    *,
+    keep_arrays: bool = False,
 ) -> Path:
     """Write a new tile store atomically (temporary folder, then rename over ``final``).
 
-    ``attrs`` holds the ``slide``, ``tiling``, ``mask`` and ``config`` sections; ``wsi_pipeline`` provenance is
-    added here, with ``complete: true`` written last.
+    ``attrs`` holds the ``slide``, ``tiling``, ``mask`` and ``config`` sections; the tiles' ``fingerprint`` and
+    ``wsi_pipeline`` provenance are added here, with ``complete: true`` written last. With ``keep_arrays``, a
+    finished store already at ``final`` whose tiles fingerprint is the new one gives its features, scores and
+    instance labels to the new store (they describe the same tiles); any other store's arrays are dropped with it.
     """
     final = Path(final)
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
@@ -172,7 +254,14 @@ def write_tile_store(
         group.create_array("tissue_fraction", shape=tissue_fraction.shape, dtype="float32", chunks=(n,))[...] = (
             tissue_fraction
         )
-        group.attrs.update({**dict(attrs), "wsi_pipeline": {**provenance(), "complete": False}})
+        fingerprint = _tiles_fingerprint(coords, attrs)
+        group.attrs.update(
+            {**dict(attrs), "fingerprint": fingerprint, "wsi_pipeline": {**provenance(), "complete": False}}
+        )
+        if keep_arrays and is_complete(final) and store_fingerprint(final) == fingerprint["tiles"]:
+            kept = _keep_arrays(final, tmp)
+            if kept:
+                log.info("%s: tiles unchanged, kept %s", final, ", ".join(kept))
         group.attrs["wsi_pipeline"] = {**group.attrs["wsi_pipeline"], "complete": True}
         remove_path(final)
         os.replace(tmp, final)
@@ -262,16 +351,43 @@ class FeatureWriter:
         rows = _rows_per_chunk(n_tiles, dim * np.dtype(dtype).itemsize)
         self.array = group.create_array(self.tmp_name, shape=(n_tiles, dim), dtype=dtype, chunks=(rows, dim))
         self.written = 0
+        # The embeddings' sha256, taken as they are written in order (else read back at commit).
+        self._digest: Any = hashlib.sha256()
+        self._hashed = 0
 
     def write(self, start: int, block: np.ndarray) -> None:
         self.array[start : start + len(block)] = block
         self.written += len(block)
+        if self._digest is not None and start == self._hashed:
+            self._digest.update(np.ascontiguousarray(block, dtype=self.array.dtype).tobytes())
+            self._hashed += len(block)
+        else:
+            self._digest = None
+
+    def _content_sha256(self) -> str:
+        if self._digest is not None and self._hashed == self.n_tiles:
+            return self._digest.hexdigest()
+        return hashlib.sha256(np.ascontiguousarray(self.array[...]).tobytes()).hexdigest()
 
     def commit(self) -> Path:
         if self.written != self.n_tiles:
             raise StoreError(f"{self.store}: wrote {self.written} of {self.n_tiles} embeddings; not committing")
+        content = self._content_sha256()
+        tiles = store_fingerprint(self.store)
+        settings = self.attrs.get("signature")
+        if settings is None:  # arrays written outside `embed` (converted bags): every attribute counts
+            settings = {k: v for k, v in self.attrs.items() if k not in ("config", "device", "package_version")}
+        fingerprint = {"sha256": features_fingerprint(tiles, settings, content), "tiles": tiles}
         # One metadata write (``attrs.update`` rewrites zarr.json once per key: ~25 writes per slide).
-        self.array.update_attributes({**self.attrs, "wsi_pipeline": provenance(), "complete": True})
+        self.array.update_attributes(
+            {
+                **self.attrs,
+                "content_sha256": content,
+                "fingerprint": fingerprint,
+                "wsi_pipeline": provenance(),
+                "complete": True,
+            }
+        )
         remove_path(self.final)
         os.replace(self.store / FEATURES / self.tmp_name, self.final)
         return self.final
@@ -287,6 +403,18 @@ class FeatureWriter:
             self.commit()
         else:
             self.abort()
+
+
+def features_attrs(store: str | Path, encoder: str) -> dict[str, Any] | None:
+    """The attributes of ``features/<encoder>`` (one small file read), or None when there is no such array."""
+    meta = Path(store) / FEATURES / encoder / "zarr.json"
+    return _read_json_attrs(meta) if meta.is_file() else None
+
+
+def features_fingerprint_of(store: str | Path, encoder: str) -> str | None:
+    """The fingerprint of a finished ``features/<encoder>`` (None when missing or made before fingerprints)."""
+    attrs = features_attrs(store, encoder) or {}
+    return (attrs.get("fingerprint") or {}).get("sha256") if attrs.get("complete") else None
 
 
 def write_scores(store: str | Path, name: str, scores: np.ndarray, attrs: Mapping[str, Any] | None = None) -> Path:

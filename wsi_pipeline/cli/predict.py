@@ -30,7 +30,11 @@ def predict(
     ],
     inputs: Annotated[
         list[Path],
-        typer.Argument(metavar="INPUTS", help="Folders of stores, stores, CSVs slide_id,store, or slide files."),
+        typer.Argument(
+            metavar="INPUTS",
+            help="Folders of stores, stores, CSVs slide_id,store; or slide files, folders of slides, slide manifests "
+            "(CSV path[,slide_id,mpp]) as `tile` takes them.",
+        ),
     ],
     out: OutDirOpt,
     fold: Annotated[int | None, typer.Option("--fold", help="With a run folder: use only this fold's model.")] = None,
@@ -40,6 +44,22 @@ def predict(
         str | None, typer.Option("--scaling", help="Heatmap colour scaling: rank, percentile or linear.")
     ] = None,
     device: DeviceOpt = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            "--weights",
+            "-w",
+            help="Slide files only: the encoder weights file (its sha256 must be the one the checkpoint's features "
+            "record; default: where they record it).",
+        ),
+    ] = None,
+    slide_mpp: Annotated[
+        float | None,
+        typer.Option("--slide-mpp", help="Slide files only: level-0 um/px of slides whose metadata states none."),
+    ] = None,
+    mpp_csv: Annotated[
+        Path | None, typer.Option("--mpp-csv", help="Slide files only: CSV with columns slide,mpp (per-slide um/px).")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     shard: ShardOpt = None,
@@ -53,7 +73,15 @@ def predict(
     """
     from ..predict import PredictConfig, predict_slides
 
-    options = {"top_k": top_k, "heatmaps": heatmaps, "scaling": scaling, "device": device}
+    options = {
+        "top_k": top_k,
+        "heatmaps": heatmaps,
+        "scaling": scaling,
+        "device": device,
+        "weights": weights,
+        "slide_mpp": slide_mpp,
+        "mpp_csv": mpp_csv,
+    }
     cfg = load_config(PredictConfig, "predict", config, merge_overrides(options, parse_set_overrides(set_)))
     chosen_shard = resolve_shard(shard)
     with slide_progress(console, "predict", None) as on_record:

@@ -40,7 +40,12 @@ def tile(
         float | None, typer.Option("--min-tissue", help="Keep tiles with at least this tissue fraction (0-1).")
     ] = None,
     slide_mpp: Annotated[
-        float | None, typer.Option("--slide-mpp", help="Level-0 um/px for slides without (or with wrong) metadata.")
+        float | None,
+        typer.Option(
+            "--slide-mpp",
+            help="Level-0 um/px of slides whose metadata states none (a slide's own value wins; to correct it, give "
+            "that slide its own value with --mpp-csv or a manifest mpp column).",
+        ),
     ] = None,
     mpp_csv: Annotated[
         Path | None, typer.Option("--mpp-csv", help="CSV with columns slide,mpp: per-slide level-0 um/px.")

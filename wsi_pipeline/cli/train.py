@@ -50,7 +50,12 @@ def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Retrain folds already trained in this run folder (default: keep them).")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Retrain the run folder from scratch (default: resume it when its settings and data are the same; "
+            "refuse, saying what changed, when they are not).",
+        ),
     ] = False,
     list_models_: Annotated[
         bool,

@@ -17,6 +17,7 @@ from ._embed import (
     features_view,
 )
 from ._reader import TileReader, TileRef, encoder_view, to_model_input
+from ._reuse import features_changes
 from ._runtime import EmbedRuntime, load_encoder, resolve_device, resolve_num_workers, resolve_precision
 from ._stream import SlideJob, TileStream
 
@@ -32,6 +33,7 @@ __all__ = [
     "embed_stage_name",
     "embed_stores",
     "encoder_view",
+    "features_changes",
     "features_signature",
     "features_view",
     "load_encoder",

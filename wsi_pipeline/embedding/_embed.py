@@ -6,7 +6,9 @@ embedding lands. ``embed_slide`` streams a single store the same way.
 
 A slide is skipped only when its array is complete and was made the same way: the array records a ``signature``
 (encoder architecture, weights' sha256, input size, resize rule, normalisation, precision, stored dtype, how tiles
-are read); a complete array with another signature fails its slide with what differs, unless ``overwrite``.
+are read) and the tiles fingerprint of its store; a complete array made otherwise fails its slide with what differs
+(``features_changes``), unless ``overwrite``. A store whose slide file is no longer the one it was tiled from (a
+replaced file) fails its slide before any tile is read.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from ..batch import BatchResult, Shard, SlideBatch, SlideRecord
 from ..config import config_to_dict
 from ..encoders import Encoder
 from ..errors import SlideError, StoreError, StoreMismatchError
-from ..store import list_stores, open_store, slide_id_from_store
-from ..tiling import TileView, tile_read_params
+from ..store import features_attrs, list_stores, open_store, slide_id_from_store
+from ..tiling import TileView, check_store_slide, tile_read_params
 from ._config import EmbedConfig
+from ._reuse import features_changes
 from ._runtime import EmbedRuntime, load_encoder
 from ._stream import SlideJob, TileStream
 
@@ -83,53 +86,27 @@ def features_signature(runtime: EmbedRuntime) -> dict[str, Any]:
     return json.loads(json.dumps(signature))  # as stored: tuples become lists
 
 
-def _features_attrs(store: Path, enc_name: str) -> dict[str, Any] | None:
-    """The attrs of ``features/<enc_name>`` (one small file read), or None when there is no such array."""
-    try:
-        meta = json.loads((store / "features" / enc_name / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta.get("attributes") or {}
-
-
-def _signature_diffs(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    old = stored.get("signature")
-    if not isinstance(old, dict):
-        made_by = (stored.get("wsi_pipeline") or {}).get("package_version", "an older version")
-        return [f"made by wsi-pipeline {made_by}, which resized tiles differently and recorded no signature"]
-    diffs = []
-    for key in sorted(set(old) | set(wanted)):
-        if old.get(key) != wanted.get(key):
-            a, b = old.get(key), wanted.get(key)
-            simple = not isinstance(a, (dict, list)) and not isinstance(b, (dict, list))
-            diffs.append(f"{key} {a} -> {b}" if simple else key)
-    return diffs
-
-
 def features_view(store: str | Path, enc_name: str) -> TileView | None:
     """How the tiles of ``store``'s ``features/<enc_name>`` were read (the encoder's view, for ``read_tile``), or
     None when the store has no such array or it records no input size (bags made outside ``embed``)."""
-    attrs = _features_attrs(Path(store), enc_name)
+    attrs = features_attrs(Path(store), enc_name)
     return TileView.from_attrs(attrs) if attrs and "input_size" in attrs else None
 
 
 def _is_done(store: Path, enc_name: str, signature: dict[str, Any]) -> bool:
-    attrs = _features_attrs(store, enc_name)
-    return bool(attrs and attrs.get("complete") and not _signature_diffs(attrs, signature))
+    return features_changes(store, enc_name, signature) == []
 
 
 def _open_job(number: int, store: Path, runtime: EmbedRuntime, *, check: dict[str, Any] | None = None) -> SlideJob:
     """A ``SlideJob`` for ``store``; with ``check`` (a signature), a complete array made otherwise is refused."""
     enc_name = runtime.encoder.enc_name
     if check is not None:
-        existing = _features_attrs(store, enc_name)
-        if existing and existing.get("complete"):
-            diffs = _signature_diffs(existing, check)
-            if diffs:
-                raise StoreMismatchError(
-                    f"{store}: features/{enc_name} were made with other settings ({'; '.join(diffs)}); "
-                    "use --overwrite to redo them"
-                )
+        diffs = features_changes(store, enc_name, check, runtime.encoder.weights.to_dict())
+        if diffs:
+            raise StoreMismatchError(
+                f"{store}: features/{enc_name} were made with other settings ({'; '.join(diffs)}); use --overwrite to "
+                "redo them"
+            )
     try:
         group = open_store(store)  # a StoreError names the command that makes it
         attrs = group.attrs.asdict()
@@ -144,7 +121,8 @@ def _open_job(number: int, store: Path, runtime: EmbedRuntime, *, check: dict[st
         ) from err
     except OSError as err:  # a vanished or unreadable store behaves like a bad slide
         raise SlideError(f"{store}: {err}") from err
-    features_attrs = {
+    check_store_slide(store)  # never embed another file's pixels under this store's name
+    array_attrs = {
         **runtime.encoder.attrs(),
         "precision": runtime.precision,
         "device": runtime.device.type,
@@ -156,7 +134,7 @@ def _open_job(number: int, store: Path, runtime: EmbedRuntime, *, check: dict[st
         "config": config_to_dict(runtime.config),
         "signature": features_signature(runtime),
     }
-    return SlideJob(number, store, slide_path, tiling, coords, features_attrs)
+    return SlideJob(number, store, slide_path, tiling, coords, array_attrs)
 
 
 def _runtime(encoder: Encoder | EmbedRuntime | None, config: EmbedConfig) -> EmbedRuntime:
@@ -246,7 +224,7 @@ def embed_stores(
 
     All slides stream through one reading pipeline (readers start once per run, batches span slides); each slide
     keeps its own lock, record and atomic commit. Slides whose ``features/<encoder>`` is complete and made the same
-    way are skipped unless ``overwrite``; one made another way (other weights, precision, preprocessing) fails
+    way are skipped unless ``overwrite``; one made another way (other weights, precision, preprocessing, tiles) fails
     with what differs. A slide that cannot be read is recorded as failed (with its reason) and the others go on.
     The manifest is ``<stores_dir>/manifests/embed-<encoder>.csv`` (one file per shard).
 

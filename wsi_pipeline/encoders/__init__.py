@@ -24,6 +24,7 @@ from ._registry import (
 from ._weights import (
     WeightsInfo,
     file_sha256,
+    find_checkpoint_file,
     hub_file,
     load_checkpoint,
     offline_requested,
@@ -45,6 +46,7 @@ __all__ = [
     "enc_name",
     "encoders_markdown",
     "file_sha256",
+    "find_checkpoint_file",
     "get_encoder_config",
     "hub_file",
     "is_encoder",

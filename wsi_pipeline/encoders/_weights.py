@@ -8,7 +8,6 @@ access is requested and the ``--weights PATH`` alternative.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from ..provenance import file_sha256
 
 __all__ = [
     "WeightsInfo",
@@ -58,14 +58,6 @@ def offline_requested(flag: bool = False) -> bool:
     """True when asked explicitly or by ``HF_HUB_OFFLINE`` (the Hugging Face convention)."""
     env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
     return bool(flag) or env in ("1", "true", "yes", "on")
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_checkpoint_file(path: str | Path) -> Path:

@@ -1,8 +1,10 @@
 """What ``predict`` is given: slide stores (folders, single stores, CSVs) and raw slide files, as per-slide items.
 
-Raw slides are tiled and embedded into ``<out>/stores`` one slide at a time, inside predict's own per-slide step
-(under its lock), with the tiling and embedding settings the checkpoint recorded: a shard prepares exactly the slides
-it predicts, whatever other shards are doing.
+Raw slides come in the forms ``tile`` takes (files, folders, CSV manifests with ``path``/``slide`` and optional
+``slide_id``, ``mpp`` columns; ``--slide-mpp``, ``--mpp-csv``). They are tiled and embedded into ``<out>/stores``
+one slide at a time, inside predict's own per-slide step (under its lock), with the tiling and embedding settings
+the checkpoint recorded and the very weights its training features were made with (checked by sha256 before any
+slide is touched): a shard prepares exactly the slides it predicts, whatever other shards are doing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 from ..batch import SlideLock, remove_stale_temporaries
 from ..discovery import SLIDE_EXTENSIONS, SlideEntry, discover_slides
 from ..errors import CheckpointError, ConfigError
-from ..store import STORE_SUFFIX, has_features, is_complete, store_path
+from ..provenance import flatten
+from ..store import STORE_SUFFIX, store_path
 from ..training._splits import resolve_stores
 
 __all__ = ["PredictItem", "collect_items", "SlidePreparer"]
@@ -38,10 +41,27 @@ def _has_slides(folder: Path) -> bool:
     return any(p.suffix.lower() in SLIDE_EXTENSIONS for p in folder.iterdir())
 
 
-def collect_items(inputs: Sequence[str | Path], stores_dir: Path) -> list[PredictItem]:
+def _csv_columns(path: Path) -> set[str]:
+    import csv
+
+    try:
+        with path.open(newline="") as handle:
+            return {c.strip().lower() for c in next(csv.reader(handle), [])}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read this CSV ({err}); check the path") from err
+
+
+def collect_items(
+    inputs: Sequence[str | Path],
+    stores_dir: Path,
+    *,
+    slide_mpp: float | None = None,
+    mpp_csv: str | Path | None = None,
+) -> list[PredictItem]:
     """Items of every input, sorted by slide id: stores (``<id>.zarr``, folders of them, CSVs ``slide_id,store``)
-    and raw slides (files, folders of slides; ids as ``discover_slides`` gives them), whose stores go to
-    ``stores_dir``. Two inputs with the same slide id are a ``ConfigError``."""
+    and raw slides (files, folders of slides, slide manifests ``path[,slide_id,mpp]``; ids and resolutions as
+    ``discover_slides`` gives them with ``slide_mpp`` and ``mpp_csv``), whose stores go to ``stores_dir``. Two
+    inputs with the same slide id are a ``ConfigError``."""
     stores: dict[str, Path] = {}
     raw: list[Path] = []
     for item in map(Path, inputs):
@@ -53,13 +73,17 @@ def collect_items(inputs: Sequence[str | Path], stores_dir: Path) -> list[Predic
             if _has_slides(item):
                 raw.append(item)
         elif item.suffix.lower() == ".csv":
-            stores.update(resolve_stores(item))
+            columns = _csv_columns(item)
+            if "store" not in columns and ("path" in columns or "slide" in columns):
+                raw.append(item)  # a slide manifest, as `tile` takes it
+            else:
+                stores.update(resolve_stores(item))
         elif item.suffix.lower() in SLIDE_EXTENSIONS:
             raw.append(item)
         else:
             raise ConfigError(f"{item}: not a store, a folder of stores or slides, a stores CSV or a slide file")
     items = [PredictItem(sid, path, path) for sid, path in stores.items()]
-    for entry in discover_slides(raw) if raw else []:
+    for entry in discover_slides(raw, slide_mpp=slide_mpp, mpp_csv=mpp_csv) if raw else []:
         if entry.slide_id in stores:
             raise ConfigError(
                 f"{entry.path}: slide id {entry.slide_id!r} is also the store {stores[entry.slide_id]}; "
@@ -69,68 +93,144 @@ def collect_items(inputs: Sequence[str | Path], stores_dir: Path) -> list[Predic
     return sorted(items, key=lambda item: item.slide_id)
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 class SlidePreparer:
-    """Tiles and embeds one raw slide into its store with the checkpoint's recorded settings.
+    """Tiles and embeds one raw slide into its store with the checkpoint's recorded settings and weights.
 
-    The encoder is built on first use, so a resumed run whose slides are all done never loads it.
+    The weights are those the checkpoint's training features were made with: ``weights`` (a file or folder,
+    ``--weights``) when given, else where the features record them (a local file's absolute path, the Hugging Face
+    repository or cache, or a seeded random init). ``check_weights`` verifies their sha256 against the record before
+    any slide is touched; the encoder itself is built on first use, so a resumed run whose slides are all done never
+    loads it.
     """
 
-    def __init__(self, ckpt: dict[str, Any], checkpoint: Path, device: str, *, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        ckpt: dict[str, Any],
+        checkpoint: Path,
+        device: str,
+        *,
+        overwrite: bool = False,
+        weights: str | None = None,
+    ) -> None:
         from ..config import load_config
         from ..embedding import EmbedConfig
         from ..tiling import TileConfig
 
         source = ckpt.get("source") or {}
         tile_settings = source.get("tile_config")
-        embed_settings = (source.get("embedding") or {}).get("config")
+        self.recorded = source.get("embedding") or {}
+        embed_settings = self.recorded.get("config")
         if not tile_settings or not embed_settings:
             raise CheckpointError(
                 f"{checkpoint}: records no tile/embed settings (its training stores were not made by `tile` and "
                 "`embed`, e.g. converted MIL benchmark bags); tile and embed the slides yourself and pass the stores"
             )
-        self.tile_config = load_config(TileConfig, "tile", None, _flatten(tile_settings))
-        embed_overrides = {**_flatten(embed_settings), "encoder": ckpt["encoder"]}
+        self.checkpoint = checkpoint
+        self.tile_config = load_config(TileConfig, "tile", None, flatten(tile_settings))
+        embed_overrides = {**flatten(embed_settings), "encoder": ckpt["encoder"]}
+        embed_overrides["weights"] = self._weights_to_load(weights)
         if device != "auto":
             embed_overrides["device"] = device
         self.embed_config = load_config(EmbedConfig, "embed", None, embed_overrides)
         self.encoder = ckpt["encoder"]
         self.overwrite = overwrite
         self._runtime: Any = None
+        self._checked = False
+
+    def _weights_to_load(self, given: str | None) -> str | None:
+        """What ``embed`` should load: the given file, else the recorded file (by its absolute path, whatever path
+        was typed at embed time), hub repository or ``random``."""
+        recorded = self.recorded.get("weights") or {}
+        if given is not None:
+            return given
+        source = str(recorded.get("source") or "")
+        if source == "random":
+            return "random"
+        if source.startswith("hf-hub:"):
+            return source
+        return str(recorded.get("location") or "") or None
+
+    def check_weights(self) -> None:
+        """Raise ``WeightsError`` (naming the expected file and sha256 and ``--weights``) unless the weights to load
+        are the ones the checkpoint's features were made with. Hashes a local file; a hub file is found in the
+        Hugging Face cache (or downloaded) first."""
+        from ..encoders import find_checkpoint_file, get_encoder_config, hub_file
+        from ..errors import WeightsError
+        from ..provenance import file_sha256, weights_label
+
+        if self._checked:
+            return
+        recorded = self.recorded.get("weights") or {}
+        expected = recorded.get("sha256")
+        name = weights_label(recorded)
+        fix = f"pass the file with --weights PATH (or --set weights=PATH); its sha256 is {expected}"
+        weights = self.embed_config.weights
+        if expected is None:  # a random init: rebuilt from its recorded seed
+            if weights not in (None, "random"):
+                raise WeightsError(
+                    f"--weights {weights}: {self.checkpoint} was trained on features of randomly initialised "
+                    "weights (seeded); leave --weights out"
+                )
+            self._checked = True
+            return
+        if not weights or weights == "random":
+            raise WeightsError(f"{self.checkpoint}: its features were made with weights {name}; {fix}")
+        if weights.startswith("hf-hub:"):
+            spec = get_encoder_config(self.encoder)
+            file = hub_file(weights.removeprefix("hf-hub:"), spec.hub_files, offline=self.embed_config.offline)
+        else:
+            try:
+                file = find_checkpoint_file(weights)
+            except WeightsError as err:
+                raise WeightsError(
+                    f"{self.checkpoint}: its features were made with weights {name}, not found at {weights}; {fix}"
+                ) from err
+        found = file_sha256(file)
+        if found != expected:
+            raise WeightsError(
+                f"{file}: sha256 {found} is not the {expected} of {name}, the weights {self.checkpoint}'s "
+                f"features were made with; {fix}"
+            )
+        self._checked = True
 
     def _embed_runtime(self) -> Any:
         if self._runtime is None:
             from ..embedding import EmbedRuntime, load_encoder
 
+            self.check_weights()
             self._runtime = EmbedRuntime.create(load_encoder(self.embed_config), self.embed_config)
         return self._runtime
 
-    def prepare(self, item: PredictItem, lock: SlideLock) -> None:
+    def prepare(self, item: PredictItem, lock: SlideLock) -> str:
         """Make ``item.store`` (tile) and its embeddings unless they exist with the checkpoint's settings; a store
-        made with other tiling settings fails the slide (``StoreMismatchError``) unless ``overwrite``."""
-        from ..embedding import embed_slide
-        from ..slide import Slide
+        made from another file or with other tiling settings fails the slide (``StoreMismatchError``) unless
+        ``overwrite``, and so do embeddings made another way. Returns a note for the manifest (a ``--slide-mpp``
+        the slide's own resolution overruled), or ''."""
+        from ..embedding import embed_slide, features_changes, features_signature
+        from ..errors import StoreMismatchError
         from ..tiling import check_store_settings, tile_slide
 
         assert item.entry is not None, "prepare() is for raw slides"
-        retile = self.overwrite or not is_complete(item.store)
+        with item.entry.open() as slide:
+            note = slide.mpp_note()
+            if note:
+                log.warning("%s", note)
+            retile = self.overwrite or not check_store_settings(item.store, self.tile_config, slide)
+            if retile:
+                # Leftovers of a killed run; safe to remove, we hold the slide's lock.
+                remove_stale_temporaries(item.store)
+                log.info("%s: tiling %s into %s", item.slide_id, item.path, item.store.parent)
+                tile_slide(slide, item.store.parent, config=self.tile_config)
+        runtime = self._embed_runtime()
         if not retile:
-            check_store_settings(item.store, self.tile_config, item.entry.mpp)
-        if retile:
-            # Leftovers of a killed run; safe to remove, we hold the slide's lock.
-            remove_stale_temporaries(item.store)
-            log.info("%s: tiling %s into %s", item.slide_id, item.path, item.store.parent)
-            slide = Slide(item.entry.path, mpp=item.entry.mpp, slide_id=item.slide_id)
-            tile_slide(slide, item.store.parent, config=self.tile_config)
-        if retile or not has_features(item.store, self.encoder):
-            log.info("%s: embedding with %s", item.slide_id, self.encoder)
-            embed_slide(item.store, self._embed_runtime(), config=self.embed_config)
+            changed = features_changes(item.store, self.encoder, features_signature(runtime))
+            if changed == []:
+                return note  # embedded before with these very settings and weights
+            if changed and not self.overwrite:
+                raise StoreMismatchError(
+                    f"{item.store}: features/{self.encoder} were made with other settings ({'; '.join(changed)}); use "
+                    "--overwrite to redo them"
+                )
+        log.info("%s: embedding with %s", item.slide_id, self.encoder)
+        embed_slide(item.store, runtime, config=self.embed_config)
+        return note

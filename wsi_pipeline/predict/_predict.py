@@ -12,6 +12,7 @@ rebuilt from every input slide's result (see ``_results``).
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,10 +22,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..batch import BatchResult, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
+from ..batch import BatchResult, Done, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
 from ..errors import ConfigError, StoreMismatchError
+from ..provenance import short, weights_identity, weights_label
 from ..store import (
     SCORES,
+    features_attrs,
     is_complete,
     list_encoders,
     open_store,
@@ -49,7 +52,15 @@ from ._results import (
     write_slide_result,
 )
 
-__all__ = ["PredictConfig", "PredictResult", "predict_store", "predict_slides", "check_store", "scores_name_for"]
+__all__ = [
+    "PredictConfig",
+    "PredictResult",
+    "predict_store",
+    "predict_slides",
+    "check_store",
+    "model_mismatches",
+    "scores_name_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +79,11 @@ class PredictConfig:
     scores_name: str | None = None  # default: the run folder's name (+ _fold<k> for one fold), e.g. asmil_uni_cv5_seed0
     geojson: bool = True  # per-tile attention as QuPath detection objects: <out>/geojson/<slide_id>.geojson
     device: str = "auto"
+    # Raw slide inputs only: the encoder weights file (its sha256 must be the one the checkpoint's features record;
+    # default: where they record it), and the resolution of slides that state none, as for `tile`.
+    weights: str | None = None
+    slide_mpp: float | None = None
+    mpp_csv: Path | None = None
 
 
 @dataclass
@@ -102,8 +118,8 @@ def scores_name_for(checkpoint: Path, ckpt: dict[str, Any]) -> str:
 
 
 def check_store(store: Path, ckpt: dict[str, Any], checkpoint: Path) -> None:
-    """Raise ``StoreMismatchError`` when ``store`` is not a finished store, lacks the checkpoint's encoder or has
-    another dimension."""
+    """Raise ``StoreMismatchError`` when ``store`` is not a finished store, lacks the checkpoint's encoder, or holds
+    tiles or embeddings other than the ones the checkpoint was trained on (``model_mismatches``)."""
     if not is_complete(store):
         raise StoreMismatchError(f"{store}: not a finished slide store; run `wsi-pipeline tile` to make it")
     encoder, in_dim = ckpt["encoder"], int(ckpt["in_dim"])
@@ -121,6 +137,46 @@ def check_store(store: Path, ckpt: dict[str, Any], checkpoint: Path) -> None:
             f"{store}: '{encoder}' embeddings have dimension {dim} but {checkpoint} expects {in_dim}; "
             "re-embed with the checkpoint's encoder settings or use a matching checkpoint"
         )
+    mismatches = model_mismatches(store, ckpt)
+    if mismatches:
+        raise StoreMismatchError(
+            f"{store}: not what {checkpoint} was trained on ({'; '.join(mismatches)}); tile and embed it as the "
+            "training stores were (or give predict the slide file: it is tiled and embedded with the checkpoint's "
+            "settings)"
+        )
+
+
+_EMBEDDING_KEYS = ("timm_name", "pooling", "input_size", "resize_size", "interpolation", "mean", "std")
+
+
+def _weights_of(attrs: dict[str, Any]) -> dict[str, Any]:
+    seed = ((attrs.get("signature") or {}).get("weights") or {}).get("seed", (attrs.get("config") or {}).get("seed"))
+    return weights_identity(attrs.get("weights"), seed)
+
+
+def model_mismatches(store: Path, ckpt: dict[str, Any]) -> list[str]:
+    """How the store's tiles and embeddings differ from those the checkpoint was trained on, as ``what: here ->
+    in training`` phrases: tile resolution and size (``target_mpp: 0.5 here, 1 in training``), the encoder's
+    weights (by sha256: ``weights: random here, efficientnet-lite0-57934424.pth in training``) and preprocessing.
+    Settings that leave the tiles' content alone (mask, stride, precision, device) are not compared."""
+    source = ckpt.get("source") or {}
+    trained_tiling, trained_features = source.get("tiling") or {}, source.get("embedding") or {}
+    tiling = read_attrs(store).get("tiling") or {}
+    features = features_attrs(store, ckpt["encoder"]) or {}
+    lines = []
+    for key in ("target_mpp", "tile_size"):
+        here, there = tiling.get(key), trained_tiling.get(key)
+        if (here is None) != (there is None) or (
+            here is not None and not math.isclose(float(here), float(there), rel_tol=1e-6)
+        ):
+            lines.append(f"{key}: {short(here)} here, {short(there)} in training")
+    if _weights_of(features) != _weights_of(trained_features):
+        here, there = weights_label(features.get("weights")), weights_label(trained_features.get("weights"))
+        lines.append(f"weights: {here} here, {there} in training")
+    for key in _EMBEDDING_KEYS:
+        if key in features and key in trained_features and features[key] != trained_features[key]:
+            lines.append(f"{key}: {short(features[key])} here, {short(trained_features[key])} in training")
+    return lines
 
 
 def _heatmap(
@@ -145,6 +201,12 @@ def _heatmap(
     if not tile_size:
         return f"{store}: no tiling.tile_size_level0 in the store's attrs"
     from ..slide import Slide
+    from ..tiling import check_store_slide
+
+    try:
+        check_store_slide(store)  # never draw a store's attention over another slide's pixels
+    except StoreMismatchError as err:
+        return str(err)
 
     tile_size = int(round(float(tile_size)))  # level-0 size may be fractional (target mpp / slide mpp)
     with Slide(slide_path) as wsi:
@@ -290,8 +352,13 @@ def predict_slides(
         The checkpoint is unreadable, the run's training has not finished, the fold does not exist (or, for raw
         slides, the checkpoint records no tile/embed settings).
     StoreMismatchError
-        EVERY store input lacks the model's encoder or has another input dimension (checked before any
-        prediction). When only some do, those slides are failed records and the rest are predicted.
+        EVERY store input lacks the model's encoder, has another input dimension, or holds tiles or embeddings
+        other than the ones the model was trained on (tile resolution and size, the encoder weights' sha256 and
+        preprocessing: ``model_mismatches``), checked before any prediction. When only some do, those slides are
+        failed records (with what differs) and the rest are predicted.
+    WeightsError
+        Raw slides are to be embedded and the weights (``config.weights``, else where the checkpoint's features
+        record them) are missing or have another sha256 than those features were made with.
 
     Examples
     --------
@@ -305,7 +372,7 @@ def predict_slides(
     models = load_models(model, fold=fold)
     ckpt, source_path = models.ckpt, models.source
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    items = collect_items(inputs, out_dir / "stores")
+    items = collect_items(inputs, out_dir / "stores", slide_mpp=config.slide_mpp, mpp_csv=config.mpp_csv)
     if not items:
         raise ConfigError(f"no stores or slides found in {', '.join(map(str, inputs))}")
     identity = models.identity()
@@ -314,22 +381,27 @@ def predict_slides(
     scores_name = name if config.write_scores else None
     preparer = None
     if any(item.entry is not None for item in items):
-        preparer = SlidePreparer(ckpt, models.members[0].path, config.device, overwrite=overwrite)
+        preparer = SlidePreparer(
+            ckpt, models.members[0].path, config.device, overwrite=overwrite, weights=config.weights
+        )
 
     def is_done(item: PredictItem) -> bool:
         result = read_slide_result(out_dir, item.slide_id)
         return is_finished(result, item.store, identity, encoder, scores_name)
 
     _check_some_store_fits(items, ckpt, source_path, (lambda item: False) if overwrite else is_done)
+    if preparer is not None and any(item.entry is not None and (overwrite or not is_done(item)) for item in items):
+        preparer.check_weights()  # the wrong weights file fails the run here, before any slide is touched
     device = resolve_device(config.device)
     models.load(device)
     no_heatmap: list[str] = []
 
-    def process(item: PredictItem, lock: SlideLock) -> int:
+    def process(item: PredictItem, lock: SlideLock) -> Done:
         _remove_stale_temporaries(out_dir, item, name)
+        note = ""
         if item.entry is not None:
             assert preparer is not None
-            preparer.prepare(item, lock)
+            note = preparer.prepare(item, lock)
         check_store(item.store, ckpt, source_path)
         plan = models.plan(item.slide_id)
         features = read_features(item.store, encoder)
@@ -396,7 +468,7 @@ def predict_slides(
                 "geojson_skipped": no_geojson,
             },
         )
-        return int(row["n_tiles"])
+        return Done(int(row["n_tiles"]), note)
 
     batch = run_slide_batch(
         items,

@@ -1,9 +1,9 @@
 """Per-slide prediction results and the merged ``predictions.csv`` built from them.
 
 Each predicted slide gets ``<out>/slides/<slide_id>.json`` (written atomically, after its scores, heatmap and top
-tiles), recording the checkpoint it came from (path, size, sha256) and the embeddings it read. That file is what
-"done" means for ``predict``: a slide is skipped when its result names the same checkpoint and the same embeddings
-(and its ``scores/<name>`` array is in the store, when scores are written).
+tiles), recording the checkpoint it came from (path, size, sha256) and the fingerprint of the embeddings it read.
+That file is what "done" means for ``predict``: a slide is skipped when its result names the same checkpoint and
+the same embeddings (and its ``scores/<name>`` array is in the store, when scores are written).
 
 ``predictions.csv`` is rebuilt from the per-slide results of every input slide by each run, under a lock: shards
 write their per-slide files before they take it, so whichever run writes the CSV last has seen every finished slide.
@@ -12,7 +12,6 @@ write their per-slide files before they take it, so whichever run writes the CSV
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -22,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from ..batch import SlideLock, atomic_write_text
 from ..errors import LockedError
-from ..store import FEATURES, SCORES, provenance
+from ..provenance import file_sha256
+from ..store import SCORES, features_attrs, provenance
 from ..training._localisation import LOCALISATION_KEYS
 
 __all__ = [
@@ -47,21 +46,19 @@ CSV_LOCK_WAIT_S = 600.0  # rewriting the CSV takes well under a second; a holder
 
 def checkpoint_identity(checkpoint: Path) -> dict[str, Any]:
     """``{path, size, sha256}`` of a checkpoint file: a copied checkpoint is the same one, a re-trained one is not."""
-    digest = hashlib.sha256()
-    with Path(checkpoint).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     path = Path(checkpoint)
-    return {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def features_stamp(store: Path, encoder: str) -> dict[str, Any] | None:
-    """Provenance of ``features/<encoder>`` (creation time, host, version); it changes when the slide is re-embedded."""
-    try:
-        attrs = zarr.open_array(str(Path(store) / FEATURES / encoder), mode="r").attrs.asdict()
-    except Exception:  # noqa: BLE001 - missing or unreadable embeddings: nothing to compare with
+    """What a prediction read: the ``features/<encoder>`` fingerprint (its tiles, settings and content), which
+    changes when the slide is re-tiled or re-embedded otherwise; arrays made before fingerprints were recorded
+    give their creation stamp instead."""
+    attrs = features_attrs(store, encoder)
+    if not attrs:
         return None
-    return attrs.get("wsi_pipeline")
+    fingerprint = (attrs.get("fingerprint") or {}).get("sha256")
+    return {"fingerprint": fingerprint} if fingerprint else attrs.get("wsi_pipeline")
 
 
 def slide_result_path(out_dir: Path, slide_id: str) -> Path:

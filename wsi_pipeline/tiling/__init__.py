@@ -10,7 +10,16 @@ Examples
 from ._config import EDGE_POLICIES, QcConfig, TileConfig
 from ._grid import grid_positions, select_tiles, tissue_fractions
 from ._read import TileView, read_tile, resize_tile, tile_read_params
-from ._tile import STAGE, TileGrid, check_store_settings, compute_tile_grid, tile_slide, tile_slides
+from ._tile import (
+    STAGE,
+    TileGrid,
+    check_store_settings,
+    check_store_slide,
+    compute_tile_grid,
+    store_changes,
+    tile_slide,
+    tile_slides,
+)
 
 __all__ = [
     "TileConfig",
@@ -20,6 +29,8 @@ __all__ = [
     "tile_slides",
     "compute_tile_grid",
     "check_store_settings",
+    "store_changes",
+    "check_store_slide",
     "TileGrid",
     "STAGE",
     "grid_positions",

@@ -12,16 +12,26 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import BatchResult, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
+from ..batch import BatchResult, Done, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
 from ..config import config_to_dict
-from ..errors import NoTissueError, StoreMismatchError
+from ..errors import NoTissueError, SlideOpenError, StoreMismatchError
+from ..provenance import short, slide_changes
 from ..slide import Slide
-from ..store import is_complete, open_store, store_path, write_tile_store
+from ..store import is_complete, open_store, read_attrs, store_path, update_store_attrs, write_tile_store
 from ..tissue import tissue_mask_with_info
 from ._config import TileConfig
 from ._grid import grid_positions, select_tiles, tissue_fractions
 
-__all__ = ["tile_slide", "tile_slides", "TileGrid", "compute_tile_grid", "check_store_settings", "STAGE"]
+__all__ = [
+    "tile_slide",
+    "tile_slides",
+    "TileGrid",
+    "compute_tile_grid",
+    "check_store_settings",
+    "store_changes",
+    "check_store_slide",
+    "STAGE",
+]
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +147,9 @@ def tile_slide(slide: Slide, out_dir: str | Path, *, config: TileConfig | None =
     Returns
     -------
     Path
-        The finished store. It replaces any store of the same slide; use ``tile_slides`` for skip/resume logic.
+        The finished store. It replaces any store of the same slide, keeping that store's embeddings, scores and
+        instance labels when its tiles are the same (same slide, resolution, coordinates and read geometry); use
+        ``tile_slides`` for skip/resume logic.
 
     Examples
     --------
@@ -166,29 +178,81 @@ def _tile_one(slide: Slide, out_dir: Path, config: TileConfig) -> tuple[Path, in
         "config": config_to_dict(config),
         "signature": config.signature(),
     }
-    path = write_tile_store(store_path(out_dir, slide.slide_id), grid.coords, grid.fractions, attrs)
+    path = write_tile_store(store_path(out_dir, slide.slide_id), grid.coords, grid.fractions, attrs, keep_arrays=True)
     return path, len(grid.coords)
 
 
-def check_store_settings(path: Path, config: TileConfig, mpp: float | None = None) -> bool:
-    """True when the finished store at ``path`` was made with ``config`` (and ``mpp`` override, if given).
-
-    Raises ``StoreMismatchError`` when it was made with other tiling settings; False when there is no finished store.
-    """
+def store_changes(path: Path, config: TileConfig, slide: Slide) -> dict[str, list[str]] | None:
+    """What differs between the finished store at ``path`` and what tiling ``slide`` with ``config`` would make:
+    ``{"slide": [...], "settings": [...]}``, e.g. ``slide size 2220x2967 -> 16x16`` (another file at that path),
+    ``tile_size 224 -> 256``, ``slide mpp 0.499 -> 0.25``. None when there is no finished store; both lists empty
+    when it is the same (a moved slide file is the same slide)."""
     if not is_complete(path):
-        return False
+        return None
     attrs = open_store(path).attrs.asdict()
+    stored_slide = attrs.get("slide") or {}
     stored = attrs.get("signature") or {}
     wanted = config_to_dict(config.signature())
-    diffs = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-    stored_mpp = (attrs.get("slide") or {}).get("mpp")
-    if mpp is not None and stored_mpp is not None and not math.isclose(stored_mpp, mpp, rel_tol=1e-6):
-        diffs.append(f"slide mpp ({stored_mpp} vs {mpp})")
-    if diffs:
+    settings = [
+        f"{key} {short(stored.get(key))} -> {short(wanted.get(key))}"
+        for key in sorted(set(stored) | set(wanted))
+        if stored.get(key) != wanted.get(key)
+    ]
+    stored_mpp, mpp = stored_slide.get("mpp"), slide.mpp_info()[0]
+    if stored_mpp is None or mpp is None or not math.isclose(stored_mpp, mpp, rel_tol=1e-6):
+        settings.append(f"slide mpp {short(stored_mpp)} -> {short(mpp)}")
+    return {"slide": slide_changes(stored_slide.get("identity"), slide.identity()), "settings": settings}
+
+
+def check_store_settings(path: Path, config: TileConfig, slide: Slide) -> bool:
+    """True when the finished store at ``path`` was made from this slide file with ``config`` (and the slide's
+    resolution); False when there is no finished store.
+
+    Raises ``StoreMismatchError`` naming what differs when it was made from another file or with other settings.
+    """
+    diffs = store_changes(path, config, slide)
+    if diffs is None:
+        return False
+    reasons = []
+    if diffs["slide"]:
+        reasons.append(f"made from another slide file ({'; '.join(diffs['slide'])})")
+    if diffs["settings"]:
+        reasons.append(f"made with other settings ({'; '.join(diffs['settings'])})")
+    if reasons:
         raise StoreMismatchError(
-            f"{path}: made with other settings ({', '.join(diffs)}); use --overwrite or another --out"
+            f"{path}: {', and '.join(reasons)}; use --overwrite to re-tile it (its embeddings go with it) "
+            "or another --out"
         )
     return True
+
+
+def check_store_slide(store: Path) -> Path:
+    """The slide file ``store`` was tiled from, after checking that the file at its recorded path is still that
+    slide (same identity): a replaced file is a ``StoreMismatchError`` naming what changed and the fix, so no stage
+    reads the wrong pixels for a store's tiles."""
+    slide_attrs = read_attrs(store).get("slide") or {}
+    if not slide_attrs.get("path"):
+        raise StoreMismatchError(f"{store}: records no slide file (bags made outside `tile`); it has no pixels to read")
+    path = Path(slide_attrs["path"])
+    if not path.exists():
+        raise SlideOpenError(
+            f"{path}: no such file (the slide of {store}); if it moved, re-run `wsi-pipeline tile` on its new place "
+            "with the same --out: the store follows it"
+        )
+    with Slide(path) as slide:
+        diffs = slide_changes(slide_attrs.get("identity"), slide.identity())
+    if diffs:
+        raise StoreMismatchError(
+            f"{store}: its slide file {path} is not the one it was tiled from ({'; '.join(diffs)}); re-tile it: "
+            f"`wsi-pipeline tile {path} --out {store.parent} --overwrite`"
+        )
+    return path
+
+
+def _moved_from(path: Path, slide: Slide) -> str | None:
+    """The file the store was made from, when it is not ``slide``'s path (the slide file was moved or renamed)."""
+    recorded = (read_attrs(path).get("slide") or {}).get("path")
+    return recorded if recorded and recorded != str(slide.path.resolve()) else None
 
 
 def _as_entries(slides: Any) -> list[Any]:
@@ -203,6 +267,16 @@ def _as_entries(slides: Any) -> list[Any]:
     if not all(hasattr(item, "slide_id") and hasattr(item, "path") for item in items):
         raise TypeError("slides: pass SlideEntry items (see discover_slides) or paths, not a mix")
     return items
+
+
+def _slide_of(item: Any) -> Slide:
+    """The ``Slide`` of a ``SlideEntry``-like item (its per-slide mpp and the run's default, when it has them)."""
+    return Slide(
+        item.path,
+        mpp=getattr(item, "mpp", None),
+        slide_id=item.slide_id,
+        default_mpp=getattr(item, "default_mpp", None),
+    )
 
 
 def _remove_stale_temporaries(out_dir: Path, slide_id: str) -> None:
@@ -237,7 +311,8 @@ def tile_slides(
     shard
         Process only this shard's slides (see ``resolve_shard``); its manifest is ``tile.shard-i-of-n.csv``.
     overwrite
-        Redo slides whose store is already finished (also those made with other settings).
+        Redo slides whose store is already finished (also those made with other settings or from another file).
+        Embeddings, scores and instance labels of a store whose tiles come out the same are kept.
     on_record
         Called with each slide's record as soon as it is known (progress bars).
 
@@ -245,7 +320,9 @@ def tile_slides(
     -------
     BatchResult
         Records (ok / failed with reason / skipped) and the manifest path; ``result.failed`` is non-empty when a slide
-        failed. A finished store made with other settings fails its slide (StoreMismatchError) unless ``overwrite``.
+        failed. A finished store made from another slide file or with other settings fails its slide
+        (StoreMismatchError naming what changed) unless ``overwrite``; one made from the same file at another path
+        (a moved slide) is kept and records the new path.
 
     Examples
     --------
@@ -260,23 +337,37 @@ def tile_slides(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def is_done(item: Any) -> bool:
-        # A finished store with other settings is "not done": process() then fails it with a clear reason.
+        # A finished store made otherwise (or from a moved file) is "not done": process() then fails it with the
+        # reason (or records the new path).
+        final = store_path(out_dir, item.slide_id)
+        if not is_complete(final):
+            return False
         try:
-            return check_store_settings(store_path(out_dir, item.slide_id), config, getattr(item, "mpp", None))
-        except StoreMismatchError:
+            with _slide_of(item) as slide:
+                diffs = store_changes(final, config, slide)
+                return diffs is not None and not any(diffs.values()) and _moved_from(final, slide) is None
+        except Exception:  # noqa: BLE001 - an unreadable slide is process()'s to report
             return False
 
-    def process(item: Any, lock: SlideLock) -> int:
+    def process(item: Any, lock: SlideLock) -> Done:
         final = store_path(out_dir, item.slide_id)
-        if not overwrite:
-            check_store_settings(final, config, getattr(item, "mpp", None))
+        slide = _slide_of(item)
+        with slide:
+            note = slide.mpp_note()
+            if note:
+                log.warning("%s", note)
+            if not overwrite and check_store_settings(final, config, slide):
+                moved = _moved_from(final, slide)
+                info = dict(read_attrs(final)["slide"], path=str(slide.path.resolve()))
+                update_store_attrs(final, {"slide": info})  # same slide, new place: the store follows it
+                n_done = int(read_attrs(final)["tiling"]["n_tiles"])
+                return Done(n_done, "; ".join(filter(None, [f"already done; the slide moved from {moved}", note])))
         _remove_stale_temporaries(out_dir, item.slide_id)
         start = time.perf_counter()
-        slide = Slide(item.path, mpp=getattr(item, "mpp", None), slide_id=item.slide_id)
         _, n_tiles = _tile_one(slide, out_dir, config)
         lock.heartbeat()
         log.info("%s: %d tiles in %.1fs", item.slide_id, n_tiles, time.perf_counter() - start)
-        return n_tiles
+        return Done(n_tiles, note)
 
     return run_slide_batch(
         list(slides),

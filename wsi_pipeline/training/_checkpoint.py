@@ -1,7 +1,12 @@
-"""Checkpoints: written atomically, and each carries all it needs to rebuild its model and its inputs."""
+"""Checkpoints: written atomically, and each carries all it needs to rebuild its model and its inputs.
+
+A checkpoint is data, never code: it holds tensors and plain Python values only, and is read with
+``torch.load(..., weights_only=True)``, which refuses anything else (a pickled object would run code on load).
+"""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +55,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; {wanted}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "unsupported global" not in str(err).lower():
+            raise CheckpointError(f"{path}: not a torch checkpoint ({err.__class__.__name__}); {wanted}") from err
+        # weights_only refused an object that is not plain data: a checkpoint of another program or an old one.
+        raise CheckpointError(
+            f"{path}: holds Python objects beyond tensors and plain values, which are not loaded (loading them "
+            f"could run code); {wanted}, written by this version"
+        ) from err
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
         # A wrong path is far likelier than a damaged checkpoint: say what the file is not, and what to pass.
         raise CheckpointError(f"{path}: not a torch checkpoint ({err.__class__.__name__}); {wanted}") from err

@@ -4,11 +4,24 @@ localisation."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["plot_history"]
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Save ``fig`` as PNG under a temporary name, then rename: a killed run never leaves half a picture."""
+    from ..batch import atomic_path
+
+    tmp = atomic_path(path)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def plot_history(history: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
@@ -52,7 +65,7 @@ def plot_history(history: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]
     ax_metric.legend()
     fig.tight_layout()
     curves = out_dir / "curves.png"
-    fig.savefig(curves, dpi=100)
+    _save(fig, curves)
     plt.close(fig)
 
     loc = [k for k in keys if "_loc_" in k]
@@ -71,6 +84,6 @@ def plot_history(history: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]
         axes[2].legend()
     fig.tight_layout()
     stability = out_dir / "stability.png"
-    fig.savefig(stability, dpi=100)
+    _save(fig, stability)
     plt.close(fig)
     return [curves, stability]

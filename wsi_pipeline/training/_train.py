@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -10,7 +11,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import __version__
-from ..batch import atomic_write_text
+from ..batch import SlideLock, atomic_write_text, remove_path
 from ..config import config_to_dict
-from ..errors import ConfigError, MissingPrerequisiteError
+from ..errors import CheckpointError, ConfigError, LockedError, MissingPrerequisiteError, RunMismatchError
 from ..mil import Anchor, RandomDropping, create_model, is_model, list_models
-from ..store import FEATURES
+from ..store import FEATURES, provenance
 from ._bags import BagLoader, resolve_encoder
-from ._checkpoint import fold_dir, run_dir, save_checkpoint
+from ._checkpoint import fold_dir, load_checkpoint, run_dir, save_checkpoint
 from ._config import TrainConfig, resolve_plugins
+from ._identity import IDENTITY_FILE, check_same_features, identity_changes, read_identity, run_identity
 from ._localisation import LOCALISATION_KEYS, bag_localisation, mean_localisation
 from ._metrics import SCALARS, classification_metrics, mean_std, selection_score
 from ._plots import plot_history
@@ -233,6 +235,90 @@ def _score(
     return metrics, probs, per_bag
 
 
+def _plain(data: Any) -> Any:
+    """Metrics as plain Python numbers (numpy scalars are not data ``torch.load(weights_only=True)`` reads)."""
+    return json.loads(json.dumps(data, default=float))
+
+
+def _rng_state(device: torch.device, generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a fold's next epoch draws from, as plain data and tensors."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device, generator: torch.Generator) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@dataclass
+class _Progress:
+    """Where a fold's training stands after an epoch: what a killed fold resumes from."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    previous_attention: dict[str, np.ndarray] = field(default_factory=dict)
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    stale: int = 0
+    stopped: bool = False  # early stopping ended the fold
+
+    @property
+    def epoch(self) -> int:
+        return int(self.history[-1]["epoch"]) if self.history else 0
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "history": _plain(self.history),
+            "previous_attention": {k: torch.from_numpy(np.asarray(v)) for k, v in self.previous_attention.items()},
+            "best_score": float(self.best_score),
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "stale": self.stale,
+            "stopped": self.stopped,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _Progress:
+        return cls(
+            history=list(state["history"]),
+            previous_attention={k: v.numpy() for k, v in state["previous_attention"].items()},
+            best_score=float(state["best_score"]),
+            best_epoch=int(state["best_epoch"]),
+            best_state=state["best_state"],
+            stale=int(state["stale"]),
+            stopped=bool(state["stopped"]),
+        )
+
+
+def _resume_state(path: Path, run_identity: str | None) -> dict[str, Any] | None:
+    """The training state of an unfinished fold's ``checkpoint_last.pt`` when it belongs to this run, else None."""
+    if not path.is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as err:
+        log.warning("%s: cannot resume from it (%s); the fold starts again", path, err)
+        return None
+    if ckpt.get("run_identity") != run_identity or not ckpt.get("training_state"):
+        return None
+    return ckpt
+
+
 def train_fold(
     split: Split,
     labels: Labels,
@@ -248,6 +334,11 @@ def train_fold(
     The model is selected on the validation slides (``config.selection``); with no validation slides the last
     epoch is kept. Attention stability is tracked on the validation slides (the training slides when there are
     none).
+
+    After every epoch ``checkpoint_last.pt`` holds the model and everything the next epoch draws from (optimiser,
+    scheduler, anchor, random states, the best model so far, the history). A fold killed mid-way resumes from it
+    when ``meta["run_identity"]`` is the same, and ends exactly as an uninterrupted fold would (on CPU, bit for
+    bit). ``metrics.json``, written last, is what marks the fold finished.
     """
     device = loader.device
     seed = config.seed + split.fold
@@ -296,11 +387,53 @@ def train_fold(
     targets = {sid: torch.tensor([y_of[sid]], device=device) for sid in split.train}
     monitor = split.val or split.train
     monitor_name = "val" if split.val else "train"
+    ckpt_meta = {
+        **meta,
+        "model_name": config.model,
+        "model_kwargs": model_kwargs,
+        "in_dim": loader.in_dim,
+        "fold": split.fold,
+        "feature_norm": norm,
+        # Which slides this fold saw, so predict can give each labelled slide its out-of-fold model.
+        "split": {
+            "train": split.train,
+            "val": split.val,
+            "test": split.test,
+            "labels": {s: labels.classes[y_of[s]] for s in (*split.train, *split.val, *split.test)},
+        },
+    }
 
-    history: list[dict[str, Any]] = []
-    previous_attention: dict[str, np.ndarray] = {}
-    best_score, best_epoch, best_state, stale = -math.inf, 0, None, 0
-    for epoch in range(1, config.epochs + 1):
+    progress = _Progress()
+    resumed = _resume_state(out_dir / "checkpoint_last.pt", meta.get("run_identity"))
+    if resumed is not None:
+        state = resumed["training_state"]
+        model.load_state_dict(resumed["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if anchor is not None:
+            anchor.model.load_state_dict(state["anchor"])
+        progress = _Progress.from_state(state["progress"])
+        _set_rng_state(state["rng"], device, generator)
+        _note("fold %d: resuming after epoch %d/%d (%s)", split.fold, progress.epoch, config.epochs, out_dir)
+
+    def save_last() -> None:
+        # The model after this epoch plus everything the next epoch needs; replaced atomically each epoch.
+        training_state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "anchor": anchor.model.state_dict() if anchor is not None else None,
+            "rng": _rng_state(device, generator),
+            "progress": progress.state(),
+        }
+        save_checkpoint(
+            out_dir / "checkpoint_last.pt", model, epoch=progress.epoch, training_state=training_state, **ckpt_meta
+        )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for epoch in range(progress.epoch + 1, config.epochs + 1):
+        if progress.stopped:
+            break
         start = time.perf_counter()
         model.train()
         order = [split.train[i] for i in torch.randperm(len(split.train), generator=generator).tolist()]
@@ -326,19 +459,23 @@ def train_fold(
             row.update({f"val_{k}": metrics[k] for k in SCALARS})
         localisation = mean_localisation(bag_localisation_all(loader, attention).values())
         row.update({f"{monitor_name}_{k}": localisation[k] for k in LOCALISATION_KEYS if k in localisation})
-        row["attn_js"] = stability_between(previous_attention, attention)
+        row["attn_js"] = stability_between(progress.previous_attention, attention)
         row["attn_entropy"] = mean_entropy(attention)
         row["attn_entropy_norm"] = mean_entropy(attention, normalised=True)
         row["seconds"] = time.perf_counter() - start
-        previous_attention = attention
-        history.append(row)
+        row = _plain(row)
+        progress.previous_attention = attention
+        progress.history.append(row)
 
         score = selection_score(metrics, config.selection, epoch) if split.val else float(epoch)
-        if score > best_score:
-            best_score, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+        if score > progress.best_score:
+            progress.best_score, progress.best_epoch, progress.stale = score, epoch, 0
+            progress.best_state = copy.deepcopy(model.state_dict())
         else:
-            stale += 1
+            progress.stale += 1
+        if config.patience is not None and split.val and progress.stale >= config.patience:
+            progress.stopped = True
+        save_last()
         if on_epoch is not None:
             on_epoch(split.fold, epoch, config.epochs, row)
         _note(
@@ -348,34 +485,16 @@ def train_fold(
             config.epochs,
             ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "epoch"),
         )
-        if config.patience is not None and split.val and stale >= config.patience:
-            _note("fold %d: early stop at epoch %d (best %d)", split.fold, epoch, best_epoch)
-            break
+        if progress.stopped:
+            _note("fold %d: early stop at epoch %d (best %d)", split.fold, epoch, progress.best_epoch)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    history, best_epoch = progress.history, progress.best_epoch
     # The last epoch's model is scored too, so the report shows what model selection gained (or cost).
     last = {
         name: _score(model, loader, ids, y_of, n_classes)[0] for name, ids in (("val", split.val), ("test", split.test))
     }
-    ckpt_meta = {
-        **meta,
-        "model_name": config.model,
-        "model_kwargs": model_kwargs,
-        "in_dim": loader.in_dim,
-        "fold": split.fold,
-        "feature_norm": norm,
-        # Which slides this fold saw, so predict can give each labelled slide its out-of-fold model.
-        "split": {
-            "train": split.train,
-            "val": split.val,
-            "test": split.test,
-            "labels": {s: labels.classes[y_of[s]] for s in (*split.train, *split.val, *split.test)},
-        },
-    }
-    save_checkpoint(out_dir / "checkpoint_last.pt", model, epoch=history[-1]["epoch"], **ckpt_meta)
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    save_checkpoint(out_dir / "checkpoint_best.pt", model, epoch=best_epoch, **ckpt_meta)
+    assert progress.best_state is not None
+    model.load_state_dict(progress.best_state)
 
     result = FoldResult(split.fold, best_epoch, {}, {}, history, out_dir, test_last=last["test"], val_last=last["val"])
     for name, ids in (("val", split.val), ("test", split.test)):
@@ -395,8 +514,11 @@ def train_fold(
             _write_rows(out_dir / "predictions_test.csv", rows)
 
     _write_rows(out_dir / "metrics.csv", history)
+    if config.plots:
+        plot_history(history, out_dir)
     fold_json = {
         "fold": split.fold,
+        "run_identity": meta.get("run_identity"),
         "best_epoch": best_epoch,
         "last_epoch": history[-1]["epoch"],
         "stability_set": monitor_name,
@@ -408,10 +530,12 @@ def train_fold(
         "val_last": result.val_last,
         "test_last": result.test_last,
         "history": history,
+        "wsi_pipeline": provenance(),
     }
+    # The fold's model, then its metrics.json, last: their presence means every output of the fold is complete (a
+    # fold killed before has only checkpoint_last.pt, which no one mistakes for a trained model).
+    save_checkpoint(out_dir / "checkpoint_best.pt", model, epoch=best_epoch, **ckpt_meta)
     atomic_write_text(out_dir / "metrics.json", json.dumps(fold_json, indent=1, default=float) + "\n")
-    if config.plots:
-        plot_history(history, out_dir)
     return result
 
 
@@ -446,7 +570,10 @@ def train(
     config
         ``TrainConfig``; defaults follow docs/ASMIL.md.
     overwrite
-        Retrain folds that already finished (otherwise they are kept and the run resumes).
+        Retrain the run folder from scratch. Without it, a run folder of the same identity (settings that change
+        results, labels, slides, every bag's features fingerprint) resumes: finished folds are kept and an
+        interrupted fold continues from its last epoch; one of another identity is refused (``RunMismatchError``
+        naming what changed). Two ``train`` processes never work in one run folder (``LockedError``).
     on_epoch
         Called after each epoch with ``(fold, epoch, epochs, row)`` (the CLI's progress bar).
 
@@ -482,6 +609,7 @@ def train(
         )
     labels = labels.subset(usable)
     encoder = resolve_encoder([store_map[s] for s in usable], config.encoder)
+    check_same_features({s: store_map[s] for s in usable}, encoder)
     config = replace(config, encoder=encoder)
     anchor_mode, drop_mode = resolve_plugins(config)
     device = resolve_device(config.device)
@@ -503,27 +631,123 @@ def train(
         out_dir, model=config.model, encoder=encoder, split=split_tag(config.split_csv, config.folds), seed=config.seed
     )
     run.mkdir(parents=True, exist_ok=True)
-    config_dict = {**config_to_dict(config), "resolved": {"anchor": anchor_mode, "drop": drop_mode}}
-    atomic_write_text(run / "config.yaml", yaml.safe_dump({"train": config_dict}, sort_keys=False))
-    atomic_write_text(run / "classes.json", json.dumps(labels.class_to_index, indent=1) + "\n")
-    meta = {
-        "config": config_dict,
-        "classes": labels.classes,
-        "encoder": encoder,
-        "source": _store_provenance(store_map[usable[0]], encoder),
-    }
+    with _run_lock(run):
+        identity = run_identity(config, labels, {s: store_map[s] for s in usable})
+        _prepare_run(run, identity, overwrite)
+        config_dict = {**config_to_dict(config), "resolved": {"anchor": anchor_mode, "drop": drop_mode}}
+        atomic_write_text(run / IDENTITY_FILE, json.dumps({**identity, "wsi_pipeline": provenance()}, indent=1) + "\n")
+        atomic_write_text(run / "config.yaml", yaml.safe_dump({"train": config_dict}, sort_keys=False))
+        atomic_write_text(run / "classes.json", json.dumps(labels.class_to_index, indent=1) + "\n")
+        meta = {
+            "config": config_dict,
+            "classes": labels.classes,
+            "encoder": encoder,
+            "source": _store_provenance(store_map[usable[0]], encoder),
+            "run_identity": identity["sha256"],
+        }
+        results = _train_folds(run, splits, labels, loader, config, meta, on_epoch=on_epoch, device=device)
+        summary = _summarise(run, results)
+    return TrainResult(run, results, summary)
 
+
+@contextlib.contextmanager
+def _run_lock(run: Path) -> Iterator[None]:
+    """One ``train`` at a time per run folder (across processes and hosts): a second one fails at once."""
+    lock = SlideLock(run / ".lock")
+    try:
+        lock.acquire()
+    except LockedError as err:
+        raise LockedError(
+            f"{run}: another `wsi-pipeline train` is training this run folder ({err}); wait for it to finish "
+            "(then run this again: finished folds are kept), or train into another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _trained_folds(run: Path) -> list[Path]:
+    """Fold folders holding anything trained (a checkpoint or finished metrics)."""
+    return sorted(
+        p
+        for p in run.glob("fold_*")
+        if p.is_dir()
+        and any((p / name).is_file() for name in ("checkpoint_last.pt", "checkpoint_best.pt", "metrics.json"))
+    )
+
+
+def _prepare_run(run: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """Make ``run`` a folder of this identity's run: keep it when it is one (finished folds are kept, an interrupted
+    fold resumes), clear it with ``overwrite``, and otherwise refuse with what changed: never a mix of two runs."""
+    old = read_identity(run)
+    trained = _trained_folds(run)
+    finished = trained or (run / "summary.json").is_file()
+    if not finished:
+        return
+    if overwrite:  # even a run of the same identity: --overwrite means "train it again"
+        _note("--overwrite: %s is retrained from scratch (%d fold folder(s) removed)", run, len(trained))
+        for path in [*run.glob("fold_*"), run / "summary.json", run / "summary.csv", run / IDENTITY_FILE]:
+            remove_path(path)
+        return
+    if old is not None and old.get("sha256") == identity["sha256"]:
+        return  # the same run: finished folds are kept, an interrupted one resumes
+    if old is None:
+        raise RunMismatchError(
+            f"{run}: holds folds trained by an older wsi-pipeline, which recorded no run identity; retrain it with "
+            "--overwrite, or train into another --out"
+        )
+    raise RunMismatchError(
+        f"{run}: holds a run of other settings or data ({'; '.join(identity_changes(old, identity))}); retrain it "
+        "with --overwrite, or train into another --out"
+    )
+
+
+def _finished_fold(fdir: Path, run_identity: str) -> FoldResult | None:
+    """The result of a fold this run finished (``metrics.json`` of the same run identity), else None."""
+    try:
+        saved = json.loads((fdir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.get("run_identity") != run_identity or not (fdir / "checkpoint_best.pt").is_file():
+        return None
+    return FoldResult(
+        saved["fold"],
+        saved["best_epoch"],
+        saved["val"],
+        saved["test"],
+        saved["history"],
+        fdir,
+        saved.get("test_last", {}),
+        saved.get("val_last", {}),
+    )
+
+
+def _train_folds(
+    run: Path,
+    splits: list[Split],
+    labels: Labels,
+    loader: BagLoader,
+    config: TrainConfig,
+    meta: dict[str, Any],
+    *,
+    on_epoch: EpochCallback | None,
+    device: torch.device,
+) -> list[FoldResult]:
+    """Every fold of the run: finished ones are read back, the others trained (an interrupted one resumes)."""
     handler = logging.FileHandler(run / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_log = logging.getLogger("wsi_pipeline")
     package_log.addHandler(handler)
     run_log.addHandler(handler)
+    anchor_mode, drop_mode = resolve_plugins(config)
     try:
         _note(
-            "run %s: %s, %d slides, %d classes, %d fold(s), device %s, anchor=%s drop=%s, package %s",
+            "run %s (identity %s): %s, %d slides, %d classes, %d fold(s), device %s, anchor=%s drop=%s, package %s",
             run,
+            meta["run_identity"][:12],
             config.model,
-            len(usable),
+            len(labels.slide_ids),
             len(labels.classes),
             len(splits),
             device,
@@ -534,30 +758,17 @@ def train(
         results = []
         for split in splits:
             fdir = fold_dir(run, split.fold)
-            done = fdir / "metrics.json"
-            if done.is_file() and (fdir / "checkpoint_best.pt").is_file() and not overwrite:
-                _note("fold %d already trained; kept (use --overwrite to redo)", split.fold)
-                saved = json.loads(done.read_text())
-                results.append(
-                    FoldResult(
-                        split.fold,
-                        saved["best_epoch"],
-                        saved["val"],
-                        saved["test"],
-                        saved["history"],
-                        fdir,
-                        saved.get("test_last", {}),
-                        saved.get("val_last", {}),
-                    )
-                )
+            finished = _finished_fold(fdir, meta["run_identity"])
+            if finished is not None:
+                _note("fold %d already trained by this run; kept", split.fold)
+                results.append(finished)
                 continue
             results.append(train_fold(split, labels, loader, config, out_dir=fdir, meta=meta, on_epoch=on_epoch))
-        summary = _summarise(run, results)
     finally:
         package_log.removeHandler(handler)
         run_log.removeHandler(handler)
         handler.close()
-    return TrainResult(run, results, summary)
+    return results
 
 
 def _summarise(run: Path, results: list[FoldResult]) -> dict[str, Any]:
@@ -572,6 +783,7 @@ def _summarise(run: Path, results: list[FoldResult]) -> dict[str, Any]:
         "test_mean_std": mean_std([r.test for r in results], keys),
         "test_last_mean_std": mean_std([r.test_last for r in results], keys),
         "val_mean_std": mean_std([r.val for r in results], keys),
+        "wsi_pipeline": provenance(),
     }
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=1, default=float) + "\n")
     present = [k for k in keys if any(k in r.test for r in results)]
