@@ -9,8 +9,8 @@ cosine schedule, clipping 5). Reported per variant, mean over the seeds:
 - test accuracy, attention AUC against the key instances, attention mass on the key instances, attention entropy
   (1 = uniform) and the attention-logit range per row.
 
-The ablations that change the architecture (no LayerNorm on the branch tokens, the mean of the tokens instead of the
-class-query bag attention) exist only here, to locate the cause; they are not model options.
+The mean of the tokens instead of the class-query bag attention exists only here, to locate the cause; the other
+variants are model options (``bias``, ``query_std``, ``token_norm``) and loop settings (anchor, reduction, dropping).
 
 Usage::
 
