@@ -1,7 +1,8 @@
 """Benchmark MIL training and bag loading, side by side in one run.
 
 1. Seconds per training epoch of ABMIL, ACMIL and ASMIL (each with its default recipe: ASMIL with its EMA anchor
-   and token dropping) on the same in-memory bags, as ratios to ABMIL.
+   and token dropping; ASMIL as shipped, a module per branch, and with one module shared by the branches) on the
+   same in-memory bags, as ratios to ABMIL.
 2. Bag-loading throughput: whole bags read from the zarr stores (``store.read_features``) vs copying the same
    bytes from numpy arrays already in memory.
 
@@ -67,12 +68,21 @@ def bench_loading(paths: list[Path], bags: list[np.ndarray], repeats: int) -> di
     }
 
 
+# label -> (registered model, model kwargs): ASMIL as shipped (a module per branch) and with one shared module.
+MODELS = {
+    "abmil": ("abmil", {}),
+    "acmil": ("acmil", {}),
+    "asmil": ("asmil", {}),
+    "asmil shared_branches": ("asmil", {"shared_branches": True}),
+}
+
+
 def make_trainer(
-    name: str, bags: list[torch.Tensor], labels: torch.Tensor, device: torch.device
+    name: str, kwargs: dict, bags: list[torch.Tensor], labels: torch.Tensor, device: torch.device
 ) -> Callable[[], float]:
     """One model with its default recipe, warmed up; calling the result times one training epoch."""
     torch.manual_seed(0)
-    model = create_model(name, in_dim=bags[0].shape[1], n_classes=2).to(device)
+    model = create_model(name, in_dim=bags[0].shape[1], n_classes=2, **kwargs).to(device)
     anchor = Anchor(model) if name == "asmil" else None
     dropper = RandomDropping("token" if name == "asmil" else "none", 10, torch.Generator().manual_seed(0))
     optimizer = make_optimizer(list(model.parameters()), lr=1e-4, weight_decay=1e-5)
@@ -125,7 +135,7 @@ def main() -> None:
     bags = [torch.from_numpy(b.astype(np.float32)).to(device) for b in bags16]
     labels = torch.from_numpy(rng.integers(0, 2, args.bags)).to(device)
     del bags16
-    trainers = {name: make_trainer(name, bags, labels, device) for name in ("abmil", "acmil", "asmil")}
+    trainers = {label: make_trainer(name, kwargs, bags, labels, device) for label, (name, kwargs) in MODELS.items()}
     times: dict[str, list[float]] = {name: [] for name in trainers}
     for _ in range(args.epochs):  # round-robin, so that a change of machine load hits every model alike
         for name, epoch in trainers.items():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from wsi_pipeline.mil import Anchor, anchor_loss, create_model
-from wsi_pipeline.mil.asmil import BranchAttention
+from wsi_pipeline.mil.asmil import ASMIL, BranchAttention, PerBranchAttention
 
 
 def _textbook(att: BranchAttention, queries: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,6 +42,71 @@ def test_folded_attention_equals_the_textbook_formula(bias: bool) -> None:
     ref_grads = torch.autograd.grad((ref_out * weights).sum() + ref_logits.sum(), [queries, x, *att.parameters()])
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_per_branch_attention_equals_one_literal_module_per_branch() -> None:
+    """The stacked, folded computation equals T separate textbook attention modules, each fed its own query,
+    outputs, logits and gradients (float64)."""
+    torch.manual_seed(0)
+    n_branches, dim, heads = 4, 24, 3
+    stacked = PerBranchAttention(n_branches, dim, n_heads=heads).double()
+    modules = [BranchAttention(dim, n_heads=heads).double() for _ in range(n_branches)]
+    with torch.no_grad():  # module t holds branch t's slice of the stacked weights
+        for t, module in enumerate(modules):
+            for name in ("q", "k", "v", "o"):
+                getattr(module, f"{name}_proj").weight.copy_(getattr(stacked, f"{name}_weight")[t])
+                getattr(module, f"{name}_proj").bias.copy_(getattr(stacked, f"{name}_bias")[t])
+    queries = torch.randn(n_branches, dim, dtype=torch.double, requires_grad=True)
+    x = torch.randn(2, 50, dim, dtype=torch.double, requires_grad=True)
+    out, logits = stacked(queries, x)
+    literal = [_textbook(module, queries[t : t + 1], x) for t, module in enumerate(modules)]
+    ref_out = torch.cat([o for o, _ in literal], dim=1)  # (B, T, d)
+    ref_logits = torch.cat([lg for _, lg in literal], dim=1)  # (B, T*H, N), branch-major
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-12)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum() + logits.sum(), [queries, x, *stacked.parameters()])
+    ref_loss = (ref_out * weights).sum() + ref_logits.sum()
+    ref_grads = torch.autograd.grad(ref_loss, [queries, x] + [p for m in modules for p in m.parameters()])
+    torch.testing.assert_close(grads[0], ref_grads[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(grads[1], ref_grads[1], rtol=0, atol=1e-10)
+    # Both list their parameters as q, k, v, o (weight, bias): stacked parameter i is module t's parameter i.
+    n_params = len(list(stacked.parameters()))
+    per_module = [ref_grads[2 + t * n_params : 2 + (t + 1) * n_params] for t in range(n_branches)]
+    for i, (name, _) in enumerate(stacked.named_parameters()):
+        want = torch.stack([module_grads[i] for module_grads in per_module])
+        torch.testing.assert_close(grads[2 + i], want, rtol=0, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_branches_differ_at_initialisation_only_with_a_module_per_branch(shared: bool) -> None:
+    """With queries near zero, each branch's effective query is its projection's bias: its own per branch (the
+    authors' architecture, the default), one for all with ``shared_branches=True`` (the branches start identical)."""
+    torch.manual_seed(0)
+    model = create_model("asmil", in_dim=40, n_classes=2, hidden_dim=32, shared_branches=shared).eval()
+    attention = torch.softmax(model.attention_logits(torch.randn(60, 40)), dim=-1).view(16, 8, 60)  # (T, H, N)
+    spread = (attention - attention[:1]).abs().amax().item()  # how far each branch is from branch 0
+    if shared:
+        assert spread < 1e-6
+    else:
+        assert spread > 1e-3
+
+
+def test_checkpoints_of_the_shared_branch_model_still_load(tmp_path: Path) -> None:
+    """A checkpoint written before per-branch modules became the default (no ``shared_branches`` in its kwargs)
+    rebuilds the shared model it holds, with the same outputs."""
+    from wsi_pipeline.training._checkpoint import model_from_checkpoint
+
+    torch.manual_seed(0)
+    old = ASMIL(in_dim=40, n_classes=2, hidden_dim=32, shared_branches=True).eval()
+    kwargs = {"in_dim": 40, "n_classes": 2, "hidden_dim": 32}  # what such a checkpoint recorded
+    ckpt = {"model_name": "asmil", "model_kwargs": kwargs, "state_dict": old.state_dict()}
+    rebuilt = model_from_checkpoint(ckpt)
+    assert rebuilt.shared_branches
+    bag = torch.randn(30, 40)
+    torch.testing.assert_close(rebuilt(bag).logits, old(bag).logits, rtol=0, atol=0)
+    new = ASMIL(in_dim=40, n_classes=2, hidden_dim=32).eval()
+    assert not model_from_checkpoint({**ckpt, "state_dict": new.state_dict()}).shared_branches
 
 
 def test_attention_logits_only_pass_equals_the_forward() -> None:

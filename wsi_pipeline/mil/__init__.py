@@ -13,7 +13,14 @@ from . import dsmil as _dsmil  # noqa: F401
 from . import meanpool as _meanpool  # noqa: F401
 from . import transmil as _transmil  # noqa: F401
 from ._base import MILOutput, as_bag, default_hidden_dim
-from ._registry import create_model, is_model, list_models, register_model
+from ._registry import (
+    checkpoint_model_kwargs,
+    create_model,
+    is_model,
+    list_models,
+    model_architecture,
+    register_model,
+)
 from .abmil import ABMIL
 from .acmil import ACMIL, diversity_loss, stochastic_topk_mask
 from .asmil import ASMIL
@@ -31,6 +38,8 @@ __all__ = [
     "is_model",
     "list_models",
     "register_model",
+    "model_architecture",
+    "checkpoint_model_kwargs",
     "ABMIL",
     "ACMIL",
     "ASMIL",

@@ -9,7 +9,14 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "is_model"]
+__all__ = [
+    "register_model",
+    "create_model",
+    "list_models",
+    "is_model",
+    "model_architecture",
+    "checkpoint_model_kwargs",
+]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -53,3 +60,17 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     model = _MODELS[name](**kwargs)
     model.model_name = name  # type: ignore[assignment]
     return model
+
+
+def model_architecture(name: str, kwargs: dict[str, Any]) -> str | None:
+    """A model's architecture variant for ``kwargs`` (e.g. ASMIL's ``per-branch``), where the model has variants
+    whose default changed between versions; ``None`` for the others. Recorded in a run's identity."""
+    hook = getattr(_MODELS.get(name), "architecture", None)
+    return None if hook is None else hook(kwargs)
+
+
+def checkpoint_model_kwargs(name: str, kwargs: dict[str, Any], state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The kwargs that rebuild a checkpoint's model: a model whose defaults changed reads which variant the
+    checkpoint holds from its weights' names (the constructor's ``checkpoint_kwargs`` hook)."""
+    hook = getattr(_MODELS.get(name), "checkpoint_kwargs", None)
+    return kwargs if hook is None else hook(kwargs, state_dict)

@@ -75,10 +75,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
-    from ..mil import create_model
+    from ..mil import checkpoint_model_kwargs, create_model
 
     try:
-        model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
+        kwargs = checkpoint_model_kwargs(ckpt["model_name"], ckpt["model_kwargs"], ckpt["state_dict"])
+        model = create_model(ckpt["model_name"], **kwargs)
         model.load_state_dict(ckpt["state_dict"])
     except (ValueError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"checkpoint of model {ckpt['model_name']!r} does not load: {err}") from err

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..config import config_to_dict
 from ..errors import StoreMismatchError
+from ..mil import model_architecture
 from ..provenance import changes, describe_list, file_sha256, fingerprint, weights_identity
 from ..store import features_attrs, features_fingerprint_of
 from ._config import TrainConfig, resolve_plugins
@@ -42,6 +43,9 @@ def run_identity(config: TrainConfig, labels: Labels, stores: dict[str, Path]) -
     settings = {k: v for k, v in config_to_dict(config).items() if k not in _NOT_RESULTS}
     anchor, drop = resolve_plugins(config)
     settings["resolved"] = {"anchor": anchor, "drop": drop}
+    architecture = model_architecture(config.model, config.model_kwargs)
+    if architecture is not None:  # a model whose default architecture changed: a run of the old one is another run
+        settings["resolved"]["architecture"] = architecture
     if config.split_csv is not None:
         settings["split_csv"] = {"name": Path(config.split_csv).name, "sha256": file_sha256(config.split_csv)}
     groups = None if labels.groups is None else labels.groups.tolist()
