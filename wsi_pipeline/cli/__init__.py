@@ -18,6 +18,7 @@ from rich.console import Console
 from ..errors import WsiPipelineError
 from ._logging import setup_logging
 from .annotate import annotate
+from .cohort import lesion_cohort
 from .convert import convert_mil, digit_bags
 from .embed import embed
 from .predict import predict
@@ -71,6 +72,7 @@ app.command(no_args_is_help=True)(submit)
 app.command(no_args_is_help=True)(status)
 app.command(name="convert-mil", no_args_is_help=True)(convert_mil)
 app.command(name="digit-bags", no_args_is_help=True)(digit_bags)
+app.command(name="lesion-cohort", no_args_is_help=True)(lesion_cohort)
 
 
 def _show_warning(

@@ -102,10 +102,12 @@ def draw_heatmap(
     scaling: Scaling = "rank",
     title: str = "",
     alpha: float = 0.5,
+    outlines: list[np.ndarray] | None = None,
 ) -> Path:
     """Draw each tile's scaled score over ``thumbnail`` (level-0 px per thumbnail px: ``thumb_scale``) with a
     colour bar labelled in real attention values; tiles without a score stay transparent. A nearly uniform map
     (max/min <= ``NEARLY_UNIFORM_RATIO``) says so on the image, since any scaling stretches it over every colour.
+    ``outlines`` (rings of level-0 ``(x, y)`` points: the annotated lesions) are drawn over it in black and white.
     The PNG is written under a temporary name and renamed."""
     import matplotlib
 
@@ -122,6 +124,14 @@ def draw_heatmap(
     fig, ax = plt.subplots(figsize=(8, 8 * h / max(w, 1) + 0.5))
     ax.imshow(thumbnail)
     image = ax.imshow(np.ma.masked_invalid(overlay), cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
+    for ring in outlines or []:
+        xy = np.asarray(ring, dtype=np.float64) / thumb_scale
+        xy = np.vstack([xy, xy[:1]])
+        ax.plot(xy[:, 0], xy[:, 1], color="white", linewidth=3.0)  # a halo, visible over every colour
+        ax.plot(xy[:, 0], xy[:, 1], color="black", linewidth=1.2)
+    if outlines:
+        ax.plot([], [], color="black", linewidth=1.2, label="annotation")
+        ax.legend(loc="lower right", fontsize=9, framealpha=0.85)
     how = {"rank": "colours by rank", "percentile": "colours 1st-99th percentile", "linear": "colours min-max"}
     bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=f"attention ({how[scaling]})")
     if len(scores):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..batch import BatchResult, Done, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
-from ..errors import ConfigError, StoreMismatchError
+from ..errors import ConfigError, StoreMismatchError, WsiPipelineError
 from ..provenance import short, weights_identity, weights_label
 from ..store import (
     SCORES,
@@ -35,10 +35,11 @@ from ..store import (
     read_coords,
     read_features,
     read_instance_labels,
+    read_instance_labels_attrs,
     write_scores,
 )
 from ..training import resolve_device
-from ..training._localisation import bag_localisation
+from ..training._localisation import bag_localisation, lesion_regions
 from ._geojson import write_attention_geojson
 from ._heatmap import draw_heatmap, save_top_tiles
 from ._inputs import PredictItem, SlidePreparer, collect_items
@@ -209,6 +210,7 @@ def _heatmap(
         return str(err)
 
     tile_size = int(round(float(tile_size)))  # level-0 size may be fractional (target mpp / slide mpp)
+    outlines = annotation_outlines(store)
     with Slide(slide_path) as wsi:
         thumb, scale = wsi.thumbnail(config.thumbnail_size)
         draw_heatmap(
@@ -220,6 +222,7 @@ def _heatmap(
             out_dir / "heatmaps" / f"{sid}.png",
             scaling=config.scaling,
             title=title,
+            outlines=outlines,
         )
         if config.top_k > 0:
             from ..embedding import features_view
@@ -227,6 +230,27 @@ def _heatmap(
             view = features_view(store, encoder)  # the pixels the encoder saw
             save_top_tiles(wsi, coords, tiling, scores, out_dir / "top_tiles" / sid, k=config.top_k, view=view)
     return None
+
+
+def annotation_outlines(store: Path) -> list[np.ndarray]:
+    """The outlines of the positive annotations the store's ``instance_labels`` were made from (``annotate``), when
+    that file is still there and unchanged (its sha256 as recorded); else none, so no stale outline is drawn."""
+    from ..annotations import read_annotations
+    from ..provenance import file_sha256
+
+    attrs = read_instance_labels_attrs(store) or {}
+    recorded = attrs.get("annotations") or {}
+    path = Path(recorded.get("path") or "")
+    if not recorded.get("path") or not path.is_file() or file_sha256(path) != recorded.get("sha256"):
+        return []
+    try:
+        polygons = read_annotations(path)
+    except WsiPipelineError:
+        return []
+    settings = attrs.get("annotate") or {}  # the classes (and their aliases) that made positive labels
+    classes = {str(c).lower() for c in settings.get("classes") or []}
+    classes |= {str(name).lower() for name in settings.get("aliases") or {}}
+    return [p.rings[0] for p in polygons if p.name.lower() in classes]
 
 
 def predict_store(
@@ -412,7 +436,11 @@ def predict_slides(
         probabilities = {c: float(p) for c, p in zip(classes, probs, strict=True)}
         how = _describe(models, plan.source, plan.folds)
         instance_labels = read_instance_labels(item.store)
-        localisation = None if instance_labels is None else bag_localisation(attention, instance_labels)
+        localisation = None
+        if instance_labels is not None:
+            on_slide = bool((read_attrs(item.store).get("slide") or {}).get("path"))  # bags of features have no grid
+            regions = lesion_regions(read_coords(item.store), instance_labels) if on_slide else None
+            localisation = bag_localisation(attention, instance_labels, regions)
         if config.write_scores:
             write_scores(
                 item.store,

@@ -12,7 +12,8 @@ import torch
 import zarr
 
 from ..errors import StoreMismatchError
-from ..store import FEATURES, list_encoders, read_attrs, read_features, read_instance_labels
+from ..store import FEATURES, list_encoders, read_attrs, read_coords, read_features, read_instance_labels
+from ._localisation import lesion_regions
 
 __all__ = ["BagLoader", "resolve_encoder", "feature_shape", "standardization_scale"]
 
@@ -96,6 +97,7 @@ class BagLoader:
         self.cached = cache == "memory" or (cache == "auto" and total_gb <= max_cache_gb)
         self._cache: dict[str, torch.Tensor] = {}
         self._instance_labels: dict[str, np.ndarray | None] = {}
+        self._regions: dict[str, np.ndarray | None] = {}
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
         log.info(
@@ -181,6 +183,15 @@ class BagLoader:
                 )
             self._instance_labels[slide_id] = labels
         return self._instance_labels[slide_id]
+
+    def lesion_regions(self, slide_id: str) -> np.ndarray | None:
+        """The lesion of each tile (``lesion_regions``) for stores of slides with instance labels; None for bags
+        without a slide (their coordinates are not a tile grid) or without labels."""
+        if slide_id not in self._regions:
+            labels = self.instance_labels(slide_id)
+            on_slide = labels is not None and bool((self.store_attrs(slide_id).get("slide") or {}).get("path"))
+            self._regions[slide_id] = lesion_regions(read_coords(self.stores[slide_id]), labels) if on_slide else None
+        return self._regions[slide_id]
 
     def store_attrs(self, slide_id: str) -> dict:
         return read_attrs(self.stores[slide_id])

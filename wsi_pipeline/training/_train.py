@@ -218,7 +218,7 @@ def bag_localisation_all(loader: BagLoader, attention: dict[str, np.ndarray]) ->
     for sid, att in attention.items():
         labels = loader.instance_labels(sid)
         if labels is not None:
-            out[sid] = bag_localisation(att, labels)
+            out[sid] = bag_localisation(att, labels, loader.lesion_regions(sid))
     return out
 
 
