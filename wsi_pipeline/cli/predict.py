@@ -109,5 +109,19 @@ def predict(
             highlight=False,
             soft_wrap=True,
         )
+        loc = m.get("localisation")
+        if loc:
+            hit = (
+                f", lesions with a tile among the 8 most attended {100 * loc['loc_lesions_hit']:.0f}%"
+                if ("loc_lesions_hit" in loc)
+                else ""
+            )
+            console.print(
+                f"attention vs annotations ({loc['slides']} slide(s) with lesions): tile AUC {loc['loc_auc']:.3f}, "
+                f"attention on lesion tiles {100 * loc['loc_mass']:.1f}% (uniform: {100 * loc['uniform_mass']:.1f}%), "
+                f"top-k precision {loc['loc_precision']:.3f}{hit}",
+                highlight=False,
+                soft_wrap=True,
+            )
     if result.failed:
         raise typer.Exit(1)

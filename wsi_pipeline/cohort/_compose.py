@@ -192,7 +192,9 @@ def compose_slide(
     tissue = np.zeros((height, width), dtype=bool)
     placed = 0
     piece_area = width * height * cover / n_pieces
-    for _ in range(n_pieces):
+    for _ in range(4 * n_pieces):  # a crop of mostly glass or a piece with no room left: another draw
+        if placed == n_pieces:
+            break
         # The outline (radius 0.36 side) covers about 0.4 of the square it is cut from.
         side = int(np.clip(math.sqrt(piece_area / 0.4) * rng.uniform(0.85, 1.15), 256, 0.9 * min(width, height)))
         crop = background.random_crop(int(side * 1.1) + 2, rng)  # its inscribed circle holds the outline

@@ -93,8 +93,8 @@ def is_finished(
 
 def result_row(result: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     """One ``predictions.csv`` row: slide_id, predicted_class, prob_<class>..., n_tiles, label, source, folds, and
-    the localisation columns (``loc_auc``, ``loc_precision``, ``loc_mass``) for slides whose store has instance
-    labels."""
+    the localisation columns (``loc_auc``, ``loc_precision``, ``loc_mass``, ``loc_lesions_hit``, ``key_fraction``,
+    ``lesions``) for slides whose store has instance labels."""
     probs = result["probabilities"]
     return {
         "slide_id": result["slide_id"],
@@ -104,8 +104,29 @@ def result_row(result: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]
         "label": result.get("label") or "",
         "source": result.get("source") or "",
         "folds": " ".join(str(k) for k in result.get("folds") or []),
-        **{key: result["localisation"][key] for key in LOCALISATION_KEYS if result.get("localisation")},
+        **{key: value for key, value in (result.get("localisation") or {}).items() if key in _LOC_COLUMNS},
     }
+
+
+_LOC_COLUMNS = (*LOCALISATION_KEYS, "key_fraction", "lesions")
+
+
+def cohort_localisation(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The mean of each localisation measure over the slides that have one (annotated slides with lesions), with
+    ``uniform_mass``: the mass a uniform attention would put on the lesions (the mean key fraction)."""
+    scored = [row for row in rows if row.get("loc_auc") not in (None, "")]
+    if not scored:
+        return None
+    out: dict[str, Any] = {"slides": len(scored)}
+    for key in LOCALISATION_KEYS:
+        values = [float(row[key]) for row in scored if row.get(key) not in (None, "")]
+        if values:
+            out[key] = float(np.mean(values))
+    out["uniform_mass"] = float(np.mean([float(row["key_fraction"]) for row in scored]))
+    lesions = [int(row["lesions"]) for row in scored if row.get("lesions") not in (None, "")]
+    if lesions:
+        out["lesions"] = sum(lesions)
+    return out
 
 
 def cohort_metrics(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> dict[str, Any] | None:
@@ -119,12 +140,16 @@ def cohort_metrics(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> di
     y_true = np.array([index[row["label"]] for row in held_out], dtype=np.int64)
     probs = np.array([[row[f"prob_{c}"] for c in classes] for row in held_out], dtype=np.float64)
     metrics = classification_metrics(y_true, probs, len(classes))
-    return {
+    out = {
         "what": "out-of-fold predictions: each labelled slide predicted by the fold model(s) that never trained on it",
         "classes": list(classes),
         "slides": [row["slide_id"] for row in held_out],
         **metrics,
     }
+    localisation = cohort_localisation(held_out)
+    if localisation:
+        out["localisation"] = localisation
+    return out
 
 
 def write_predictions_csv(
@@ -163,7 +188,7 @@ def write_predictions_csv(
             ["slide_id", "predicted_class"] + [f"prob_{c}" for c in classes] + ["n_tiles", "label", "source", "folds"]
         )
         if any("loc_auc" in row for row in rows):
-            fields += list(LOCALISATION_KEYS)
+            fields += list(_LOC_COLUMNS)
         writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
