@@ -23,6 +23,7 @@ __all__ = ["TissueSource", "ComposedSlide", "compose_slide", "blob_polygon", "le
 GLASS = np.array([243, 242, 245], dtype=np.float32)
 _OVERVIEW_MPP = 8.0  # where a source's tissue is found
 _MASK_MPP = 4.0  # where the composed slide's tissue is measured
+_HOLD_PIXELS = 64_000_000  # a source this small at the cohort's resolution is read once and held (192 MB at most)
 
 
 class TissueSource:
@@ -52,6 +53,7 @@ class TissueSource:
                 f"{self.path}: the {role} source is {self.out_size[0]}x{self.out_size[1]} px at {out_mpp} um/px, "
                 f"smaller than the {min_side} px needed; use a larger source or a coarser --mpp"
             )
+        self._held: np.ndarray | None = None
         overview, ov_scale = self.slide.read_at_mpp(_OVERVIEW_MPP)
         self.overview_scale = ov_scale * self.scale  # output pixels per overview pixel
         self.mask = tissue_mask(overview, self.mpp * ov_scale)
@@ -59,7 +61,13 @@ class TissueSource:
             raise CohortError(f"{self.path}: no tissue found in the {role} source; use a slide or image of tissue")
 
     def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """RGB ``(h, w, 3)`` of the output-pixel box at ``(x, y)``, read at the nearest finer pyramid level."""
+        """RGB ``(h, w, 3)`` of the output-pixel box at ``(x, y)``, read at the nearest finer pyramid level; a small
+        source is read whole once (every slide crops it many times) and cropped from memory."""
+        if self.out_size[0] * self.out_size[1] <= _HOLD_PIXELS:
+            if self._held is None:
+                self._held, _ = self.slide.read_at_mpp(self.out_mpp)
+            x, y = min(x, self._held.shape[1] - w), min(y, self._held.shape[0] - h)
+            return np.ascontiguousarray(self._held[y : y + h, x : x + w])
         level = self.slide.best_level_for_mpp(self.out_mpp)
         level_scale = self.scale * self.slide.level_downsamples[level]  # output px per level px
         lx, ly = x / self.scale, y / self.scale  # level-0 source px
