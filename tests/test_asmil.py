@@ -165,3 +165,13 @@ def test_localise_preset_leaves_uniform_attention_where_the_paper_recipe_stays(t
     assert localise["val_loc_mass"] > 2 * uniform_share and localise["attn_entropy_norm"] < 0.995
     assert localise["val_loc_auc"] > 0.95
     assert paper["val_loc_mass"] < 2 * uniform_share and paper["attn_entropy_norm"] > 0.995
+
+
+def test_a_run_records_which_asmil_architecture_it_trained() -> None:
+    """A run folder of the shared-branch model is another run than one of the per-branch default (its identity
+    differs, so `train` refuses to resume one with the other's checkpoints)."""
+    from wsi_pipeline.mil import model_architecture
+
+    assert model_architecture("asmil", {}) == "per-branch"
+    assert model_architecture("asmil", {"shared_branches": True}) == "shared-branches"
+    assert model_architecture("abmil", {}) is None
