@@ -79,3 +79,13 @@ def test_lesions_are_groups_of_touching_key_tiles_and_hits_count_each_once() -> 
     assert uniform["loc_lesions_hit"] == pytest.approx((p_one + p_two) / 2)
     assert "loc_lesions_hit" not in bag_localisation(attention, labels)  # no grid, no lesions
     assert mean_localisation([got, bag_localisation(attention, labels)])["loc_lesions_hit"] == pytest.approx(0.5)
+
+
+def test_selection_breaks_ties_on_f1_auc_by_the_validation_loss() -> None:
+    from wsi_pipeline.training import selection_score
+
+    early = {"f1_macro": 1.0, "auc": 1.0, "accuracy": 1.0, "loss": 0.6}
+    late = {"f1_macro": 1.0, "auc": 1.0, "accuracy": 1.0, "loss": 0.01}
+    worse = {"f1_macro": 0.95, "auc": 1.0, "accuracy": 0.95, "loss": 0.001}  # one slide of 20 wrong
+    for rule in ("f1_auc", "accuracy"):
+        assert selection_score(late, rule) > selection_score(early, rule) > selection_score(worse, rule)

@@ -46,16 +46,25 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, n_classes: int
     return out
 
 
+# Ties on macro-F1 + AUC or accuracy are broken by the validation loss: with a few dozen validation slides many
+# epochs score a perfect 2.0, and the first of them is often an under-trained one (probabilities near 0.5, flat
+# attention). The loss term is kept far below the smallest step of F1 + AUC on any validation set.
+_TIE_BREAK = 1e-6
+
+
 def selection_score(metrics: dict[str, Any], rule: str, epoch: int = 0) -> float:
-    """Higher is better: macro-F1 + AUC (NaN AUC counts 0), accuracy, minus the loss, or the epoch (``last``)."""
+    """Higher is better: macro-F1 + AUC (NaN AUC counts 0), accuracy, minus the loss, or the epoch (``last``);
+    equal F1 + AUC or accuracy go to the epoch with the lower validation loss."""
     if rule == "last":
         return float(epoch)
     if rule == "loss":
         return -float(metrics["loss"])
+    loss = float(metrics.get("loss", math.nan))
+    tie_break = 0.0 if math.isnan(loss) else -_TIE_BREAK * min(loss, 100.0)
     if rule == "accuracy":
-        return float(metrics["accuracy"])
+        return float(metrics["accuracy"]) + tie_break
     auc = metrics.get("auc", math.nan)
-    return float(metrics["f1_macro"]) + (0.0 if math.isnan(auc) else float(auc))
+    return float(metrics["f1_macro"]) + (0.0 if math.isnan(auc) else float(auc)) + tie_break
 
 
 def mean_std(rows: Sequence[dict[str, Any]], keys: Sequence[str] = SCALARS) -> dict[str, dict[str, float]]:
