@@ -34,6 +34,7 @@ def _head(title: str, assets: str, stamp: str, extra: str = "") -> str:
         # no network: everything comes from this folder (file:) or the view server (self)
         '<meta http-equiv="Content-Security-Policy" content="default-src \'self\' file: data:; '
         "img-src 'self' file: data: blob:; style-src 'self' file: 'unsafe-inline'\">"
+        '<link rel="icon" href="data:,">'  # no favicon request
         f"<title>{html.escape(title)}</title>"
         f'<link rel="stylesheet" href="{assets}/report.css">{extra}</head>'
     )
