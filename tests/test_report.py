@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -41,7 +40,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ENTRY_POINT = Path(sys.executable).with_name("wsi-pipeline")
-MAX_SIZE = 1500  # caps the 2220 x 2967 slide at half resolution: the capped path, and fast
+MAX_SIZE = 1000  # caps the 2220 x 2967 slide at 1/4 resolution: the capped path, and fast
 PEAKED = "cmu_band2"  # its attention is replaced by a known peaked map (see `cohort`)
 FLAT = "cmu_band1"  # keeps the model's own, nearly uniform attention
 
@@ -113,11 +112,12 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
 # --------------------------------------------------------------------------------------------- files, reuse
 def test_report_files_and_rebuilds_only_what_changed(cohort: Cohort, tmp_path: Path) -> None:
     report = cohort.pred / "report"
-    assert (report / "index.html").is_file() and (report / "assets" / "openseadragon" / "openseadragon.min.js").is_file()
+    assert (report / "index.html").is_file()
+    assert (report / "assets" / "openseadragon" / "openseadragon.min.js").is_file()
     for sid in cohort.slide_ids:
         assert (report / "slides" / f"{sid}.html").is_file()
         stamp = json.loads((report / "tiles" / f"{sid}.json").read_text())
-        assert (stamp["width"], stamp["height"]) == (1110, 1484) and stamp["downsample"] == pytest.approx(2.0)
+        assert (stamp["width"], stamp["height"]) == (555, 742) and stamp["downsample"] == pytest.approx(4.0)
         top = report / "tiles" / f"{sid}_files" / str(stamp["levels"] - 1)
         assert (top / "0_0.jpeg").is_file() and not (top.parent / str(stamp["levels"])).exists()
     # The changed scores rebuilt that slide's page only; no pyramid was redone.
@@ -134,9 +134,8 @@ def test_report_files_and_rebuilds_only_what_changed(cohort: Cohort, tmp_path: P
     assert not (pred / "report" / "tiles" / "cmu_band0_files").exists()
     assert "cmu_band0" not in (pred / "report" / "index.html").read_text()
     # Another pyramid cap redoes the pyramids and the pages over them.
-    bigger = write_report(pred, cohort.slide_ids[1:], ReportConfig(max_size=4096, top_k=4))
-    assert bigger is not None and sorted(bigger.pyramids_written) == cohort.slide_ids[1:]
-    assert sorted(bigger.pages_written) == cohort.slide_ids[1:]
+    bigger = write_report(pred, cohort.slide_ids[3:], ReportConfig(max_size=800, top_k=4))
+    assert bigger is not None and bigger.pyramids_written == bigger.pages_written == cohort.slide_ids[3:]
 
 
 def test_relative_scale_shows_flat_attention_flat() -> None:
@@ -146,7 +145,8 @@ def test_relative_scale_shows_flat_attention_flat() -> None:
     peaked = np.full(100, 0.5 / 99)
     peaked[7] = 0.5  # half the attention on one tile of 100: 50 times uniform
     scaled = scale_scores(peaked, "relative")
-    assert scaled[7] == 1.0 and scaled.argmax() == 7 and scaled[0] == pytest.approx(0.377, abs=0.001)  # 0.505x: log2 -0.99
+    # the others get 0.505 of uniform: log2 -0.99 of the -4..4 range
+    assert scaled[7] == 1.0 and scaled.argmax() == 7 and scaled[0] == pytest.approx(0.377, abs=0.001)
 
 
 # --------------------------------------------------------------------------------------------- view server
@@ -285,8 +285,10 @@ class Watched:
 
     def settled(self) -> None:
         self.wait("window.report && report.ready && report.viewer.world.getItemAt(0).getFullyLoaded()")
-        self.wait("!report.viewer.viewport.getZoom(true) || Math.abs(report.viewer.viewport.getZoom(true) - "
-                  "report.viewer.viewport.getZoom(false)) < 1e-6")
+        self.wait(
+            "!report.viewer.viewport.getZoom(true) || Math.abs(report.viewer.viewport.getZoom(true) - "
+            "report.viewer.viewport.getZoom(false)) < 1e-6"
+        )
         self.wait("report.viewer.world.getItemAt(0).getFullyLoaded()")
         self.page.wait_for_timeout(150)
 
@@ -320,7 +322,7 @@ def _check_pages(browser, cohort: Cohort, base: str, allowed: tuple[str, ...]) -
     assert sorted(ids) == cohort.slide_ids
     page.fill("#filter", FLAT)
     assert page.locator("#slides tbody tr:not([hidden])").count() == 1
-    page.set_viewport_size({"width": 600, "height": 400})  # a small viewer starts on a low level
+    page.set_viewport_size({"width": 450, "height": 300})  # a small viewer starts on a low level
     page.click(f"#slides a[href='slides/{FLAT}.html']")
     watched.settled()
     assert page.url.endswith(f"slides/{FLAT}.html")

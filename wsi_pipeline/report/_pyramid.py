@@ -22,24 +22,53 @@ __all__ = ["DeepZoom", "open_deepzoom", "write_pyramid", "read_pyramid_stamp", "
 PYRAMID_LAYOUT = 1  # bump when the files written change meaning
 
 
+SMALL_LEVEL_PX = 2048  # a slide whose smallest level is larger gets one more, made in memory (see below)
+
+
 class _SlideAsOpenSlide:
-    """What ``DeepZoomGenerator`` needs of an OpenSlide object, over a ``Slide`` (OpenSlide or flat image)."""
+    """What ``DeepZoomGenerator`` needs of an OpenSlide object, over a ``Slide`` (OpenSlide or flat image).
+
+    A slide without a small level (a flat image, a single-level TIFF) would have every low Deep Zoom level read
+    from its full level again; so it gets one extra level, its thumbnail of at most ``SMALL_LEVEL_PX`` px read once,
+    from which the low levels are cut. Slides with a small level of their own are read as they are.
+    """
 
     def __init__(self, slide: Slide) -> None:
         self._slide = slide
         self.properties = slide.properties
         self.dimensions = slide.dimensions
-        self.level_count = slide.level_count
-        self.level_dimensions = slide.level_dimensions
-        self.level_downsamples = slide.level_downsamples
+        self.level_dimensions = list(slide.level_dimensions)
+        self.level_downsamples = list(slide.level_downsamples)
+        self._thumb = None
+        self._thumb_level = -1
+        if min(max(dims) for dims in self.level_dimensions) > SMALL_LEVEL_PX:
+            import numpy as np
+
+            thumb, scale = slide.thumbnail(SMALL_LEVEL_PX)
+            self._thumb = np.ascontiguousarray(thumb)
+            self._thumb_level = len(self.level_dimensions)
+            self.level_dimensions.append((thumb.shape[1], thumb.shape[0]))
+            self.level_downsamples.append(float(scale))
+        self.level_count = len(self.level_dimensions)
 
     def get_best_level_for_downsample(self, downsample: float) -> int:
+        if self._thumb is not None and downsample >= self.level_downsamples[self._thumb_level]:
+            return self._thumb_level
         return int(self._slide.osr.get_best_level_for_downsample(downsample))
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Any:
         from PIL import Image
 
-        return Image.fromarray(self._slide.read_region(location, level, size)).convert("RGBA")
+        if level != self._thumb_level:
+            return Image.fromarray(self._slide.read_region(location, level, size)).convert("RGBA")
+        import numpy as np
+
+        scale = self.level_downsamples[level]
+        x, y = int(location[0] / scale), int(location[1] / scale)
+        out = np.full((size[1], size[0], 4), 255, dtype=np.uint8)  # outside the slide: white, as OpenSlide's
+        crop = self._thumb[max(y, 0) : y + size[1], max(x, 0) : x + size[0]]
+        out[max(-y, 0) : max(-y, 0) + crop.shape[0], max(-x, 0) : max(-x, 0) + crop.shape[1], :3] = crop
+        return Image.fromarray(out, "RGBA")
 
 
 class DeepZoom:
