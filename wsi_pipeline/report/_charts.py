@@ -100,14 +100,15 @@ def confusion_html(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> st
     )
 
 
-def reliability_svg(rows: Sequence[dict[str, Any]], n_bins: int = 5) -> str:
-    """Accuracy against confidence (the predicted class's probability) in equal-width bins; a dot's area is its
-    number of slides. A calibrated model's dots lie on the diagonal."""
+def reliability_svg(rows: Sequence[dict[str, Any]], n_classes: int, n_bins: int = 5) -> str:
+    """Accuracy against confidence (the predicted class's probability) in equal-width bins from 1/C (the least a
+    prediction's probability can be) to 1; a dot's area is its number of slides. A calibrated model's dots lie on
+    the diagonal."""
     if not rows:
         return ""
     confidence = np.array([float(r["probabilities"][r["predicted_class"]]) for r in rows])
     correct = np.array([r["label"] == r["predicted_class"] for r in rows], dtype=float)
-    edges = np.linspace(0, 1, n_bins + 1)
+    edges = np.linspace(1 / max(n_classes, 1), 1, n_bins + 1)
     which = np.clip(np.digitize(confidence, edges) - 1, 0, n_bins - 1)
     body = ""
     for b in range(n_bins):

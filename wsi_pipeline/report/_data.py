@@ -87,7 +87,9 @@ def _overlay(coords: np.ndarray, tile: float, stride: float, values: np.ndarray)
     cols = np.rint((coords[:, 0] - x0) / stride).astype(int)
     rows = np.rint((coords[:, 1] - y0) / stride).astype(int)
     n_cols, n_rows = int(cols.max()) + 1, int(rows.max()) + 1
-    cell = max(1, min(8, OVERLAY_MAX_PX // max(n_cols, n_rows)))
+    cell = max(
+        1, min(32, OVERLAY_MAX_PX // max(n_cols, n_rows))
+    )  # whole blocks: the browser's smoothing blurs edges only
     lut = (matplotlib.colormaps[colormap_for("relative")](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
     rgba = np.zeros((n_rows, n_cols, 4), dtype=np.uint8)
     rgba[rows, cols, :3] = lut[np.clip(np.rint(values * 255), 0, 255).astype(int)]

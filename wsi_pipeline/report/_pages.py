@@ -80,7 +80,7 @@ def index_page(
     )
     body = "".join(_cells(r, classes, has_loc) for r in rows)
     held_out = labelled(rows, classes)
-    charts = roc_svg(held_out, classes) + confusion_html(held_out, classes) + reliability_svg(held_out)
+    charts = roc_svg(held_out, classes) + confusion_html(held_out, classes) + reliability_svg(held_out, len(classes))
     if held_out:
         right = sum(r["label"] == r["predicted_class"] for r in held_out)
         summary = f"{len(held_out)} labelled slide(s) never trained on: {right} right ({_pct(right / len(held_out))})"

@@ -16,6 +16,7 @@ slides this model did not predict are removed, so a report never mixes two runs'
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -141,6 +142,16 @@ def report_provenance(results: Sequence[dict[str, Any]]) -> dict[str, str]:
     }
 
 
+@functools.lru_cache(maxsize=1)
+def _code() -> str:
+    """The code that draws the pages (a new version, or an edited checkout, rebuilds them)."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in (*sorted(here.glob("_*.py")), here.parent / "predict" / "_heatmap.py"):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _fingerprint(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -237,7 +248,14 @@ def _resolution_note(stamp: dict[str, Any], mpp: float | None, live: bool) -> st
 def _slide_stamp(result: dict[str, Any], pyramid: dict[str, Any] | None, why: str, config: ReportConfig) -> str:
     inputs = slide_inputs(result)
     return _fingerprint(
-        {"layout": PAGE_LAYOUT, "inputs": inputs, "pyramid": pyramid, "why": why, "top_k": config.top_k}
+        {
+            "layout": PAGE_LAYOUT,
+            "code": _code(),
+            "inputs": inputs,
+            "pyramid": pyramid,
+            "why": why,
+            "top_k": config.top_k,
+        }
     )
 
 
@@ -265,6 +283,7 @@ def render_index(results: Sequence[dict[str, Any]], pages: set[str], page_stamps
     stamp = _fingerprint(
         {
             "layout": PAGE_LAYOUT,
+            "code": _code(),
             "pages": page_stamps,
             "provenance": provenance,
             "results": [_fingerprint(r) for r in results],
