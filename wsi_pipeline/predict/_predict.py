@@ -84,7 +84,7 @@ class PredictConfig:
     # <out>/report/: index.html + a page per slide with a deep-zoom viewer (OpenSeadragon), pyramids capped at
     # report_max_size px on the long side (`wsi-pipeline view` serves full resolution)
     report: bool = True
-    report_max_size: int = 4096
+    report_max_size: int = 8192
     # Raw slide inputs only: the encoder weights file (its sha256 must be the one the checkpoint's features record;
     # default: where they record it), and the resolution of slides that state none, as for `tile`.
     weights: str | None = None

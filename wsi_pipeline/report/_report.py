@@ -55,7 +55,7 @@ PAGE_LAYOUT = 1  # bump when pages change meaning: every page is rebuilt
 class ReportConfig:
     """Settings of the report (``predict``'s ``report_*`` settings)."""
 
-    max_size: int = 4096  # pyramids stop at the level whose long side fits (px); `view` serves full resolution
+    max_size: int = 8192  # pyramids stop at the level whose long side fits (px); `view` serves full resolution
     top_k: int = 8  # top-attention tiles in each slide page's gallery
     tile_size: int = 254  # DZI tiles (254 + 2 x 1 overlap = 256)
     overlap: int = 1
