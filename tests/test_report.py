@@ -53,6 +53,7 @@ class Cohort:
     scores_name: str
     rebuilt: list[str]  # pages the second write_report rewrote after PEAKED's scores changed
     pyramids_rebuilt: list[str]
+    run_dir: Path
 
 
 def _tissue_geojson(stores: Path, sid: str) -> None:
@@ -106,7 +107,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
     write_scores(store, name, peaked / peaked.sum(), attrs=attrs)
     again = write_report(pred, [f"cmu_band{i}" for i in range(4)], ReportConfig(max_size=MAX_SIZE, top_k=4))
     assert again is not None
-    return Cohort(pred, stores, [f"cmu_band{i}" for i in range(4)], name, again.pages_written, again.pyramids_written)
+    ids = [f"cmu_band{i}" for i in range(4)]
+    return Cohort(pred, stores, ids, name, again.pages_written, again.pyramids_written, run.run_dir)
 
 
 # --------------------------------------------------------------------------------------------- files, reuse
@@ -147,6 +149,30 @@ def test_relative_scale_shows_flat_attention_flat() -> None:
     scaled = scale_scores(peaked, "relative")
     # the others get 0.505 of uniform: log2 -0.99 of the -4..4 range
     assert scaled[7] == 1.0 and scaled.argmax() == 7 and scaled[0] == pytest.approx(0.377, abs=0.001)
+
+
+def test_cli_predict_prints_the_report_and_a_missing_viewer_is_one_warning(cohort: Cohort, tmp_path: Path) -> None:
+    out = tmp_path / "pred"
+    # write_scores=false: the cohort's stores keep the attention its own report shows
+    args = [cohort.run_dir, cohort.stores, "--out", out, "--no-heatmaps", "--top-k", "2"]
+    args += ["--set", "write_scores=false", "--set", "report_max_size=300"]
+    run = subprocess.run(
+        [sys.executable, str(ENTRY_POINT), "predict", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"report: {out / 'report' / 'index.html'}" in run.stderr.replace("\n", "")
+    assert sorted(p.stem for p in (out / "report" / "slides").glob("*.html")) == cohort.slide_ids
+    # Without the built viewer the predictions stand and the report is one warning naming the fix.
+    from wsi_pipeline.errors import MissingPrerequisiteError
+    from wsi_pipeline.predict._predict import _report
+
+    def missing(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise MissingPrerequisiteError("static/openseadragon: OpenSeadragon is not built; run `python web/build.py`")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("wsi_pipeline.report.write_report", missing)
+        with pytest.warns(UserWarning, match="report not written: .*web/build.py"):
+            assert _report(out, cohort.slide_ids, {"sha256": "x"}, PredictConfig()) is None
 
 
 # --------------------------------------------------------------------------------------------- view server
