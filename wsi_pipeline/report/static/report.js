@@ -61,6 +61,7 @@
   }
 
   // ------------------------------------------------------------------------------------------- slide page
+  var TISSUE = "rgba(20,140,20,0.9)", ANNOTATION = "rgba(255,190,0,0.95)";
   function slidePage(data) {
     var report = (window.report = { data: data, loadedLevels: {}, maxLoadedLevel: -1, ready: false });
     var panel = document.getElementById("panel");
@@ -68,10 +69,11 @@
     var layers = el("section", { class: "layers" }, [el("h2", { text: "Layers" })]);
     panel.appendChild(layers);
 
-    function checkbox(id, text, checked) {
+    function checkbox(id, text, checked, colour) {
       var box = el("input", { type: "checkbox", id: id });
       box.checked = checked;
-      layers.appendChild(el("label", { class: "layer" }, [box, document.createTextNode(" " + text)]));
+      var swatch = colour ? el("span", { class: "swatch", style: "border-color:" + colour }) : null;
+      layers.appendChild(el("label", { class: "layer" }, [box, swatch, document.createTextNode(" " + text)]));
       return box;
     }
 
@@ -97,8 +99,8 @@
       layers.appendChild(el("p", { class: "note", text: "no attention overlay: " + data.overlay_note }));
     }
     if (data.resolution_note) layers.appendChild(el("p", { class: "stats", id: "resolution", text: data.resolution_note }));
-    var tissueBox = data.tissue.length ? checkbox("layer-tissue", "tissue outline", true) : null;
-    var annotationBox = data.annotations.length ? checkbox("layer-annotations", "annotations", true) : null;
+    var tissueBox = data.tissue.length ? checkbox("layer-tissue", "tissue outline", true, TISSUE) : null;
+    var annotationBox = data.annotations.length ? checkbox("layer-annotations", "annotations", true, ANNOTATION) : null;
 
     var gallery = null;
     if (data.top_tiles.length) {
@@ -161,9 +163,9 @@
       var origin = viewer.viewport.pixelFromPoint(new window.OpenSeadragon.Point(0, 0), true);
       var scale = viewer.viewport.pixelFromPoint(new window.OpenSeadragon.Point(1, 0), true).x - origin.x;
       ctx.lineWidth = 2;
-      if (tissueBox && tissueBox.checked) { ctx.strokeStyle = "rgba(20,140,20,0.9)"; rings(ctx, data.tissue, origin, scale); }
+      if (tissueBox && tissueBox.checked) { ctx.strokeStyle = TISSUE; rings(ctx, data.tissue, origin, scale); }
       if (annotationBox && annotationBox.checked) {
-        ctx.strokeStyle = "rgba(255,200,0,0.95)";
+        ctx.strokeStyle = ANNOTATION;
         data.annotations.forEach(function (a) { rings(ctx, a.rings, origin, scale); });
       }
       if (highlight) {
