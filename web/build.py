@@ -5,8 +5,9 @@ script, its licence and its button images) are copied to wsi_pipeline/report/sta
 file. Nothing is fetched when that folder already holds the locked version. The page loads these copies with
 relative links, never from a CDN.
 
-    python web/build.py            # build when missing or out of date
-    python web/build.py --force    # rebuild
+    python web/build.py                # build when missing or out of date (fails without npm)
+    python web/build.py --force        # rebuild
+    python web/build.py --if-possible  # without npm: a warning, and the report is left out until it is built
 """
 
 from __future__ import annotations
@@ -34,15 +35,19 @@ def is_built() -> bool:
     return version.is_file() and version.read_text().strip() == locked_version() and (TARGET / FILES[0]).is_file()
 
 
-def build(force: bool = False) -> Path:
+def build(force: bool = False, required: bool = True) -> Path | None:
     if is_built() and not force:
         return TARGET
     npm = shutil.which("npm")
     if npm is None:
-        raise SystemExit(
+        message = (
             "web/build.py: npm not found; install Node.js (e.g. `apt-get install nodejs npm`) and rerun "
             "`python web/build.py` to build the report's viewer (OpenSeadragon)"
         )
+        if required:
+            raise SystemExit(message)
+        print(f"warning: {message}; until then `predict` writes no report", file=sys.stderr)
+        return None
     subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=WEB, check=True)
     source = WEB / "node_modules" / "openseadragon"
     built = source / "build" / "openseadragon"
@@ -61,4 +66,4 @@ def build(force: bool = False) -> Path:
 
 
 if __name__ == "__main__":
-    build(force="--force" in sys.argv[1:])
+    build(force="--force" in sys.argv[1:], required="--if-possible" not in sys.argv[1:])
