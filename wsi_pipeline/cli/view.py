@@ -23,7 +23,7 @@ def view(
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; anything but 127.0.0.1 lets other machines in.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", help="Port (0: any free one).", min=0, max=65535)] = 8000,
+    port: Annotated[int, typer.Option("--port", help="Port (0: any free one).", min=0, max=65535)] = 8000,
 ) -> None:
     """Serve the report's pages with every slide's tiles read from its slide file on request (full resolution,
     nothing written), on http://127.0.0.1:PORT/ until Ctrl-C.
