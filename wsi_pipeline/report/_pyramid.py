@@ -16,6 +16,7 @@ from typing import Any
 
 from ..batch import atomic_write_text, temporary_then_rename
 from ..slide import Slide
+from ..store import provenance
 
 __all__ = ["DeepZoom", "open_deepzoom", "write_pyramid", "read_pyramid_stamp", "tile_source", "PYRAMID_LAYOUT"]
 
@@ -165,6 +166,7 @@ def write_pyramid(
             "downsample": l0_w / dz.width,
             "levels": dz.top_level + 1,
             "bytes": n_bytes,
+            "wsi_pipeline": provenance(),  # what made it (not compared: new versions reuse the same pixels)
         }
     atomic_write_text(stamp_path, json.dumps(stamp, indent=1) + "\n")
     return stamp
