@@ -146,6 +146,35 @@ def test_report_files_and_rebuilds_only_what_changed(cohort: Cohort, tmp_path: P
     assert bigger is not None and bigger.pyramids_written == bigger.pages_written == cohort.slide_ids[3:]
 
 
+def test_interrupted_rebuild_leaves_no_index_and_a_held_lock_is_left_to_its_holder(
+    cohort: Cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsi_pipeline.batch import SlideLock
+    from wsi_pipeline.report import _report as report_module
+
+    pred = tmp_path / "pred"
+    shutil.copytree(cohort.pred, pred)
+    config = ReportConfig(max_size=MAX_SIZE, top_k=3)  # another gallery size: every page is redrawn
+
+    def killed(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module, "render_slide", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(pred, cohort.slide_ids, config)
+    assert not (pred / "report" / "index.html").exists()  # no entry point to a half-redrawn report
+    monkeypatch.undo()
+    lock = SlideLock(pred / ".locks" / "report.lock")
+    lock.acquire()  # another shard is writing it
+    try:
+        assert write_report(pred, cohort.slide_ids, config) is None
+    finally:
+        lock.release()
+    done = write_report(pred, cohort.slide_ids, config)
+    assert done is not None and sorted(done.pages_written) == cohort.slide_ids and done.pyramids_written == []
+    assert (pred / "report" / "index.html").is_file()
+
+
 def test_relative_scale_shows_flat_attention_flat() -> None:
     flat = 0.02321 + np.linspace(0, 0.00009, 43)  # max/min 1.004
     values = scale_scores(flat, "relative")
