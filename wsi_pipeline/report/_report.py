@@ -32,7 +32,7 @@ from ..errors import LockedError, MissingPrerequisiteError
 from ..predict._results import read_slide_result, slide_result_path
 from ..store import features_attrs, read_attrs
 from ._data import colour_bar, slide_data, slide_inputs
-from ._pages import STAMP_PREFIX, index_page, page_href, slide_page
+from ._pages import STAMP_PREFIX, index_page, slide_page
 from ._pyramid import PYRAMID_LAYOUT, read_pyramid_stamp, tile_source, write_pyramid
 
 __all__ = [
@@ -323,7 +323,7 @@ def _build(out_dir: Path, slide_ids: Sequence[str] | None, config: ReportConfig,
             outcome.pyramids_written.append(sid)
         if pyramid is None:
             outcome.no_viewer[sid] = why
-        page = report / page_href(sid)
+        page = report / "slides" / f"{sid}.html"  # on disk as is; links quote it (page_href)
         quick = _slide_stamp(result, pyramid, why, config)
         if _page_stamp(page) != quick:
             if not index_removed:
@@ -335,7 +335,7 @@ def _build(out_dir: Path, slide_ids: Sequence[str] | None, config: ReportConfig,
         pages.add(sid)
         stamps[sid] = quick
     # Pages and pyramids of slides this model has no result for (another run's, removed inputs) go.
-    keep_pages = {page_href(sid).removeprefix("slides/") for sid in pages}
+    keep_pages = {f"{sid}.html" for sid in pages}
     for page in (report / "slides").glob("*.html") if (report / "slides").is_dir() else []:
         if page.name not in keep_pages:
             index.unlink(missing_ok=True)
