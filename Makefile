@@ -85,6 +85,7 @@ bench:  ## every benchmarks/bench_*.py, one after another (mil_localisation.py t
 	@set -e; for bench in benchmarks/bench_*.py; do [ -e "$$bench" ] || continue; echo "== $$bench"; $(PYTHON) "$$bench"; done
 
 install: $(VENV)/.installed  ## create .venv: pinned torch (local wheels), the package and its dev tools
+	$(VENV)/bin/python web/build.py --if-possible  # the report's viewer from web/package-lock.json (needs npm)
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

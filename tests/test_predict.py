@@ -61,6 +61,12 @@ def _make_stores(slide_path: Path, out: Path, n_bands: int = 6) -> tuple[Path, P
     return stores, labels
 
 
+@pytest.fixture(autouse=True)
+def _no_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report has its own tests (tests/test_report.py); here its deep-zoom pyramids would only add minutes."""
+    monkeypatch.setattr("wsi_pipeline.predict._predict._report", lambda *args, **kwargs: None)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """An ASMIL checkpoint trained on 6 stores of real tiles of CMU-1-Small-Region.svs (made once per module)."""

@@ -26,6 +26,7 @@ from .status import status
 from .submit import submit
 from .tile import tile
 from .train import train
+from .view import view
 
 __all__ = ["app", "main"]
 
@@ -70,6 +71,7 @@ app.command(no_args_is_help=True)(train)
 app.command(no_args_is_help=True)(predict)
 app.command(no_args_is_help=True)(submit)
 app.command(no_args_is_help=True)(status)
+app.command(no_args_is_help=True)(view)
 app.command(name="convert-mil", no_args_is_help=True)(convert_mil)
 app.command(name="digit-bags", no_args_is_help=True)(digit_bags)
 app.command(name="lesion-cohort", no_args_is_help=True)(lesion_cohort)

@@ -41,7 +41,18 @@ def predict(
     top_k: Annotated[int | None, typer.Option("--top-k", help="Top-attention tiles saved per slide.")] = None,
     heatmaps: Annotated[bool | None, typer.Option("--heatmaps/--no-heatmaps", help="Draw heatmaps.")] = None,
     scaling: Annotated[
-        str | None, typer.Option("--scaling", help="Heatmap colour scaling: rank, percentile or linear.")
+        str | None,
+        typer.Option(
+            "--scaling",
+            help="Heatmap colour scaling: relative (attention x N, log scale; default), rank, percentile or linear.",
+        ),
+    ] = None,
+    report: Annotated[
+        bool | None,
+        typer.Option(
+            "--report/--no-report",
+            help="Write OUT/report/index.html: the cohort and a zoomable page per slide, offline (default: on).",
+        ),
     ] = None,
     device: DeviceOpt = None,
     weights: Annotated[
@@ -66,7 +77,8 @@ def predict(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Predict slides (stores or slide files): OUT/predictions.csv, metrics.json (out-of-fold, labelled slides),
-    heatmaps/, top_tiles/, geojson/ (QuPath tile objects), per-tile scores in each store. Finished slides are
+    heatmaps/, top_tiles/, geojson/ (QuPath tile objects), report/index.html (open it in a browser; `wsi-pipeline
+    view OUT` serves it at full resolution), per-tile scores in each store. Finished slides are
     skipped; exit code 1 when any slide failed.
 
     Example: wsi-pipeline predict runs/asmil_uni_cv5_seed0 stores/ --out pred/ --shard 0/4
@@ -77,6 +89,7 @@ def predict(
         "top_k": top_k,
         "heatmaps": heatmaps,
         "scaling": scaling,
+        "report": report,
         "device": device,
         "weights": weights,
         "slide_mpp": slide_mpp,
@@ -123,5 +136,7 @@ def predict(
                 highlight=False,
                 soft_wrap=True,
             )
+    if result.report:
+        console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(1)

@@ -16,6 +16,9 @@ from ..tiling import TileView, read_tile
 
 __all__ = [
     "scale_scores",
+    "relative_attention",
+    "RELATIVE_LOG2_RANGE",
+    "colormap_for",
     "attention_spread",
     "colour_bar_ticks",
     "uniformity_note",
@@ -26,18 +29,44 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Scaling = Literal["rank", "percentile", "linear"]
+Scaling = Literal["relative", "rank", "percentile", "linear"]
+SCALINGS = ("relative", "rank", "percentile", "linear")
+
+# ``relative``: N * attention (1 = what every tile gets from a uniform map) on a log2 scale from 1/16 to 16 times
+# uniform, with a diverging colour map whose middle is uniform. A flat map is one flat colour, whatever its max/min;
+# a tile with 16 times its share (a 1% lesion holding 16% of the attention) is the hottest colour.
+RELATIVE_LOG2_RANGE = 4.0
+_RELATIVE_TICKS = ((-4, "1/16"), (-2, "1/4"), (0, "1 = uniform"), (2, "4"), (4, "16"))
 
 
-def scale_scores(scores: np.ndarray, scaling: Scaling = "rank") -> np.ndarray:
-    """Map tile scores to [0, 1] so that a concentrated attention stays visible.
+def relative_attention(scores: np.ndarray) -> np.ndarray:
+    """``N * a / sum(a)``: each tile's attention relative to a uniform map's (1.0 everywhere when flat)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    total = scores.sum()
+    if scores.size == 0 or total <= 0:
+        return np.ones_like(scores)
+    return scores * (len(scores) / total)
 
-    ``rank``: the tile's rank among all tiles (uniform colours whatever the spread); ``percentile``: linear between
-    the 1st and 99th percentiles, clipped; ``linear``: min-max.
+
+def colormap_for(scaling: Scaling) -> str:
+    """The matplotlib colour map of a scaling: diverging around uniform for ``relative``, ``jet`` otherwise."""
+    return "RdBu_r" if scaling == "relative" else "jet"
+
+
+def scale_scores(scores: np.ndarray, scaling: Scaling = "relative") -> np.ndarray:
+    """Map tile scores to [0, 1] for colouring.
+
+    ``relative`` (default): log2 of the attention relative to uniform (``relative_attention``), 1/16 to 16 times
+    mapped to 0..1, uniform at 0.5, so a flat map looks flat; ``rank``: the tile's rank among all tiles (uniform
+    colours whatever the spread: a flat map looks like a rainbow); ``percentile``: linear between the 1st and 99th
+    percentiles, clipped; ``linear``: min-max.
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.size == 0:
         return scores
+    if scaling == "relative":
+        ratio = np.maximum(relative_attention(scores), 2.0**-30)
+        return np.clip((np.log2(ratio) + RELATIVE_LOG2_RANGE) / (2 * RELATIVE_LOG2_RANGE), 0.0, 1.0)
     if scaling == "rank":
         order = scores.argsort(kind="stable")
         ranks = np.empty_like(scores)
@@ -48,7 +77,7 @@ def scale_scores(scores: np.ndarray, scaling: Scaling = "rank") -> np.ndarray:
     elif scaling == "linear":
         lo, hi = scores.min(), scores.max()
     else:
-        raise ValueError(f"scaling {scaling!r} is not one of 'rank', 'percentile', 'linear'")
+        raise ValueError(f"scaling {scaling!r} is not one of {', '.join(map(repr, SCALINGS))}")
     return np.clip((scores - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
 
 
@@ -75,9 +104,13 @@ def colour_bar_ticks(scores: np.ndarray, scaling: Scaling, n: int = 5) -> tuple[
 
     Colours are scaled (``scale_scores``); the labels undo the scaling, so the bar reads in attention values
     whatever the scaling: the score at that rank (``rank``), or the value mapped there (``percentile``,
-    ``linear``). Labels get as many digits as it takes to tell them apart.
+    ``linear``). Labels get as many digits as it takes to tell them apart. ``relative`` has fixed ticks in times
+    uniform (1/16, 1/4, 1 = uniform, 4, 16).
     """
     scores = np.asarray(scores, dtype=np.float64)
+    if scaling == "relative":
+        span = 2 * RELATIVE_LOG2_RANGE
+        return np.array([(v + RELATIVE_LOG2_RANGE) / span for v, _ in _RELATIVE_TICKS]), [t for _, t in _RELATIVE_TICKS]
     positions = np.linspace(0.0, 1.0, n)
     if scaling == "rank":
         values = np.quantile(scores, positions)
@@ -99,14 +132,15 @@ def draw_heatmap(
     scores: np.ndarray,
     out_png: Path,
     *,
-    scaling: Scaling = "rank",
+    scaling: Scaling = "relative",
     title: str = "",
     alpha: float = 0.5,
     outlines: list[np.ndarray] | None = None,
 ) -> Path:
     """Draw each tile's scaled score over ``thumbnail`` (level-0 px per thumbnail px: ``thumb_scale``) with a
-    colour bar labelled in real attention values; tiles without a score stay transparent. A nearly uniform map
-    (max/min <= ``NEARLY_UNIFORM_RATIO``) says so on the image, since any scaling stretches it over every colour.
+    colour bar labelled in real attention values (``relative``: times uniform); tiles without a score stay
+    transparent. A nearly uniform map (max/min <= ``NEARLY_UNIFORM_RATIO``) also says so on the image (with
+    ``rank``, ``percentile`` or ``linear`` it would otherwise look like any other: they stretch it over every colour).
     ``outlines`` (rings of level-0 ``(x, y)`` points: the annotated lesions) are drawn over it in black and white.
     The PNG is written under a temporary name and renamed."""
     import matplotlib
@@ -123,7 +157,8 @@ def draw_heatmap(
         overlay[row : row + size, col : col + size] = value
     fig, ax = plt.subplots(figsize=(8, 8 * h / max(w, 1) + 0.5))
     ax.imshow(thumbnail)
-    image = ax.imshow(np.ma.masked_invalid(overlay), cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
+    cmap = colormap_for(scaling)
+    image = ax.imshow(np.ma.masked_invalid(overlay), cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
     for ring in outlines or []:
         xy = np.asarray(ring, dtype=np.float64) / thumb_scale
         xy = np.vstack([xy, xy[:1]])
@@ -132,7 +167,12 @@ def draw_heatmap(
     if outlines:
         ax.plot([], [], color="black", linewidth=1.2, label="annotation")
         ax.legend(loc="lower right", fontsize=9, framealpha=0.85)
-    how = {"rank": "colours by rank", "percentile": "colours 1st-99th percentile", "linear": "colours min-max"}
+    how = {
+        "relative": f"x uniform 1/N, N={len(scores)}, log scale",
+        "rank": "colours by rank",
+        "percentile": "colours 1st-99th percentile",
+        "linear": "colours min-max",
+    }
     bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=f"attention ({how[scaling]})")
     if len(scores):
         positions, labels = colour_bar_ticks(scores, scaling)

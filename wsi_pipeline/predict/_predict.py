@@ -74,12 +74,18 @@ class PredictConfig:
 
     heatmaps: bool = True
     top_k: int = 8  # top-attention tiles saved as PNG patches per slide (0: none)
-    scaling: Literal["rank", "percentile", "linear"] = "rank"
+    # relative: attention x N (1 = uniform) on a log scale, a flat map looks flat; rank/percentile/linear stretch
+    # any map over every colour
+    scaling: Literal["relative", "rank", "percentile", "linear"] = "relative"
     thumbnail_size: int = 2048
     write_scores: bool = True  # store per-tile attention as scores/<scores_name> in each store
     scores_name: str | None = None  # default: the run folder's name (+ _fold<k> for one fold), e.g. asmil_uni_cv5_seed0
     geojson: bool = True  # per-tile attention as QuPath detection objects: <out>/geojson/<slide_id>.geojson
     device: str = "auto"
+    # <out>/report/: index.html + a page per slide with a deep-zoom viewer (OpenSeadragon), pyramids capped at
+    # report_max_size px on the long side (`wsi-pipeline view` serves full resolution)
+    report: bool = True
+    report_max_size: int = 8192
     # Raw slide inputs only: the encoder weights file (its sha256 must be the one the checkpoint's features record;
     # default: where they record it), and the resolution of slides that state none, as for `tile`.
     weights: str | None = None
@@ -97,6 +103,7 @@ class PredictResult:
     batch: BatchResult
     heatmap_skipped: list[str] = field(default_factory=list)
     metrics: dict[str, Any] | None = None  # out-of-fold cohort metrics of the run's labelled slides (metrics.json)
+    report: Path | None = None  # <out>/report/index.html when written
 
     @property
     def records(self) -> list[SlideRecord]:
@@ -358,6 +365,7 @@ def predict_slides(
     out_dir
         Receives ``predictions.csv`` (slide_id, predicted_class, prob_<class>..., n_tiles, label, source, folds),
         ``metrics.json``, ``slides/<id>.json``, ``heatmaps/<id>.png``, ``top_tiles/<id>/``, ``geojson/<id>.geojson``,
+        ``report/index.html`` (``config.report``; see ``wsi_pipeline.report.write_report``),
         ``manifests/`` and ``.locks/``.
     config
         ``PredictConfig``.
@@ -516,4 +524,22 @@ def predict_slides(
         warnings.warn(message, stacklevel=2)  # the CLI shows it as one line (no source line, not twice)
     out_csv, rows, metrics = write_predictions_csv(out_dir, [item.slide_id for item in items], identity, classes)
     log.info("predict: %s; %d slide(s) in %s", batch.summary(), len(rows), out_csv)
-    return PredictResult(out_csv, rows, batch, no_heatmap, metrics)
+    report = _report(out_dir, [item.slide_id for item in items], identity, config) if config.report else None
+    return PredictResult(out_csv, rows, batch, no_heatmap, metrics, report)
+
+
+def _report(out_dir: Path, slide_ids: list[str], identity: dict[str, Any], config: PredictConfig) -> Path | None:
+    """Write ``<out>/report/``; a report that cannot be written is a warning: the predictions stand."""
+    from ..errors import WsiPipelineError
+    from ..report import ReportConfig, write_report
+
+    settings = ReportConfig(max_size=config.report_max_size, top_k=config.top_k)
+    try:
+        written = write_report(out_dir, slide_ids, settings, checkpoint_sha256=identity["sha256"])
+    except WsiPipelineError as err:
+        warnings.warn(f"report not written: {err}", stacklevel=3)
+        return None
+    if written is None:
+        return None  # another shard holds the report's lock and takes these slides in
+    log.info("report: %s", written.summary())
+    return written.index
