@@ -123,6 +123,8 @@ example: install  ## the whole job on real H&E: a 32-slide lesion cohort, tile, 
 	@echo "  $(EX)/run/predictions/predictions.csv       out-of-fold class probabilities and localisation per slide"
 	@echo "  $(EX)/run/predictions/metrics.json          cohort metrics: slide-level and attention vs the annotations"
 	@echo "  $(EX)/run/predictions/heatmaps/             attention over each slide, annotated lesions outlined"
+	@echo "  $(EX)/run/predictions/report/index.html     the offline report: open it in a browser"
+	@echo "                                              (wsi-pipeline view $(EX)/run/predictions serves full resolution)"
 
 clean:  ## remove example/ and caches (never OUT)
 	rm -rf example .pytest_cache .ruff_cache
