@@ -5,8 +5,9 @@ runs the chain as a user does, through the installed CLI: ``tile``, ``embed`` (E
 weights), ``annotate`` (the cohort's GeoJSONs) and, for every model variant and seed, ``train`` (5-fold CV). It
 prints one markdown table per cohort of test metrics, mean ± std over the seeds (each seed's value is its mean over
 the folds): slide AUC, balanced accuracy, macro-F1, and the attention's localisation against the annotated tiles
-(tile AUC, attention mass on lesion tiles, top-k precision, lesions hit by the 8 most attended tiles), the
-attention entropy (1 = uniform) and the seconds per training epoch.
+(tile AUC, attention mass on lesion tiles, top-k precision, lesions hit by the 8 most attended tiles; "slides
+scored" says over how many test slides, summed over the folds: only slides with a tile at least half covered by
+lesion have any), the attention entropy (1 = uniform) and the seconds per training epoch.
 
 The ceiling: a tile-level logistic regression on the annotated tiles' features (slides split 5-fold), i.e. how well
 the features alone tell lesion tiles from the others when every tile is labelled. MIL gets slide labels only.
@@ -62,6 +63,7 @@ COLUMNS = [
     ("loc_mass", "attn. on lesions"),
     ("loc_precision", "top-k prec."),
     ("loc_lesions_hit", "lesions hit (top 8)"),
+    ("loc_slides", "slides scored"),
     ("entropy", "entropy"),
     ("epoch_s", "s / epoch"),
 ]
@@ -93,12 +95,15 @@ def read_run(run_dir: Path) -> dict[str, float]:
     """Test metrics (mean over folds), last-epoch validation entropy and seconds per epoch (means over folds)."""
     summary = json.loads((run_dir / "summary.json").read_text())
     row = {key: summary["test_mean_std"].get(key, {}).get("mean", math.nan) for key, _ in COLUMNS[:7]}
-    entropy, seconds = [], []
+    entropy, seconds, scored = [], [], 0
     for fold in sorted(run_dir.glob("fold_*/metrics.json")):
-        history = json.loads(fold.read_text())["history"]
+        metrics = json.loads(fold.read_text())
+        history = metrics["history"]
         entropy.append(history[-1]["attn_entropy_norm"])
         seconds.append(np.median([r.get("seconds", math.nan) for r in history]))
+        scored += int(metrics["test"].get("loc_bags", 0))  # test slides with lesion tiles (the localisation's n)
     row["entropy"], row["epoch_s"] = float(np.mean(entropy)), float(np.nanmean(seconds))
+    row["loc_slides"] = float(scored)
     return row
 
 
@@ -153,7 +158,7 @@ def table(per_seed: list[dict[str, dict[str, float]]], variants: list[str]) -> s
         cells = []
         for key, _ in COLUMNS:
             values = np.array([seed[name][key] for seed in per_seed], dtype=float)
-            digits = ".2f" if key == "epoch_s" else ".3f"
+            digits = {"epoch_s": ".2f", "loc_slides": ".0f"}.get(key, ".3f")
             mean = format(np.nanmean(values), digits)
             cells.append(mean if len(values) == 1 else f"{mean} ± {format(np.nanstd(values), digits)}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
