@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from .errors import ConfigError, LockedError, SlideError, WsiPipelineError
+from .errors import ConfigError, LockedError, SlideError, UsageError, WsiPipelineError
 
 __all__ = [
     "Shard",
@@ -72,8 +72,11 @@ class Shard:
         try:
             index, count = (int(part) for part in text.split("/"))
         except ValueError as err:
-            raise ConfigError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. --shard 0/4") from err
-        return cls(index, count)
+            raise UsageError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. --shard 0/4") from err
+        try:
+            return cls(index, count)
+        except ConfigError as err:
+            raise UsageError(f"--{err}") from None
 
     def select(self, items: Sequence[Any], key: Callable[[Any], str] = lambda item: item.slide_id) -> list[Any]:
         """This shard's items: a stable, balanced subset; the shards of one count cover every item once."""

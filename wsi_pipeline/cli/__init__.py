@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from ..errors import WsiPipelineError
+from ..errors import UsageError, WsiPipelineError
 from ._logging import setup_logging
 from .annotate import annotate
 from .convert import convert_mil, digit_bags
@@ -103,6 +103,12 @@ def main() -> None:
         _error("aborted", _INTERRUPTED)
     except KeyboardInterrupt:
         code = _INTERRUPTED
+    except UsageError as err:  # --set / --shard mistakes: usage mistakes, exit 2 like click's own
+        if debug:
+            raise
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+        err_console.print(f"Try 'wsi-pipeline {command} --help' for help.".replace("  ", " "), highlight=False)
+        _error(str(err), 2)
     except WsiPipelineError as err:
         if debug:
             raise

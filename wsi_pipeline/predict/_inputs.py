@@ -201,6 +201,21 @@ class SlidePreparer:
             self._runtime = EmbedRuntime.create(load_encoder(self.embed_config), self.embed_config)
         return self._runtime
 
+    def store_is_current(self, item: PredictItem) -> bool:
+        """True when ``item.store`` is a finished store made from the slide file now at ``item.path`` (same
+        identity) with the checkpoint's tiling settings and the slide's resolution as given now (``--slide-mpp``,
+        ``--mpp-csv``, manifest ``mpp``). A replaced slide or another resolution makes a finished prediction stale:
+        ``prepare`` then fails the slide with what changed (or redoes it with ``--overwrite``)."""
+        from ..tiling import store_changes
+
+        assert item.entry is not None, "store_is_current() is for raw slides"
+        try:
+            with item.entry.open() as slide:
+                diffs = store_changes(item.store, self.tile_config, slide)
+        except Exception:  # noqa: BLE001 - an unreadable slide is prepare()'s to report
+            return False
+        return diffs is not None and not any(diffs.values())
+
     def prepare(self, item: PredictItem, lock: SlideLock) -> str:
         """Make ``item.store`` (tile) and its embeddings unless they exist with the checkpoint's settings; a store
         made from another file or with other tiling settings fails the slide (``StoreMismatchError``) unless

@@ -1,0 +1,129 @@
+"""Faults and bad input, as a user meets them through the installed ``wsi-pipeline`` (issue 20): stale results after
+a changed input, failed re-tiling, symlink loops, config typos, CSV details, usage mistakes, and the reuse checks no
+other test guards. Each test runs the CLI in a subprocess and asserts what the user sees: the exit code, one line
+naming the file and the fix, the manifests, and that nothing stale survives."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CMU_SMALL, ROOT, SLIDES, need_real_data
+from tests.slide_factory import make_pyramid_slide
+from tests.test_cli import ENTRY_POINT
+from wsi_pipeline.batch import read_manifest
+from wsi_pipeline.store import read_attrs, store_path
+
+QUICK = ["--set", "max_tiles=4", "--set", "qc.enabled=false"]
+PREDICT = ["--no-heatmaps", "--device", "cpu"]
+SMALL = SLIDES / "small.svs"  # a real 16 x 16 px Aperio slide
+
+
+def cli(*args: str | Path, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The installed entry point in a subprocess, from ``cwd``."""
+    environ = {k: v for k, v in os.environ.items() if k != "WSI_PIPELINE_DEBUG"}
+    environ.update(COLUMNS="250", NO_COLOR="1", **(env or {}))
+    cmd = [sys.executable, str(ENTRY_POINT), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=environ, cwd=cwd, timeout=300)
+
+
+def no_traceback(result: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def refusal(result: subprocess.CompletedProcess, code: int = 1) -> str:
+    """The one ``error:`` line of a refused command (exit ``code``, no traceback)."""
+    assert result.returncode == code, result.stdout + result.stderr
+    no_traceback(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def records(out_dir: Path, stage: str) -> dict[str, tuple[str, str]]:
+    """``slide_id -> (status, reason)`` from the stage's manifest."""
+    return {rec.slide_id: (rec.status, rec.error or "") for rec in read_manifest(out_dir, stage)}
+
+
+def predictions(out_dir: Path) -> dict[str, dict[str, str]]:
+    with (out_dir / "predictions.csv").open(newline="") as handle:
+        return {row["slide_id"]: row for row in csv.DictReader(handle)}
+
+
+def copies(source: Path, folder: Path, names: list[str]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}{source.suffix}" for name in names]
+    for path in paths:
+        shutil.copyfile(source, path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ABMIL run (2 folds, 1 epoch) on four copies of the real slide, 4 tiles each, embedded with a seeded random
+    EfficientNet-Lite0 (slide files can then be predicted without a weights file)."""
+    need_real_data(CMU_SMALL)
+    from wsi_pipeline.embedding import EmbedConfig, embed_stores
+    from wsi_pipeline.tiling import QcConfig, TileConfig, tile_slides
+    from wsi_pipeline.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("faults_run")
+    slides = copies(CMU_SMALL, root / "slides", ["a", "b", "c", "d"])
+    assert not tile_slides(slides, root / "stores", config=TileConfig(max_tiles=4, qc=QcConfig(enabled=False))).failed
+    embed = EmbedConfig(encoder="efficientnet_lite0", weights="random", num_workers=0, device="cpu")
+    assert not embed_stores(root / "stores", config=embed).failed
+    labels = root / "labels.csv"
+    labels.write_text("slide_id,label\na,x\nb,x\nc,y\nd,y\n")
+    config = TrainConfig(model="abmil", folds=2, epochs=1, val_fraction=0.0, plots=False, device="cpu")
+    return train(root / "stores", labels, root / "runs", config).run_dir
+
+
+# --------------------------------------------------------------------------------------------- case 1
+def test_predict_slide_files_never_reuses_a_result_of_a_replaced_slide(run: Path, tmp_path: Path) -> None:
+    """Issue 20 case 1: a slide file replaced by another under the same name, predicted into the same folder, fails
+    with what changed and ``--overwrite``; its old result leaves predictions.csv; ``--overwrite`` redoes it."""
+    need_real_data(SMALL)
+    slide = copies(CMU_SMALL, tmp_path / "in", ["s"])[0]
+    first = cli("predict", run, slide, "-o", tmp_path / "pred", *PREDICT)
+    assert first.returncode == 0, first.stderr
+    assert "s" in predictions(tmp_path / "pred")
+
+    shutil.copyfile(SMALL, slide)  # another slide under the same name
+    again = cli("predict", run, slide, "-o", tmp_path / "pred", *PREDICT)
+    assert again.returncode == 1, again.stderr
+    no_traceback(again)
+    status, reason = records(tmp_path / "pred", "predict")["s"]
+    assert status == "failed", reason
+    assert "made from another slide file (slide size 2220x2967 -> 16x16" in reason and "--overwrite" in reason
+    assert "s" not in predictions(tmp_path / "pred")  # the old result is not presented as this slide's
+
+    # --overwrite redoes it: the 16 px slide has no tile of 224 px, so it fails, and the old store goes too.
+    redo = cli("predict", run, slide, "-o", tmp_path / "pred", *PREDICT, "--overwrite")
+    assert redo.returncode == 1
+    no_traceback(redo)
+    status, reason = records(tmp_path / "pred", "predict")["s"]
+    assert status == "failed" and "no tile of 224 px" in reason, reason
+    assert not store_path(tmp_path / "pred" / "stores", "s").exists()
+
+
+def test_predict_slide_files_never_reuses_a_result_made_at_another_slide_mpp(run: Path, tmp_path: Path) -> None:
+    """Issue 20 case 1: a slide without its own resolution predicted with ``--slide-mpp 0.25``, then ``0.5``, into
+    the same folder: the second run fails the slide with the change instead of keeping the 0.25 result."""
+    bare = make_pyramid_slide(tmp_path / "bare.tiff", width=2000, height=1600, mpp=None, vendor="generic").path
+    first = cli("predict", run, bare, "-o", tmp_path / "pred", *PREDICT, "--slide-mpp", "0.25")
+    assert first.returncode == 0, first.stderr
+    other = cli("predict", run, bare, "-o", tmp_path / "pred", *PREDICT, "--slide-mpp", "0.5")
+    assert other.returncode == 1, other.stderr
+    no_traceback(other)
+    status, reason = records(tmp_path / "pred", "predict")["bare"]
+    assert status == "failed" and "slide mpp 0.25 -> 0.5" in reason and "--overwrite" in reason
+    assert "bare" not in predictions(tmp_path / "pred")
+    same = cli("predict", run, bare, "-o", tmp_path / "pred", *PREDICT, "--slide-mpp", "0.25")
+    assert same.returncode == 0, same.stderr
+    assert records(tmp_path / "pred", "predict")["bare"][0] in ("ok", "skipped")
