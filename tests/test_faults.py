@@ -18,7 +18,7 @@ from tests.conftest import CMU_SMALL, ROOT, SLIDES, need_real_data
 from tests.slide_factory import make_pyramid_slide
 from tests.test_cli import ENTRY_POINT
 from wsi_pipeline.batch import read_manifest
-from wsi_pipeline.store import read_attrs, store_path
+from wsi_pipeline.store import store_path
 
 QUICK = ["--set", "max_tiles=4", "--set", "qc.enabled=false"]
 PREDICT = ["--no-heatmaps", "--device", "cpu"]
@@ -127,3 +127,78 @@ def test_predict_slide_files_never_reuses_a_result_made_at_another_slide_mpp(run
     same = cli("predict", run, bare, "-o", tmp_path / "pred", *PREDICT, "--slide-mpp", "0.25")
     assert same.returncode == 0, same.stderr
     assert records(tmp_path / "pred", "predict")["bare"][0] in ("ok", "skipped")
+
+
+# --------------------------------------------------------------------------------------------- case 2
+EMBED = ["-e", "efficientnet_lite0", "-w", "random", "-j", "0", "--device", "cpu"]
+
+
+def test_a_failed_tile_overwrite_leaves_no_old_store_looking_finished(tmp_path: Path) -> None:
+    """Issue 20 case 2: slides replaced by a corrupt file and by a tissue-free one; ``tile --overwrite`` fails them,
+    and their old stores (with embeddings) are gone, so the next ``embed`` cannot call them done."""
+    need_real_data(SLIDES / "broken.svs")
+    slides = copies(CMU_SMALL, tmp_path / "slides", ["corrupt", "blank", "kept"])
+    assert cli("tile", tmp_path / "slides", "-o", tmp_path / "stores", *QUICK).returncode == 0
+    embedded = cli("embed", tmp_path / "stores", *EMBED)
+    assert embedded.returncode == 0, embedded.stderr
+
+    shutil.copyfile(SLIDES / "broken.svs", slides[0])
+    make_pyramid_slide(tmp_path / "blank.tiff", width=1200, height=1000, mpp=0.5, tissue_boxes=[])
+    shutil.copyfile(tmp_path / "blank.tiff", slides[1])
+    retiled = cli("tile", tmp_path / "slides", "-o", tmp_path / "stores", *QUICK, "--overwrite")
+    assert retiled.returncode == 1
+    no_traceback(retiled)
+    tiled = records(tmp_path / "stores", "tile")
+    assert tiled["kept"][0] == "ok"
+    for sid in ("corrupt", "blank"):
+        status, reason = tiled[sid]
+        assert status == "failed" and "its old store was removed" in reason, reason
+        assert not store_path(tmp_path / "stores", sid).exists()
+        assert not (tmp_path / "stores" / "qc" / f"{sid}.png").exists()
+
+    again = cli("embed", tmp_path / "stores", *EMBED)
+    no_traceback(again)
+    assert again.returncode == 0, again.stderr  # only "kept" is a store now, and it is done
+    manifest = read_manifest(tmp_path / "stores", "embed-efficientnet_lite0")
+    assert [rec.slide_id for rec in manifest if rec.status == "skipped"] == ["kept"]
+
+
+# --------------------------------------------------------------------------------------------- case 5
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("tiles:\n  tile_size: 512\n", ["unknown section 'tiles'", "did you mean 'tile'?", "tile, embed"]),
+        ("tile_size: 512\n", ["'tile_size' is a key of the tile: section", "under 'tile:'"]),
+        ("tile:\n  tile_sise: 512\n", ["unknown key 'tile_sise'", "did you mean 'tile_size'?", "valid keys: edge"]),
+        ("tile:\n  mask:\n    pen_filtre: true\n", ["tile.mask: unknown key 'pen_filtre'", "'pen_filter'?"]),
+        ("tile:\n  tile_size: [512\n  stride: 3\n", ["c.yaml:3:", "not valid YAML (line 3, column"]),
+        ("tile:\n\ttile_size: 512\n", ["c.yaml:2:1", "line 2, column 1"]),
+    ],
+)
+def test_config_typos_are_errors_naming_the_key_and_the_closest_one(
+    tmp_path: Path, text: str, needles: list[str]
+) -> None:
+    """Issue 20 case 5: a misspelt section, flat keys, a misspelt (nested) key and YAML syntax errors are refused
+    before any slide is touched, in one line naming the file, the valid names and the closest match (or the line
+    and column)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    line = refusal(cli("tile", CMU_SMALL, "-o", tmp_path / "out", "-c", config))
+    assert str(config) in line
+    for needle in needles:
+        assert needle in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_mistakes_in_set_and_shard_exit_2(tmp_path: Path) -> None:
+    """Issue 20 case 6 (last item): ``--set``/``--shard`` mistakes are usage mistakes: exit 2, one error line."""
+    for args, needle in [
+        (["--set", "tile_sise=3"], "--set tile_sise: unknown key 'tile_sise' in tile; did you mean 'tile_size'?"),
+        (["--set", "novalue"], "expected KEY=VALUE"),
+        (["--set", "mask.nope=1"], "unknown key 'nope' in mask"),
+        (["--shard", "3/2"], "--shard 3/2: need 0 <= i < n"),
+        (["--shard", "x"], "--shard 'x': expected i/n"),
+    ]:
+        line = refusal(cli("tile", CMU_SMALL, "-o", tmp_path / "out", *args), code=2)
+        assert needle in line, line
+    assert not (tmp_path / "out").exists()

@@ -117,9 +117,7 @@ def check_sections(path: str | Path, data: Mapping[str, Any], cls: type | None =
                 f"{path}: {key!r} is a key of the {section}: section, not a section; write it indented under "
                 f"'{section}:' (sections: {', '.join(sections)})"
             )
-        raise ConfigError(
-            f"{path}: unknown section {key!r}{closest(key, sections)} (sections: {', '.join(sections)})"
-        )
+        raise ConfigError(f"{path}: unknown section {key!r}{closest(key, sections)} (sections: {', '.join(sections)})")
 
 
 def _field_names(cls: type) -> list[str]:
@@ -133,9 +131,7 @@ def check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
     valid = _field_names(cls)
     for key, value in data.items():
         if key not in valid:
-            raise ConfigError(
-                f"{where}: unknown key {key!r}{closest(key, valid)} (valid keys: {', '.join(valid)})"
-            )
+            raise ConfigError(f"{where}: unknown key {key!r}{closest(key, valid)} (valid keys: {', '.join(valid)})")
         nested = _dataclass_of(hints[key])
         if nested is not None and isinstance(value, Mapping):
             check_keys(nested, value, f"{where}.{key}")
@@ -161,7 +157,7 @@ def parse_set_overrides(items: Iterable[str] | None) -> dict[str, Any]:
         try:
             out[key.strip()] = _load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as err:
-            raise UsageError(f"--set {item!r}: the value is not valid YAML; quote it, e.g. --set 'key=\"...\"'") from err
+            raise UsageError(f"--set {item!r}: the value is not valid YAML; quote it: --set 'key=\"...\"'") from err
     return out
 
 
@@ -252,9 +248,8 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}{closest(unknown[0], fields)} (valid keys: {', '.join(sorted(fields))})"
-        )
+        hint = closest(unknown[0], fields)
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}{hint} (valid keys: {', '.join(sorted(fields))})")
     kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)

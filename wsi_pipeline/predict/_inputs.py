@@ -223,19 +223,26 @@ class SlidePreparer:
         the slide's own resolution overruled), or ''."""
         from ..embedding import embed_slide, features_changes, features_signature
         from ..errors import StoreMismatchError
-        from ..tiling import check_store_settings, tile_slide
+        from ..tiling import check_store_settings, discard_stale_store, tile_slide
 
         assert item.entry is not None, "prepare() is for raw slides"
-        with item.entry.open() as slide:
-            note = slide.mpp_note()
-            if note:
-                log.warning("%s", note)
-            retile = self.overwrite or not check_store_settings(item.store, self.tile_config, slide)
-            if retile:
-                # Leftovers of a killed run; safe to remove, we hold the slide's lock.
-                remove_stale_temporaries(item.store)
-                log.info("%s: tiling %s into %s", item.slide_id, item.path, item.store.parent)
-                tile_slide(slide, item.store.parent, config=self.tile_config)
+        slide = item.entry.open()
+        try:
+            with slide:
+                note = slide.mpp_note()
+                if note:
+                    log.warning("%s", note)
+                retile = self.overwrite or not check_store_settings(item.store, self.tile_config, slide)
+                if retile:
+                    # Leftovers of a killed run; safe to remove, we hold the slide's lock.
+                    remove_stale_temporaries(item.store)
+                    log.info("%s: tiling %s into %s", item.slide_id, item.path, item.store.parent)
+                    tile_slide(slide, item.store.parent, config=self.tile_config)
+        except Exception:
+            # A failed --overwrite: an old store of another file or resolution must not stay looking finished.
+            if self.overwrite:
+                discard_stale_store(item.store.parent, item.slide_id, self.tile_config, slide)
+            raise
         runtime = self._embed_runtime()
         if not retile:
             changed = features_changes(item.store, self.encoder, features_signature(runtime))
