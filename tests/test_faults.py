@@ -202,3 +202,40 @@ def test_usage_mistakes_in_set_and_shard_exit_2(tmp_path: Path) -> None:
         line = refusal(cli("tile", CMU_SMALL, "-o", tmp_path / "out", *args), code=2)
         assert needle in line, line
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------- case 3
+def test_symlink_loops_and_missing_slides_fail_alone(tmp_path: Path) -> None:
+    """Issue 20 case 3: symlink loops (to itself, between two links), a dangling link and a folder named like a
+    slide inside a slide folder, and a loop or a missing file named as an argument: each such slide is a failed
+    record saying what is wrong (the folder a warning), and the real slide is tiled."""
+    folder = tmp_path / "slides"
+    copies(CMU_SMALL, folder, ["real"])
+    (folder / "self.svs").symlink_to("self.svs")
+    (folder / "a.svs").symlink_to("b.svs")
+    (folder / "b.svs").symlink_to("a.svs")
+    (folder / "dangling.svs").symlink_to("nowhere.svs")
+    (folder / "y.svs").mkdir()
+    result = cli("tile", folder, "-o", tmp_path / "out", *QUICK)
+    assert result.returncode == 1
+    no_traceback(result)
+    tiled = records(tmp_path / "out", "tile")
+    assert tiled.pop("real")[0] == "ok"
+    for sid in ("self", "a", "b"):
+        assert tiled.pop(sid) == ("failed", f"{folder / sid}.svs: {LOOP}")
+    status, reason = tiled.pop("dangling")
+    assert status == "failed" and "a symbolic link to nowhere.svs, which does not exist" in reason
+    assert not tiled
+    assert f"{folder / 'y.svs'} is a folder, not a slide file: skipped" in result.stderr
+
+    named = cli(
+        "tile", folder / "self.svs", tmp_path / "missing.svs", folder / "real.svs", "-o", tmp_path / "o2", *QUICK
+    )
+    assert named.returncode == 1
+    no_traceback(named)
+    tiled = records(tmp_path / "o2", "tile")
+    assert tiled["real"][0] == "ok" and tiled["self"] == ("failed", f"{folder / 'self.svs'}: {LOOP}")
+    assert tiled["missing"] == ("failed", f"{tmp_path / 'missing.svs'}: no such file; check the slide path or manifest")
+
+
+LOOP = "a symbolic link loop (it leads back to itself); point it at the slide or remove it"
