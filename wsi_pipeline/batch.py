@@ -132,6 +132,12 @@ def remove_stale_temporaries(final: Path) -> list[Path]:
     if not final.parent.is_dir():
         return []
     stale = sorted(final.parent.glob(f".{final.name}.tmp-*"))
+    if final.is_dir():
+        # zarr writes each metadata file as ``<name>.<uuid>.partial`` and renames it: a killed run can leave one
+        # inside a finished store (its root or a group of it).
+        stale += sorted([*final.glob("*.partial"), *final.glob("*/*.partial")])
+    if (final.parent / "zarr.json").is_file():  # an array of a store's group (features/, scores/)
+        stale += sorted(final.parent.glob("zarr.*.partial"))
     for path in stale:
         log.info("removing %s left by an interrupted run", path)
         remove_path(path)
@@ -544,7 +550,7 @@ class SlideBatch:
             except OSError as err:
                 if not self.records:
                     raise
-                log.warning("%s not written: %s", self.manifest, one_line(err, self.manifest))
+                log.warning("manifest not written: %s", one_line(err, self.manifest))
         finally:
             self._exit.close()
 
@@ -558,7 +564,7 @@ class SlideBatch:
             self._write_manifest()
         except OSError as err:
             # A full disk must not stop the batch: the records stay in memory and the next write has them all.
-            log.warning("%s not written: %s", self.manifest, one_line(err, self.manifest))
+            log.warning("manifest not written: %s", one_line(err, self.manifest))
         if self.on_record:
             self.on_record(rec)
         # A failed slide is a warning even under a progress bar: in a Slurm log it is the line to look for.
