@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CMU_SMALL, ROOT, SLIDES, need_real_data
+from tests.conftest import CMU_SMALL, MIL_DATA, ROOT, SLIDES, need_real_data
 from tests.slide_factory import make_pyramid_slide
 from tests.test_cli import ENTRY_POINT
 from wsi_pipeline.batch import read_manifest
@@ -239,3 +239,82 @@ def test_symlink_loops_and_missing_slides_fail_alone(tmp_path: Path) -> None:
 
 
 LOOP = "a symbolic link loop (it leads back to itself); point it at the slide or remove it"
+
+
+# --------------------------------------------------------------------------------------------- case 6
+def test_manifests_with_a_bom_keep_non_ascii_ids_and_refuse_one_file_under_two_ids(tmp_path: Path) -> None:
+    """Issue 20 case 6: a manifest saved by Excel (UTF-8 BOM, CRLF) is read; slide names that differ only in
+    non-ASCII letters stay two slides with their own ids; one file listed under two ids is refused, naming both."""
+    folder = tmp_path / "slides"
+    cafe, cafe2 = copies(CMU_SMALL, folder, ["café", "cafë"])
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(f"path\r\n{cafe}\r\n{cafe2}\r\n".encode("utf-8-sig"))
+    result = cli("tile", manifest, "-o", tmp_path / "out", *QUICK)
+    assert result.returncode == 0, result.stderr
+    assert {sid: status for sid, (status, _) in records(tmp_path / "out", "tile").items()} == {
+        "café": "ok",
+        "cafë": "ok",
+    }
+
+    twice = tmp_path / "twice.csv"
+    twice.write_bytes(f"path,slide_id\n{cafe},A\n{cafe},B\n".encode("utf-8-sig"))
+    line = refusal(cli("tile", twice, "-o", tmp_path / "o2", *QUICK))
+    assert f"{cafe}: listed twice, as slide ids 'A' and 'B'" in line and "list it once" in line
+
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(f"path\n{cafe}\n".encode("latin-1"))
+    line = refusal(cli("tile", latin1, "-o", tmp_path / "o3", *QUICK))
+    assert f"{latin1}: not UTF-8 text" in line and "save the slide manifest as UTF-8" in line
+
+
+def test_labels_with_a_bom_and_duplicates_then_predicting_other_stores(tmp_path: Path) -> None:
+    """Issue 20 case 6: a labels CSV with a BOM and an identical duplicate row trains (the duplicate is said, once
+    counted); stores without embeddings get `embed` as the fix, not an empty encoder list; a model trained on
+    converted MIL bags, given slide stores, says so instead of suggesting an `embed --encoder mil-features` that
+    does not exist."""
+    need_real_data(MIL_DATA / "musk1.csv")
+    assert cli("convert-mil", MIL_DATA / "musk1.csv", "-o", tmp_path / "mil").returncode == 0
+    bags, labels = tmp_path / "mil" / "musk1" / "stores", tmp_path / "mil" / "musk1" / "labels.csv"
+    rows = labels.read_text().splitlines()
+    labels_bom = tmp_path / "labels.csv"
+    labels_bom.write_bytes(("\r\n".join([*rows, rows[1]]) + "\r\n").encode("utf-8-sig"))
+    args = ["-l", labels_bom, "-m", "abmil", "--device", "cpu", "--set", "epochs=1", "--set", "folds=2"]
+    trained = cli("train", bags, "-o", tmp_path / "runs", *args)
+    assert trained.returncode == 0, trained.stderr
+    sid = rows[1].split(",")[0]
+    assert f"slide '{sid}' is listed again (line 2, same label); it counts once" in trained.stderr
+
+    stores = tmp_path / "stores"
+    assert cli("tile", *copies(CMU_SMALL, tmp_path / "slides", ["p", "q"]), "-o", stores, *QUICK).returncode == 0
+    (tmp_path / "pq.csv").write_text("slide_id,label\np,x\nq,y\n")
+    line = refusal(cli("train", stores, "-l", tmp_path / "pq.csv", "-o", tmp_path / "r2"))
+    assert "the stores hold no embeddings yet; run `wsi-pipeline embed" in line, line
+
+    run = next((tmp_path / "runs").iterdir())
+    line = refusal(cli("predict", run, stores, "-o", tmp_path / "pred", *PREDICT))
+    assert "that `wsi-pipeline embed` does not make" in line and "embed --encoder mil-features" not in line, line
+
+
+def test_submit_without_a_reachable_slurm_suggests_local(tmp_path: Path) -> None:
+    """Issue 20 case 6: ``submit`` where sbatch cannot reach a Slurm controller points at ``--local``."""
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text(
+        '#!/bin/sh\necho "sbatch: error: Batch job submission failed: Unable to contact slurm controller" >&2\nexit 1\n'
+    )
+    fake.chmod(0o755)
+    copies(CMU_SMALL, tmp_path / "slides", ["a"])
+    (tmp_path / "labels.csv").write_text("slide_id,label\na,x\n")
+    env = {"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    args = [
+        "submit",
+        tmp_path / "slides",
+        "--out",
+        tmp_path / "run",
+        "-e",
+        "efficientnet_lite0",
+        "-l",
+        tmp_path / "labels.csv",
+    ]
+    line = refusal(cli(*args, env=env))
+    assert "Unable to contact slurm controller" in line and "add --local to run the stages on this machine" in line

@@ -26,11 +26,13 @@ import csv
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._text import open_csv
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -82,7 +84,9 @@ def _resolved(path: Path) -> Path:
 
 
 def _clean_id(text: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    # Letters and digits of every script are kept (NFC, so a name typed on macOS and on Linux is one id): ids that
+    # differ only in them stay different.
+    cleaned = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", text)).strip("._")
     return cleaned or "slide"
 
 
@@ -137,7 +141,7 @@ def read_mpp_csv(path: str | Path) -> dict[str, float]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: mpp CSV not found; pass a CSV with columns slide,mpp")
-    with path.open(newline="") as handle:
+    with open_csv(path, "mpp CSV") as handle:
         reader = csv.DictReader(handle)
         cols = {c.strip().lower(): c for c in reader.fieldnames or []}
         if "slide" not in cols or "mpp" not in cols:
@@ -155,7 +159,7 @@ def read_mpp_csv(path: str | Path) -> dict[str, float]:
 
 
 def _read_manifest(path: Path) -> list[tuple[Path, str | None, float | None]]:
-    with path.open(newline="") as handle:
+    with open_csv(path, "slide manifest") as handle:
         reader = csv.DictReader(handle)
         cols = {c.strip().lower(): c for c in reader.fieldnames or []}
         path_col = cols.get("path") or cols.get("slide")
@@ -277,6 +281,11 @@ def discover_slides(
         resolved = _resolved(entry[0])
         key = resolved.parent / "*.dcm" if resolved.suffix.lower() == ".dcm" else resolved
         kept = unique.setdefault(key, entry)
+        if kept is not entry and kept[1] and entry[1] and _clean_id(kept[1]) != _clean_id(entry[1]):
+            raise ConfigError(
+                f"{entry[0]}: listed twice, as slide ids {kept[1]!r} and {entry[1]!r}; one file is one slide: list it "
+                "once (or copy the file to keep both ids)"
+            )
         if kept is not entry and key == resolved and kept[0].absolute() != entry[0].absolute():
             # Two names for one file (a symlink, a relative and an absolute path): one slide, said out loud.
             log.warning(

@@ -44,11 +44,10 @@ def _has_slides(folder: Path) -> bool:
 def _csv_columns(path: Path) -> set[str]:
     import csv
 
-    try:
-        with path.open(newline="") as handle:
-            return {c.strip().lower() for c in next(csv.reader(handle), [])}
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read this CSV ({err}); check the path") from err
+    from .._text import open_csv
+
+    with open_csv(path) as handle:
+        return {c.strip().lower() for c in next(csv.reader(handle), [])}
 
 
 def collect_items(

@@ -124,6 +124,13 @@ def check_store(store: Path, ckpt: dict[str, Any], checkpoint: Path) -> None:
         raise StoreMismatchError(f"{store}: not a finished slide store; run `wsi-pipeline tile` to make it")
     encoder, in_dim = ckpt["encoder"], int(ckpt["in_dim"])
     found = list_encoders(store)
+    if encoder not in found and not ((ckpt.get("source") or {}).get("embedding") or {}).get("config"):
+        # Trained on bags `embed` did not make (converted MIL benchmark features): no command makes them here.
+        raise StoreMismatchError(
+            f"{store}: {checkpoint} was trained on '{encoder}' features that `wsi-pipeline embed` does not make "
+            "(bags converted with `convert-mil`); predict bag stores made the same way, or use a model trained on "
+            "slide embeddings"
+        )
     if encoder not in found:
         raise StoreMismatchError(
             f"{store}: no '{encoder}' embeddings (found: {', '.join(found) or 'none'}) but {checkpoint} was trained "
