@@ -18,7 +18,7 @@ from tests.conftest import CMU_SMALL, MIL_DATA, ROOT, SLIDES, need_real_data
 from tests.slide_factory import make_pyramid_slide
 from tests.test_cli import ENTRY_POINT
 from wsi_pipeline.batch import read_manifest
-from wsi_pipeline.store import store_path
+from wsi_pipeline.store import read_attrs, store_path
 
 QUICK = ["--set", "max_tiles=4", "--set", "qc.enabled=false"]
 PREDICT = ["--no-heatmaps", "--device", "cpu"]
@@ -318,3 +318,25 @@ def test_submit_without_a_reachable_slurm_suggests_local(tmp_path: Path) -> None
     ]
     line = refusal(cli(*args, env=env))
     assert "Unable to contact slurm controller" in line and "add --local to run the stages on this machine" in line
+
+
+# --------------------------------------------------------------------------------------------- case 7
+def test_retiling_a_slide_without_its_own_mpp_at_another_slide_mpp_is_refused_then_redone(tmp_path: Path) -> None:
+    """Issue 20 case 7 (guards the slide-mpp comparison of ``store_changes``): a slide that states no resolution,
+    tiled with ``--slide-mpp 0.25``, then again with ``0.5`` into the same folder: failed with the change and the
+    fix, never skipped as done; ``--overwrite`` re-tiles it at the new resolution; the same value is skipped."""
+    bare = make_pyramid_slide(tmp_path / "bare.tiff", width=2000, height=1600, mpp=None, vendor="generic").path
+    out = tmp_path / "out"
+    assert cli("tile", bare, "-o", out, *QUICK, "--slide-mpp", "0.25").returncode == 0
+    other = cli("tile", bare, "-o", out, *QUICK, "--slide-mpp", "0.5")
+    assert other.returncode == 1, other.stderr
+    no_traceback(other)
+    status, reason = records(out, "tile")["bare"]
+    assert status == "failed" and "slide mpp 0.25 -> 0.5" in reason and "--overwrite" in reason, reason
+    assert read_attrs(store_path(out, "bare"))["slide"]["mpp"] == 0.25
+
+    redone = cli("tile", bare, "-o", out, *QUICK, "--slide-mpp", "0.5", "--overwrite")
+    assert redone.returncode == 0, redone.stderr
+    assert read_attrs(store_path(out, "bare"))["slide"]["mpp"] == 0.5
+    same = cli("tile", bare, "-o", out, *QUICK, "--slide-mpp", "0.5")
+    assert same.returncode == 0 and records(out, "tile")["bare"][0] == "skipped"
