@@ -307,6 +307,7 @@ def load_config(
             raise ConfigError(f"{config_file}: section {section!r} must be a mapping of keys (e.g. tile_size: 224)")
         check_keys(cls, section_data, f"{config_file}: {section}")
         tree = _deep_merge(tree, section_data)
+        _build(cls, tree, f"{config_file}: {section}")  # a wrong value in the file: the error names the file
     for key, value in (overrides or {}).items():
         if value is not None:
             _check_override(cls, key, section)

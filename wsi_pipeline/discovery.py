@@ -286,6 +286,11 @@ def discover_slides(
                 f"{entry[0]}: listed twice, as slide ids {kept[1]!r} and {entry[1]!r}; one file is one slide: list it "
                 "once (or copy the file to keep both ids)"
             )
+        if kept is not entry and kept[2] is not None and entry[2] is not None and kept[2] != entry[2]:
+            raise ConfigError(f"{entry[0]}: listed twice, with mpp {kept[2]:g} and {entry[2]:g}; keep one")
+        if kept is not entry and (entry[1] and not kept[1] or entry[2] is not None and kept[2] is None):
+            # One row names the file with its id (or mpp), another plainly: the id is not dropped.
+            unique[key] = (kept[0], kept[1] or entry[1], kept[2] if kept[2] is not None else entry[2], kept[3])
         if kept is not entry and key == resolved and kept[0].absolute() != entry[0].absolute():
             # Two names for one file (a symlink, a relative and an absolute path): one slide, said out loud.
             log.warning(
