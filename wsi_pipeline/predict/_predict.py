@@ -24,6 +24,7 @@ import torch
 
 from ..batch import BatchResult, Done, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
 from ..errors import ConfigError, StoreMismatchError
+from ..mil_benchmarks import MIL_ENCODER
 from ..provenance import short, weights_identity, weights_label
 from ..store import (
     SCORES,
@@ -124,8 +125,8 @@ def check_store(store: Path, ckpt: dict[str, Any], checkpoint: Path) -> None:
         raise StoreMismatchError(f"{store}: not a finished slide store; run `wsi-pipeline tile` to make it")
     encoder, in_dim = ckpt["encoder"], int(ckpt["in_dim"])
     found = list_encoders(store)
-    if encoder not in found and not ((ckpt.get("source") or {}).get("embedding") or {}).get("config"):
-        # Trained on bags `embed` did not make (converted MIL benchmark features): no command makes them here.
+    if encoder not in found and encoder == MIL_ENCODER:
+        # Trained on converted MIL benchmark bags: no command makes such features for slide stores.
         raise StoreMismatchError(
             f"{store}: {checkpoint} was trained on '{encoder}' features that `wsi-pipeline embed` does not make "
             "(bags converted with `convert-mil`); predict bag stores made the same way, or use a model trained on "
