@@ -66,14 +66,18 @@ def copies(source: Path, folder: Path, names: list[str]) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ABMIL run (``make_run``)."""
+    return make_run(tmp_path_factory.mktemp("faults_run"))
+
+
+def make_run(root: Path) -> Path:
     """An ABMIL run (2 folds, 1 epoch) on four copies of the real slide, 4 tiles each, embedded with a seeded random
-    EfficientNet-Lite0 (slide files can then be predicted without a weights file)."""
+    EfficientNet-Lite0 (slide files can then be predicted without a weights file); ``root/stores`` holds them."""
     need_real_data(CMU_SMALL)
     from wsi_pipeline.embedding import EmbedConfig, embed_stores
     from wsi_pipeline.tiling import QcConfig, TileConfig, tile_slides
     from wsi_pipeline.training import TrainConfig, train
 
-    root = tmp_path_factory.mktemp("faults_run")
     slides = copies(CMU_SMALL, root / "slides", ["a", "b", "c", "d"])
     assert not tile_slides(slides, root / "stores", config=TileConfig(max_tiles=4, qc=QcConfig(enabled=False))).failed
     embed = EmbedConfig(encoder="efficientnet_lite0", weights="random", num_workers=0, device="cpu")
