@@ -260,6 +260,7 @@ class SlideLock:
         # it fails when the lock exists): a lock is never visible without its owner, even when the disk is full
         # (the write fails, and no lock appears).
         tmp = atomic_path(self.path)
+        tmp = tmp.with_name(f"{tmp.name}-{threading.get_ident()}")  # one per thread of a process too
         try:
             tmp.write_text(payload)
             for _ in range(20):
