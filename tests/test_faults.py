@@ -107,12 +107,12 @@ def test_predict_slide_files_never_reuses_a_result_of_a_replaced_slide(run: Path
     assert "made from another slide file (slide size 2220x2967 -> 16x16" in reason and "--overwrite" in reason
     assert "s" not in predictions(tmp_path / "pred")  # the old result is not presented as this slide's
 
-    # --overwrite redoes it: the 16 px slide has no tile of 224 px, so it fails, and the old store goes too.
+    # --overwrite redoes it: the 16 px slide has no tissue, so it fails, and the old store goes too.
     redo = cli("predict", run, slide, "-o", tmp_path / "pred", *PREDICT, "--overwrite")
     assert redo.returncode == 1
     no_traceback(redo)
     status, reason = records(tmp_path / "pred", "predict")["s"]
-    assert status == "failed" and "no tile of 224 px" in reason, reason
+    assert status == "failed" and "no tissue found" in reason and "its old store was removed" in reason, reason
     assert not store_path(tmp_path / "pred" / "stores", "s").exists()
 
 

@@ -237,10 +237,15 @@ class SlidePreparer:
                     remove_stale_temporaries(item.store)
                     log.info("%s: tiling %s into %s", item.slide_id, item.path, item.store.parent)
                     tile_slide(slide, item.store.parent, config=self.tile_config)
-        except Exception:
+        except Exception as err:
             # A failed --overwrite: an old store of another file or resolution must not stay looking finished.
-            if self.overwrite:
-                discard_stale_store(item.store.parent, item.slide_id, self.tile_config, slide)
+            removed = (
+                discard_stale_store(item.store.parent, item.slide_id, self.tile_config, slide) if self.overwrite else ""
+            )
+            if removed:
+                from ..tiling._tile import _with_note
+
+                raise _with_note(err, removed) from err
             raise
         runtime = self._embed_runtime()
         if not retile:
