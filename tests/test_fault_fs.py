@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import CMU_SMALL, MIL_DATA, ROOT, need_real_data
 from tests.data import skip_reason
 from tests.test_cli import ENTRY_POINT
-from tests.test_faults import EMBED, QUICK, cli, copies, make_run, no_traceback, records, refusal
+from tests.test_faults import EMBED, QUICK, cli, copies, embed_config, make_run, no_traceback, records, refusal
 from wsi_pipeline.store import read_coords, read_features, store_path
 
 NO_SPACE = "no space left on device"
@@ -106,6 +106,8 @@ def test_embed_on_a_full_disk_fails_the_slides_and_the_rerun_finishes(tmp_path: 
     """Stores on a file system filled up to the last bytes: embed fails each slide with the path and the fix and
     leaves no temporary array or lock; with room again the rerun embeds them as a clean run does."""
     need_real_data(CMU_SMALL)
+    from wsi_pipeline.embedding import embed_stores
+
     copies(CMU_SMALL, tmp_path / "slides", ["a", "b"])
     with small_fs(tmp_path / "disk", "8m") as disk:
         assert cli("tile", tmp_path / "slides", "-o", disk / "stores", *QUICK).returncode == 0
@@ -124,7 +126,7 @@ def test_embed_on_a_full_disk_fails_the_slides_and_the_rerun_finishes(tmp_path: 
         assert leftovers(disk / "stores") == []
         ballast.unlink()
         assert cli("embed", disk / "stores", *EMBED).returncode == 0
-        assert cli("embed", tmp_path / "clean", *EMBED).returncode == 0
+        assert not embed_stores(tmp_path / "clean", config=embed_config()).failed
         for sid in ("a", "b"):
             np.testing.assert_array_equal(
                 read_features(store_path(disk / "stores", sid), "efficientnet_lite0"),
@@ -183,14 +185,13 @@ def test_tile_and_embed_killed_at_several_points_resume_to_the_clean_result(tmp_
     the manifest...) and ``embed`` at its 1st and 3rd: the reruns leave no temporary or lock behind and give the
     stores, tiles, QC pictures and embeddings of a clean run."""
     need_real_data(CMU_SMALL)
-    from wsi_pipeline.embedding import EmbedConfig, embed_stores
+    from wsi_pipeline.embedding import embed_stores
 
     assert ENTRY_POINT.is_file()
     copies(CMU_SMALL, tmp_path / "slides", ["a", "b"])
     tile_args = ["tile", tmp_path / "slides", "--set", "max_tiles=4"]
     assert cli(*tile_args, "-o", tmp_path / "clean").returncode == 0
-    config = EmbedConfig(encoder="efficientnet_lite0", weights="random", num_workers=0, device="cpu")
-    assert not embed_stores(tmp_path / "clean", config=config).failed
+    assert not embed_stores(tmp_path / "clean", config=embed_config()).failed
     out = tmp_path / "out"
     for n in (1, 4):
         killed = killed_at(n, *tile_args, "-o", out, tmp_path=tmp_path)
