@@ -288,7 +288,10 @@ def _moved_from(path: Path, slide: Slide) -> str | None:
 
 
 def _with_note(err: Exception, note: str) -> Exception:
-    """``err`` with ``note`` appended to its one-line message, of the same type when it can be rebuilt so."""
+    """``err`` with ``note`` appended to its one-line message, of the same type when it can be rebuilt so (an
+    ``OSError`` stays as it is: its errno says a full disk; the note is in the log)."""
+    if isinstance(err, OSError):
+        return err
     try:
         return type(err)(f"{err}; {note}")
     except Exception:  # noqa: BLE001 - an exception type with another constructor
