@@ -242,11 +242,12 @@ class SlidePreparer:
             removed = (
                 discard_stale_store(item.store.parent, item.slide_id, self.tile_config, slide) if self.overwrite else ""
             )
-            if removed:
-                from ..tiling._tile import _with_note
+            from ..tiling._tile import _with_note
 
-                raise _with_note(err, removed) from err
-            raise
+            noted = _with_note(err, removed) if removed else err
+            if noted is err:
+                raise
+            raise noted from err
         runtime = self._embed_runtime()
         if not retile:
             changed = features_changes(item.store, self.encoder, features_signature(runtime))

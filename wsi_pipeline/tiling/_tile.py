@@ -401,9 +401,10 @@ def tile_slides(
         except Exception as err:
             # --overwrite was asked and failed: an old store of another file or settings must not look finished.
             removed = discard_stale_store(out_dir, item.slide_id, config, slide) if overwrite else ""
-            if removed:
-                raise _with_note(err, removed) from err
-            raise
+            noted = _with_note(err, removed) if removed else err
+            if noted is err:
+                raise
+            raise noted from err
 
     def tile_one(item: Any, slide: Slide, lock: SlideLock) -> Done:
         final = store_path(out_dir, item.slide_id)
