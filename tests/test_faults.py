@@ -352,3 +352,31 @@ def test_retiling_a_slide_without_its_own_mpp_at_another_slide_mpp_is_refused_th
     assert read_attrs(store_path(out, "bare"))["slide"]["mpp"] == 0.5
     same = cli("tile", bare, "-o", out, *QUICK, "--slide-mpp", "0.5")
     assert same.returncode == 0 and records(out, "tile")["bare"][0] == "skipped"
+
+
+def test_every_shipped_config_passes_the_checks() -> None:
+    """The defaults and presets in configs/ hold only known sections and keys (a renamed setting fails here, not in
+    a user's run)."""
+    from wsi_pipeline.annotations import AnnotateConfig
+    from wsi_pipeline.cluster import SubmitConfig
+    from wsi_pipeline.config import check_keys, check_sections, read_yaml
+    from wsi_pipeline.embedding import EmbedConfig
+    from wsi_pipeline.predict import PredictConfig
+    from wsi_pipeline.tiling import TileConfig
+    from wsi_pipeline.training import TrainConfig
+
+    classes = {
+        "tile": TileConfig,
+        "embed": EmbedConfig,
+        "annotate": AnnotateConfig,
+        "train": TrainConfig,
+        "predict": PredictConfig,
+        "submit": SubmitConfig,
+    }
+    files = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert len(files) > 10
+    for path in files:
+        data = read_yaml(path)
+        check_sections(path, data)
+        for section, values in data.items():
+            check_keys(classes[section], values or {}, f"{path}: {section}")
