@@ -1,11 +1,11 @@
 """Fault tests, as a user meets faults: a full disk under each stage (a real small tmpfs, mounted when the tests run
 as root, as CI does; skipped with the reason otherwise) and processes killed with SIGKILL at several points, then
-rerun and compared with a clean run. Issue 20 case 4 and the fault-test module it asks for."""
+rerun and compared with a clean run. Issue 20 case 4 and the fault-test module it asks for. ``predict`` on a full
+disk and killed is in ``tests/test_faults.py``, beside the trained run it shares."""
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import shutil
 import subprocess
@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import CMU_SMALL, MIL_DATA, ROOT, need_real_data
 from tests.data import skip_reason
 from tests.test_cli import ENTRY_POINT
-from tests.test_faults import EMBED, QUICK, cli, copies, embed_config, make_run, no_traceback, records, refusal
+from tests.test_faults import EMBED, QUICK, cli, copies, embed_config, no_traceback, records, refusal
 from wsi_pipeline.store import read_coords, read_features, store_path
 
 NO_SPACE = "no space left on device"
@@ -211,43 +211,3 @@ def test_tile_and_embed_killed_at_several_points_resume_to_the_clean_result(tmp_
             read_features(store_path(out, sid), "efficientnet_lite0"), read_features(clean, "efficientnet_lite0")
         )
         assert (out / "qc" / f"{sid}.png").read_bytes() == (tmp_path / "clean" / "qc" / f"{sid}.png").read_bytes()
-
-
-# --------------------------------------------------------------------------------------------- predict
-def _predictions(out: Path) -> dict[str, tuple[str, ...]]:
-    with (out / "predictions.csv").open(newline="") as handle:
-        return {row["slide_id"]: tuple(row.values()) for row in csv.DictReader(handle)}
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.mktemp("faults_run"))
-
-
-def test_predict_on_a_full_disk_and_killed_at_several_points_ends_as_a_clean_run(run: Path, tmp_path: Path) -> None:
-    """``predict`` onto a full file system fails each slide in one line and leaves nothing behind; killed with
-    SIGKILL at its 1st, 3rd and 5th rename, the rerun gives the predictions of a clean run."""
-    stores = run.parents[1] / "stores"
-    shutil.copytree(stores, tmp_path / "clean_stores")
-    args = [run, "--no-heatmaps", "--device", "cpu"]
-    clean = cli("predict", *args[:1], tmp_path / "clean_stores", "-o", tmp_path / "clean", *args[1:])
-    assert clean.returncode == 0, clean.stderr
-    with small_fs(tmp_path / "disk", "8m") as disk:
-        shutil.copytree(stores, disk / "stores")
-        ballast = disk / "ballast"
-        with contextlib.suppress(OSError), ballast.open("wb") as handle:
-            while True:
-                handle.write(b"\0" * 65536)
-        full = cli("predict", run, disk / "stores", "-o", disk / "pred", *args[1:])
-        assert full.returncode == 1
-        no_traceback(full)
-        assert NO_SPACE in full.stderr and FIX in full.stderr
-        assert leftovers(disk) == []
-        ballast.unlink()
-        for n in (1, 3, 5):
-            killed = killed_at(n, "predict", run, disk / "stores", "-o", disk / "pred", *args[1:], tmp_path=tmp_path)
-            assert killed.returncode == -9, killed.stderr
-        again = cli("predict", run, disk / "stores", "-o", disk / "pred", *args[1:])
-        assert again.returncode == 0, again.stderr
-        assert leftovers(disk) == []
-        assert _predictions(disk / "pred") == _predictions(tmp_path / "clean")

@@ -5,6 +5,7 @@ naming the file and the fix, the manifests, and that nothing stale survives."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -380,3 +381,41 @@ def test_every_shipped_config_passes_the_checks() -> None:
         check_sections(path, data)
         for section, values in data.items():
             check_keys(classes[section], values or {}, f"{path}: {section}")
+
+
+# --------------------------------------------------------------------------------------------- case 4: predict
+def _predictions(out: Path) -> dict[str, tuple[str, ...]]:
+    with (out / "predictions.csv").open(newline="") as handle:
+        return {row["slide_id"]: tuple(row.values()) for row in csv.DictReader(handle)}
+
+
+def test_predict_on_a_full_disk_and_killed_at_several_points_ends_as_a_clean_run(run: Path, tmp_path: Path) -> None:
+    """``predict`` onto a full file system fails each slide in one line and leaves nothing behind; killed with
+    SIGKILL at its 1st, 3rd and 5th rename, the rerun gives the predictions of a clean run (the fault module's
+    tools; here to share the trained run)."""
+    from tests.test_fault_fs import FIX, NO_SPACE, killed_at, leftovers, small_fs
+
+    stores = run.parents[1] / "stores"
+    shutil.copytree(stores, tmp_path / "clean_stores")
+    args = [run, "--no-heatmaps", "--device", "cpu"]
+    clean = cli("predict", *args[:1], tmp_path / "clean_stores", "-o", tmp_path / "clean", *args[1:])
+    assert clean.returncode == 0, clean.stderr
+    with small_fs(tmp_path / "disk", "8m") as disk:
+        shutil.copytree(stores, disk / "stores")
+        ballast = disk / "ballast"
+        with contextlib.suppress(OSError), ballast.open("wb") as handle:
+            while True:
+                handle.write(b"\0" * 65536)
+        full = cli("predict", run, disk / "stores", "-o", disk / "pred", *args[1:])
+        assert full.returncode == 1
+        no_traceback(full)
+        assert NO_SPACE in full.stderr and FIX in full.stderr
+        assert leftovers(disk) == []
+        ballast.unlink()
+        for n in (1, 3, 5):
+            killed = killed_at(n, "predict", run, disk / "stores", "-o", disk / "pred", *args[1:], tmp_path=tmp_path)
+            assert killed.returncode == -9, killed.stderr
+        again = cli("predict", run, disk / "stores", "-o", disk / "pred", *args[1:])
+        assert again.returncode == 0, again.stderr
+        assert leftovers(disk) == []
+        assert _predictions(disk / "pred") == _predictions(tmp_path / "clean")
