@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import logging
@@ -31,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from .errors import ConfigError, LockedError, SlideError, WsiPipelineError
+from .errors import ConfigError, LockedError, SlideError, UsageError, WsiPipelineError
 
 __all__ = [
     "Shard",
@@ -72,8 +73,11 @@ class Shard:
         try:
             index, count = (int(part) for part in text.split("/"))
         except ValueError as err:
-            raise ConfigError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. --shard 0/4") from err
-        return cls(index, count)
+            raise UsageError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. --shard 0/4") from err
+        try:
+            return cls(index, count)
+        except ConfigError as err:
+            raise UsageError(f"--{err}") from None
 
     def select(self, items: Sequence[Any], key: Callable[[Any], str] = lambda item: item.slide_id) -> list[Any]:
         """This shard's items: a stable, balanced subset; the shards of one count cover every item once."""
@@ -128,6 +132,12 @@ def remove_stale_temporaries(final: Path) -> list[Path]:
     if not final.parent.is_dir():
         return []
     stale = sorted(final.parent.glob(f".{final.name}.tmp-*"))
+    if final.is_dir():
+        # zarr writes each metadata file as ``<name>.<uuid>.partial`` and renames it: a killed run can leave one
+        # inside a finished store (its root or a group of it).
+        stale += sorted([*final.glob("*.partial"), *final.glob("*/*.partial")])
+    if (final.parent / "zarr.json").is_file():  # an array of a store's group (features/, scores/)
+        stale += sorted(final.parent.glob("zarr.*.partial"))
     for path in stale:
         log.info("removing %s left by an interrupted run", path)
         remove_path(path)
@@ -146,8 +156,14 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        err.filename = err.filename or str(path)  # a full disk names the file it was writing
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------- locks
@@ -162,6 +178,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+OWNERLESS_AFTER_S = 5.0  # a lock file with no owner in it, older than this, is abandoned
 STALE_AFTER_S = 15 * 60  # a lock whose heartbeat is older than this is abandoned (its holder was killed)
 HEARTBEAT_S = 60.0
 
@@ -196,6 +213,10 @@ class SlideLock:
         try:
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
+            return True
+        if not holder.get("host") and age > OWNERLESS_AFTER_S:
+            # Locks become visible with their owner already written (``acquire``), so one without an owner is
+            # what an older version left when it could not write it (a full disk): abandoned.
             return True
         same_host = holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
         if same_host and not pid_alive(holder["pid"]):
@@ -235,23 +256,56 @@ class SlideLock:
                 "token": self._token,
             }
         )
-        for _ in range(20):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self._is_stale():
-                    self._take_over()
-                    continue
-                holder = self._holder()
-                raise LockedError(
-                    f"{self.path}: held by {holder.get('host')}:{holder.get('pid')} since {holder.get('started')}"
-                ) from None
+        # The owner is written to a private file first, which is then hard-linked to the lock's name (atomic, and
+        # it fails when the lock exists): a lock is never visible without its owner, even when the disk is full
+        # (the write fails, and no lock appears).
+        tmp = atomic_path(self.path)
+        tmp = tmp.with_name(f"{tmp.name}-{threading.get_ident()}")  # one per thread of a process too
+        try:
+            tmp.write_text(payload)
+            for _ in range(20):
+                try:
+                    os.link(tmp, self.path)
+                except FileExistsError:
+                    if self._is_stale():
+                        self._take_over()
+                        continue
+                    holder = self._holder()
+                    raise LockedError(
+                        f"{self.path}: held by {holder.get('host')}:{holder.get('pid')} since {holder.get('started')}"
+                    ) from None
+                except OSError as err:
+                    if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                        raise
+                    if not self._create_exclusive(payload):  # a file system without hard links
+                        continue
+                self._held = True
+                self._start_heartbeat()
+                return
+        finally:
+            tmp.unlink(missing_ok=True)
+        raise LockedError(f"{self.path}: could not take the lock")
+
+    def _create_exclusive(self, payload: str) -> bool:
+        """Create the lock with O_EXCL and write its owner (file systems without hard links); a lock whose owner
+        cannot be written is removed again. False when the lock exists (the caller retries after a stale check)."""
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if self._is_stale():
+                self._take_over()
+                return False
+            holder = self._holder()
+            raise LockedError(
+                f"{self.path}: held by {holder.get('host')}:{holder.get('pid')} since {holder.get('started')}"
+            ) from None
+        try:
             with os.fdopen(fd, "w") as handle:
                 handle.write(payload)
-            self._held = True
-            self._start_heartbeat()
-            return
-        raise LockedError(f"{self.path}: could not take the lock")
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            raise
+        return True
 
     def _owned(self) -> bool:
         return self._holder().get("token") == self._token
@@ -373,8 +427,31 @@ class BatchResult:
         return f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed (manifest: {self.manifest})"
 
 
-def one_line(err: BaseException) -> str:
-    """An exception as a single manifest-friendly line; typed errors keep their own message."""
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(err: OSError, where: Path | str | None = None) -> str:
+    """A full disk (or quota) as one line naming the path and the fix."""
+    path = err.filename or where or "the output folder"
+    what = "disk quota exceeded" if err.errno == errno.EDQUOT else "no space left on device"
+    free = ""
+    with contextlib.suppress(OSError):
+        probe = Path(path)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        left = shutil.disk_usage(probe).free
+        free = f", {left / 2**20:.1f} MiB free" if left >= 2**20 else f", {left // 1024} KiB free"
+    return (
+        f"{path}: {what}{free}; free some space there (or write to another --out) and re-run: finished work is kept "
+        "and skipped"
+    )
+
+
+def one_line(err: BaseException, where: Path | str | None = None) -> str:
+    """An exception as a single manifest-friendly line; typed errors keep their own message. ``where``: the
+    output folder, named when a full disk did not say which file it was writing."""
+    if isinstance(err, OSError) and err.errno in DISK_FULL:
+        return disk_full_message(err, where)
     text = str(err).strip().replace("\n", " ") or err.__class__.__name__
     if isinstance(err, WsiPipelineError):
         return text
@@ -469,8 +546,12 @@ class SlideBatch:
             for lock, _ in self._held.values():
                 lock.release()
             self._held.clear()
-            if not self.records:
-                self._write_manifest()
+            try:
+                self._write_manifest()  # again: a write a full disk refused earlier has every record now
+            except OSError as err:
+                if not self.records:
+                    raise
+                log.warning("manifest not written: %s", one_line(err, self.manifest))
         finally:
             self._exit.close()
 
@@ -480,7 +561,11 @@ class SlideBatch:
         buffer = io.StringIO()
         csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS).writerow(asdict(rec))
         self._lines.append(buffer.getvalue())
-        self._write_manifest()
+        try:
+            self._write_manifest()
+        except OSError as err:
+            # A full disk must not stop the batch: the records stay in memory and the next write has them all.
+            log.warning("manifest not written: %s", one_line(err, self.manifest))
         if self.on_record:
             self.on_record(rec)
         # A failed slide is a warning even under a progress bar: in a Slurm log it is the line to look for.
@@ -516,6 +601,9 @@ class SlideBatch:
         except LockedError as err:
             self.record(item, "skipped", error=f"locked: {err}")
             return None
+        except OSError as err:  # e.g. a full disk: this slide fails, the batch goes on
+            self.record(item, "failed", error=one_line(err, path))
+            return None
         self._held[item.slide_id] = (lock, time.perf_counter())
         try:
             done = self.skip_if_done(item)
@@ -543,7 +631,7 @@ class SlideBatch:
         if not isinstance(err, SlideError):
             log.debug("unexpected error on %s", item.slide_id, exc_info=err)
         seconds = self._settle(item)
-        self.record(item, "failed", seconds=seconds, error=one_line(err))
+        self.record(item, "failed", seconds=seconds, error=one_line(err, self.out_dir))
 
     def result(self) -> BatchResult:
         """The records in slide order (a streaming stage records slides as they finish)."""
@@ -611,4 +699,14 @@ def temporary_then_rename(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
-__all__ += ["temporary_then_rename", "one_line", "MANIFEST_COLUMNS", "STALE_AFTER_S", "SlideBatch", "pid_alive", "Done"]
+__all__ += [
+    "temporary_then_rename",
+    "one_line",
+    "disk_full_message",
+    "DISK_FULL",
+    "MANIFEST_COLUMNS",
+    "STALE_AFTER_S",
+    "SlideBatch",
+    "pid_alive",
+    "Done",
+]

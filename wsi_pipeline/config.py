@@ -9,12 +9,17 @@ this order, later winning:
 3. explicit CLI options, and ``--set key=value`` (dotted keys reach nested dataclasses, values parsed as YAML;
    ``5e-4`` is a number, as in YAML 1.2).
 
-Unknown keys and values of the wrong type raise ``ConfigError`` naming the key, so typos never pass silently.
+Unknown keys and values of the wrong type raise ``ConfigError`` naming the key, so typos never pass silently: a
+config file's top level must be stage sections (``SECTIONS``), and the section a stage reads is checked against
+its dataclass, nested sections included; each error names the file, the unknown name, the valid ones and the
+closest match. A YAML syntax error names the line and column. Pure Python: the CLI checks config files before any
+heavy library is imported.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -24,9 +29,12 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 
-__all__ = ["load_config", "config_to_dict", "parse_set_overrides", "read_yaml", "merge_overrides"]
+__all__ = ["load_config", "config_to_dict", "parse_set_overrides", "read_yaml", "merge_overrides", "SECTIONS"]
+
+# The top-level sections a config file may hold: one per stage (``submit`` also passes the file to each stage).
+SECTIONS: tuple[str, ...] = ("tile", "embed", "annotate", "train", "predict", "submit", "cohort")
 
 T = TypeVar("T")
 
@@ -62,18 +70,81 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+def closest(name: str, valid: Iterable[str]) -> str:
+    """``; did you mean 'x'?`` for the valid name closest to ``name`` (difflib), or ''."""
+    match = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or getattr(err, "context", None) or err.__class__.__name__
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return ConfigError(f"{where}: not valid YAML{at}: {problem}; fix the syntax there")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file."""
+    """Read a YAML mapping, with errors that name the file (and the line and column of a syntax error)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; check the --config path")
     try:
-        data = _load_yaml(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save the config file as UTF-8") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror}); check the path") from err
+    try:
+        data = _load_yaml(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__}); fix the syntax") from err
+        raise _yaml_error(path, err) from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (tile:, embed:, ...) at the top level")
     return data
+
+
+def check_sections(path: str | Path, data: Mapping[str, Any], cls: type | None = None, section: str = "") -> None:
+    """Raise ``ConfigError`` for a top-level key of a config file that is no stage section, naming it, the valid
+    sections and the closest one; a key of ``cls`` (the stage being configured) written at the top level is told to
+    go under ``section:``."""
+    sections = SECTIONS if section in SECTIONS or not section else (*SECTIONS, section)
+    for key in data:
+        if key in sections:
+            continue
+        if cls is not None and dataclasses.is_dataclass(cls) and key in _field_names(cls):
+            raise ConfigError(
+                f"{path}: {key!r} is a key of the {section}: section, not a section; write it indented under "
+                f"'{section}:' (sections: {', '.join(sections)})"
+            )
+        raise ConfigError(f"{path}: unknown section {key!r}{closest(key, sections)} (sections: {', '.join(sections)})")
+
+
+def _field_names(cls: type) -> list[str]:
+    return sorted(f.name for f in dataclasses.fields(cls) if f.init)
+
+
+def check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
+    """Raise ``ConfigError`` for the first key of ``data`` (recursively into nested dataclass sections) that is no
+    field of ``cls``: ``<where>.<key>: unknown key 'x'; did you mean 'y'? (valid keys: ...)``."""
+    hints = typing.get_type_hints(cls)
+    valid = _field_names(cls)
+    for key, value in data.items():
+        if key not in valid:
+            raise ConfigError(f"{where}: unknown key {key!r}{closest(key, valid)} (valid keys: {', '.join(valid)})")
+        nested = _dataclass_of(hints[key])
+        if nested is not None and isinstance(value, Mapping):
+            check_keys(nested, value, f"{where}.{key}")
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass a field holds (``Mask`` or ``Mask | None``), if any."""
+    if dataclasses.is_dataclass(hint):
+        return hint  # type: ignore[return-value]
+    for arg in typing.get_args(hint):
+        if dataclasses.is_dataclass(arg):
+            return arg  # type: ignore[return-value]
+    return None
 
 
 def parse_set_overrides(items: Iterable[str] | None) -> dict[str, Any]:
@@ -82,11 +153,11 @@ def parse_set_overrides(items: Iterable[str] | None) -> dict[str, Any]:
     for item in items or ():
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set mask.method=otsu")
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set mask.method=otsu")
         try:
             out[key.strip()] = _load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML") from err
+            raise UsageError(f"--set {item!r}: the value is not valid YAML; quote it: --set 'key=\"...\"'") from err
     return out
 
 
@@ -177,7 +248,8 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}")
+        hint = closest(unknown[0], fields)
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}{hint} (valid keys: {', '.join(sorted(fields))})")
     kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
@@ -229,14 +301,39 @@ def load_config(
     tree: dict[str, Any] = config_to_dict(cls())
     if config_file is not None:
         data = read_yaml(config_file)
+        check_sections(config_file, data, cls, section)
         section_data = data.get(section) or {}
         if not isinstance(section_data, Mapping):
-            raise ConfigError(f"{config_file}: section {section!r} must be a mapping")
+            raise ConfigError(f"{config_file}: section {section!r} must be a mapping of keys (e.g. tile_size: 224)")
+        check_keys(cls, section_data, f"{config_file}: {section}")
         tree = _deep_merge(tree, section_data)
+        _build(cls, tree, f"{config_file}: {section}")  # a wrong value in the file: the error names the file
     for key, value in (overrides or {}).items():
         if value is not None:
+            _check_override(cls, key, section)
             _set_dotted(tree, key, value)
     return _build(cls, tree, section)
+
+
+def _check_override(cls: type, dotted: str, section: str) -> None:
+    """An override's dotted key must name a field (nested sections included): else a ``UsageError`` naming it and
+    the closest valid key (a ``--set`` typo is a usage mistake)."""
+    node: Any = cls
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(node) if f.init}
+        if part not in fields:
+            where = ".".join(parts[:depth]) or section
+            raise UsageError(
+                f"--set {dotted}: unknown key {part!r} in {where}{closest(part, fields)} "
+                f"(valid keys: {', '.join(sorted(fields))})"
+            )
+        nested = _dataclass_of(typing.get_type_hints(node)[part])
+        if nested is None:
+            if depth < len(parts) - 1 and typing.get_origin(typing.get_type_hints(node)[part]) is not dict:
+                raise UsageError(f"--set {dotted}: {part!r} is a setting, not a section")
+            return
+        node = nested
 
 
 def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,11 +26,13 @@ import csv
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._text import open_csv
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -72,8 +74,19 @@ class SlideEntry:
         return Slide(self.path, mpp=self.mpp, slide_id=self.slide_id, default_mpp=self.default_mpp)
 
 
+def _resolved(path: Path) -> Path:
+    """``path.resolve()``, or its absolute form when a symlink loop (or another OS error) stops resolving it: such
+    a slide is then a failed record of the batch (``Slide.open`` says what is wrong), not the end of the batch."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
+
+
 def _clean_id(text: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    # Letters and digits of every script are kept (NFC, so a name typed on macOS and on Linux is one id): ids that
+    # differ only in them stay different.
+    cleaned = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", text)).strip("._")
     return cleaned or "slide"
 
 
@@ -97,6 +110,14 @@ def _scan_folder(folder: Path, recursive: bool, exts: tuple[str, ...]) -> list[t
         root_path = Path(root)
         names = set(files)
         # Hidden folders (temporary outputs) and MIRAX data folders are not slides.
+        if not recursive:
+            for name in sorted(dirs):
+                if Path(name).suffix.lower() in exts and Path(name).suffix.lower() != ".dcm":
+                    log.warning(
+                        "%s is a folder, not a slide file: skipped (a slide is one file; --recursive searches "
+                        "inside folders)",
+                        root_path / name,
+                    )
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and f"{d}.mrxs" not in names) if recursive else []
         for name in sorted(files):
             if name.startswith("."):
@@ -120,7 +141,7 @@ def read_mpp_csv(path: str | Path) -> dict[str, float]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: mpp CSV not found; pass a CSV with columns slide,mpp")
-    with path.open(newline="") as handle:
+    with open_csv(path, "mpp CSV") as handle:
         reader = csv.DictReader(handle)
         cols = {c.strip().lower(): c for c in reader.fieldnames or []}
         if "slide" not in cols or "mpp" not in cols:
@@ -138,7 +159,7 @@ def read_mpp_csv(path: str | Path) -> dict[str, float]:
 
 
 def _read_manifest(path: Path) -> list[tuple[Path, str | None, float | None]]:
-    with path.open(newline="") as handle:
+    with open_csv(path, "slide manifest") as handle:
         reader = csv.DictReader(handle)
         cols = {c.strip().lower(): c for c in reader.fieldnames or []}
         path_col = cols.get("path") or cols.get("slide")
@@ -172,7 +193,7 @@ def _unique_ids(paths: Sequence[Path], hints: Sequence[str | None]) -> list[str]
     def candidate(i: int, depth: int) -> str:
         if depth == 1:  # same stem, different formats in one folder: boxes.tiff vs boxes_0.dcm
             return _clean_id(f"{base[i]}_{paths[i].suffix.lstrip('.').lower()}")
-        parents = paths[i].resolve().parent.parts[1:][::-1]
+        parents = _resolved(paths[i]).parent.parts[1:][::-1]
         return _clean_id("_".join([*reversed(parents[: depth - 1]), base[i]]))
 
     ids = list(base)
@@ -232,6 +253,10 @@ def discover_slides(
     for raw in inputs:
         item = Path(raw).expanduser()
         if not item.exists():
+            if item.is_symlink() or (item.suffix and item.suffix.lower() != ".csv"):
+                # A named slide file that is missing (or a broken link): that slide fails, the others go on.
+                collected.append((item, None, None, None))
+                continue
             raise ConfigError(f"{item}: no such file or folder; check the slide path")
         if item.is_dir():
             found = _scan_folder(item, recursive, exts)
@@ -252,10 +277,20 @@ def discover_slides(
         )
     # One entry per file, and one per DICOM folder (its files are one slide), in a deterministic order.
     unique: dict[Path, tuple[Path, str | None, float | None, str | None]] = {}
-    for entry in sorted(collected, key=lambda e: str(e[0].resolve())):
-        resolved = entry[0].resolve()
+    for entry in sorted(collected, key=lambda e: str(_resolved(e[0]))):
+        resolved = _resolved(entry[0])
         key = resolved.parent / "*.dcm" if resolved.suffix.lower() == ".dcm" else resolved
         kept = unique.setdefault(key, entry)
+        if kept is not entry and kept[1] and entry[1] and _clean_id(kept[1]) != _clean_id(entry[1]):
+            raise ConfigError(
+                f"{entry[0]}: listed twice, as slide ids {kept[1]!r} and {entry[1]!r}; one file is one slide: list it "
+                "once (or copy the file to keep both ids)"
+            )
+        if kept is not entry and kept[2] is not None and entry[2] is not None and kept[2] != entry[2]:
+            raise ConfigError(f"{entry[0]}: listed twice, with mpp {kept[2]:g} and {entry[2]:g}; keep one")
+        if kept is not entry and (entry[1] and not kept[1] or entry[2] is not None and kept[2] is None):
+            # One row names the file with its id (or mpp), another plainly: the id is not dropped.
+            unique[key] = (kept[0], kept[1] or entry[1], kept[2] if kept[2] is not None else entry[2], kept[3])
         if kept is not entry and key == resolved and kept[0].absolute() != entry[0].absolute():
             # Two names for one file (a symlink, a relative and an absolute path): one slide, said out loud.
             log.warning(
@@ -265,7 +300,7 @@ def discover_slides(
                 resolved,
                 kept[0].name,
             )
-    rows = sorted(unique.values(), key=lambda e: str(e[0].resolve()))
+    rows = sorted(unique.values(), key=lambda e: str(_resolved(e[0])))
     auto_ids = _unique_ids([r[0] for r in rows], [r[3] for r in rows])
     per_slide = read_mpp_csv(mpp_csv) if mpp_csv is not None else {}
     used: set[str] = set()
@@ -276,11 +311,11 @@ def discover_slides(
             raise ConfigError(f"{path}: slide id {slide_id!r} is used twice; make the manifest's slide_id unique")
         used.add(slide_id)
         if mpp is None:
-            keys = (slide_id, path.name, str(path), str(path.resolve()))
+            keys = (slide_id, path.name, str(path), str(_resolved(path)))
             mpp = next((per_slide[k] for k in keys if k in per_slide), None)
         entries.append(SlideEntry(slide_id, path, mpp, slide_mpp))
     matched = {e.slide_id for e in entries} | {e.path.name for e in entries} | {str(e.path) for e in entries}
-    matched |= {str(e.path.resolve()) for e in entries}
+    matched |= {str(_resolved(e.path)) for e in entries}
     unknown = sorted(set(per_slide) - matched)
     if unknown:
         log.warning("%s: %d row(s) match no slide (e.g. %s)", mpp_csv, len(unknown), unknown[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "WsiPipelineError",
     "ConfigError",
+    "UsageError",
     "SlideError",
     "SlideOpenError",
     "SlideReadError",
@@ -33,6 +34,11 @@ class WsiPipelineError(Exception):
 
 class ConfigError(WsiPipelineError, ValueError):
     """A config file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+class UsageError(ConfigError):
+    """A command-line mistake (a malformed ``--set`` or ``--shard``, an unknown ``--set`` key): the CLI exits 2, as
+    for the other usage mistakes click reports."""
 
 
 class SlideError(WsiPipelineError):

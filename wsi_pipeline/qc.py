@@ -119,8 +119,14 @@ def write_qc(
         raise RuntimeError(f"cannot encode the QC picture of {slide.slide_id}")
     png_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_path(png_path)
-    tmp.write_bytes(encoded.tobytes())
-    tmp.replace(png_path)
+    try:
+        tmp.write_bytes(encoded.tobytes())
+        tmp.replace(png_path)
+    except OSError as err:
+        err.filename = err.filename or str(png_path)  # a full disk names the file it was writing
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep half a picture (it fills the disk further)
     if not geojson:
         return png_path, None
     collection = mask_to_geojson(grid.mask, grid.mask_scale)

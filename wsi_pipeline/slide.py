@@ -133,7 +133,7 @@ class Slide:
     def open(self) -> Slide:
         if self._osr is None:
             if not self.path.exists():
-                raise SlideOpenError(f"{self.path}: no such file; check the slide path or manifest")
+                raise SlideOpenError(_missing(self.path))
             try:
                 self._osr = openslide.OpenSlide(str(self.path))
             except openslide.OpenSlideUnsupportedFormatError:
@@ -351,3 +351,18 @@ def _rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
     # OpenSlide returns premultiplied colour, so background = colour + (255 - alpha).
     out = rgb.astype(np.uint16) + (255 - alpha)[..., None].astype(np.uint16)
     return np.minimum(out, 255).astype(np.uint8)
+
+
+def _missing(path: Path) -> str:
+    """Why ``path`` cannot be opened when it does not exist: no file, a symlink loop, or a link to nothing."""
+    import errno
+    import os
+
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                return f"{path}: a symbolic link loop (it leads back to itself); point it at the slide or remove it"
+        return f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; fix or remove the link"
+    return f"{path}: no such file; check the slide path or manifest"

@@ -425,11 +425,15 @@ def write_scores(store: str | Path, name: str, scores: np.ndarray, attrs: Mappin
     final = store / SCORES / name
     tmp_name = atomic_path(final).name
     remove_path(store / SCORES / tmp_name)
-    array = group.create_array(tmp_name, shape=scores.shape, dtype="float32", chunks=(max(len(scores), 1),))
-    array[...] = scores
-    array.attrs.update({**dict(attrs or {}), "wsi_pipeline": provenance(), "complete": True})
-    remove_path(final)
-    os.replace(store / SCORES / tmp_name, final)
+    try:
+        array = group.create_array(tmp_name, shape=scores.shape, dtype="float32", chunks=(max(len(scores), 1),))
+        array[...] = scores
+        array.attrs.update({**dict(attrs or {}), "wsi_pipeline": provenance(), "complete": True})
+        remove_path(final)
+        os.replace(store / SCORES / tmp_name, final)
+    except BaseException:
+        remove_path(store / SCORES / tmp_name)
+        raise
     return final
 
 
@@ -454,11 +458,15 @@ def write_instance_labels(store: str | Path, labels: np.ndarray, attrs: Mapping[
     final = store / INSTANCE_LABELS
     tmp_name = atomic_path(final).name
     remove_path(store / tmp_name)
-    array = group.create_array(tmp_name, shape=labels.shape, dtype="int16", chunks=(max(len(labels), 1),))
-    array[...] = labels.astype(np.int16)
-    array.attrs.update({**dict(attrs or {}), "wsi_pipeline": provenance(), "complete": True})
-    remove_path(final)
-    os.replace(store / tmp_name, final)
+    try:
+        array = group.create_array(tmp_name, shape=labels.shape, dtype="int16", chunks=(max(len(labels), 1),))
+        array[...] = labels.astype(np.int16)
+        array.attrs.update({**dict(attrs or {}), "wsi_pipeline": provenance(), "complete": True})
+        remove_path(final)
+        os.replace(store / tmp_name, final)
+    except BaseException:
+        remove_path(store / tmp_name)
+        raise
     return final
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from ..errors import WsiPipelineError
+from ..errors import UsageError, WsiPipelineError
 from ._logging import setup_logging
 from .annotate import annotate
 from .cohort import lesion_cohort
@@ -89,6 +89,17 @@ def _error(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _out_option() -> str | None:
+    """The command's ``--out``/``-o`` value, to name where a full disk is when the error does not say."""
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        if arg in ("--out", "-o") and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--out="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def main() -> None:
     """Entry point. Usage errors print the usage line and the error (exit 2); library errors and file-system
     errors one line (exit 1). ``WSI_PIPELINE_DEBUG=1`` shows the traceback instead."""
@@ -107,6 +118,12 @@ def main() -> None:
         _error("aborted", _INTERRUPTED)
     except KeyboardInterrupt:
         code = _INTERRUPTED
+    except UsageError as err:  # --set / --shard mistakes: usage mistakes, exit 2 like click's own
+        if debug:
+            raise
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+        err_console.print(f"Try 'wsi-pipeline {command} --help' for help.".replace("  ", " "), highlight=False)
+        _error(str(err), 2)
     except WsiPipelineError as err:
         if debug:
             raise
@@ -114,6 +131,10 @@ def main() -> None:
     except OSError as err:  # permissions, a full disk, a path that is a file...: the user's to fix, said in one line
         if debug:
             raise
+        from ..batch import DISK_FULL, disk_full_message
+
+        if err.errno in DISK_FULL:
+            _error(disk_full_message(err, _out_option()), 1)
         _error(f"{err} (WSI_PIPELINE_DEBUG=1 shows where)", 1)
     if code == _INTERRUPTED:
         err_console.print("interrupted; finished slides are kept and the next run resumes")

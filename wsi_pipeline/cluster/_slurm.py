@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -131,6 +132,11 @@ def _abandon(
     """Cancel what this submission queued, record the failure, and say both in one line."""
     head = f"sbatch for the {stage} stage failed ({message})"
     fix = "fix the option (see --dry-run and configs/submit.yaml) and submit again; finished slides are skipped"
+    if re.search(r"unable to contact|controller|connection refused|no such file|slurm_load", message, re.I):
+        fix = (
+            "Slurm is not reachable from here: submit from a Slurm login node, or add --local to run the stages on "
+            "this machine; finished slides are skipped"
+        )
     if not submitted:
         note = "nothing was submitted"
     else:

@@ -44,11 +44,10 @@ def _has_slides(folder: Path) -> bool:
 def _csv_columns(path: Path) -> set[str]:
     import csv
 
-    try:
-        with path.open(newline="") as handle:
-            return {c.strip().lower() for c in next(csv.reader(handle), [])}
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read this CSV ({err}); check the path") from err
+    from .._text import open_csv
+
+    with open_csv(path) as handle:
+        return {c.strip().lower() for c in next(csv.reader(handle), [])}
 
 
 def collect_items(
@@ -201,6 +200,21 @@ class SlidePreparer:
             self._runtime = EmbedRuntime.create(load_encoder(self.embed_config), self.embed_config)
         return self._runtime
 
+    def store_is_current(self, item: PredictItem) -> bool:
+        """True when ``item.store`` is a finished store made from the slide file now at ``item.path`` (same
+        identity) with the checkpoint's tiling settings and the slide's resolution as given now (``--slide-mpp``,
+        ``--mpp-csv``, manifest ``mpp``). A replaced slide or another resolution makes a finished prediction stale:
+        ``prepare`` then fails the slide with what changed (or redoes it with ``--overwrite``)."""
+        from ..tiling import store_changes
+
+        assert item.entry is not None, "store_is_current() is for raw slides"
+        try:
+            with item.entry.open() as slide:
+                diffs = store_changes(item.store, self.tile_config, slide)
+        except Exception:  # noqa: BLE001 - an unreadable slide is prepare()'s to report
+            return False
+        return diffs is not None and not any(diffs.values())
+
     def prepare(self, item: PredictItem, lock: SlideLock) -> str:
         """Make ``item.store`` (tile) and its embeddings unless they exist with the checkpoint's settings; a store
         made from another file or with other tiling settings fails the slide (``StoreMismatchError``) unless
@@ -208,19 +222,32 @@ class SlidePreparer:
         the slide's own resolution overruled), or ''."""
         from ..embedding import embed_slide, features_changes, features_signature
         from ..errors import StoreMismatchError
-        from ..tiling import check_store_settings, tile_slide
+        from ..tiling import check_store_settings, discard_stale_store, tile_slide
 
         assert item.entry is not None, "prepare() is for raw slides"
-        with item.entry.open() as slide:
-            note = slide.mpp_note()
-            if note:
-                log.warning("%s", note)
-            retile = self.overwrite or not check_store_settings(item.store, self.tile_config, slide)
-            if retile:
-                # Leftovers of a killed run; safe to remove, we hold the slide's lock.
-                remove_stale_temporaries(item.store)
-                log.info("%s: tiling %s into %s", item.slide_id, item.path, item.store.parent)
-                tile_slide(slide, item.store.parent, config=self.tile_config)
+        slide = item.entry.open()
+        try:
+            with slide:
+                note = slide.mpp_note()
+                if note:
+                    log.warning("%s", note)
+                retile = self.overwrite or not check_store_settings(item.store, self.tile_config, slide)
+                if retile:
+                    # Leftovers of a killed run; safe to remove, we hold the slide's lock.
+                    remove_stale_temporaries(item.store)
+                    log.info("%s: tiling %s into %s", item.slide_id, item.path, item.store.parent)
+                    tile_slide(slide, item.store.parent, config=self.tile_config)
+        except Exception as err:
+            # A failed --overwrite: an old store of another file or resolution must not stay looking finished.
+            removed = (
+                discard_stale_store(item.store.parent, item.slide_id, self.tile_config, slide) if self.overwrite else ""
+            )
+            from ..tiling._tile import _with_note
+
+            noted = _with_note(err, removed) if removed else err
+            if noted is err:
+                raise
+            raise noted from err
         runtime = self._embed_runtime()
         if not retile:
             changed = features_changes(item.store, self.encoder, features_signature(runtime))

@@ -24,6 +24,7 @@ import torch
 
 from ..batch import BatchResult, Done, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
 from ..errors import ConfigError, StoreMismatchError, WsiPipelineError
+from ..mil_benchmarks import MIL_ENCODER
 from ..provenance import short, weights_identity, weights_label
 from ..store import (
     SCORES,
@@ -132,6 +133,13 @@ def check_store(store: Path, ckpt: dict[str, Any], checkpoint: Path) -> None:
         raise StoreMismatchError(f"{store}: not a finished slide store; run `wsi-pipeline tile` to make it")
     encoder, in_dim = ckpt["encoder"], int(ckpt["in_dim"])
     found = list_encoders(store)
+    if encoder not in found and encoder == MIL_ENCODER:
+        # Trained on converted MIL benchmark bags: no command makes such features for slide stores.
+        raise StoreMismatchError(
+            f"{store}: {checkpoint} was trained on '{encoder}' features that `wsi-pipeline embed` does not make "
+            "(bags converted with `convert-mil`); predict bag stores made the same way, or use a model trained on "
+            "slide embeddings"
+        )
     if encoder not in found:
         raise StoreMismatchError(
             f"{store}: no '{encoder}' embeddings (found: {', '.join(found) or 'none'}) but {checkpoint} was trained "
@@ -312,6 +320,13 @@ def _check_some_store_fits(
         raise first
 
 
+def _quietly(check: Callable[[PredictItem], bool], item: PredictItem) -> bool:
+    try:
+        return check(item)
+    except Exception:  # noqa: BLE001 - an unreadable result is not a finished one
+        return False
+
+
 def _geojson(store: Path, attention: np.ndarray, probabilities: dict[str, float], path: Path) -> str | None:
     """Write the slide's tiles as QuPath detections; return why not when the store has no tile geometry."""
     tile_size = (read_attrs(store).get("tiling") or {}).get("tile_size_level0")
@@ -419,7 +434,10 @@ def predict_slides(
 
     def is_done(item: PredictItem) -> bool:
         result = read_slide_result(out_dir, item.slide_id)
-        return is_finished(result, item.store, identity, encoder, scores_name)
+        if not is_finished(result, item.store, identity, encoder, scores_name):
+            return False
+        # A slide file: its store must still be of the file now at that path, at the resolution given now.
+        return item.entry is None or (preparer is not None and preparer.store_is_current(item))
 
     _check_some_store_fits(items, ckpt, source_path, (lambda item: False) if overwrite else is_done)
     if preparer is not None and any(item.entry is not None and (overwrite or not is_done(item)) for item in items):
@@ -429,6 +447,16 @@ def predict_slides(
     no_heatmap: list[str] = []
 
     def process(item: PredictItem, lock: SlideLock) -> Done:
+        try:
+            return predict_one(item, lock)
+        except Exception:
+            # The slide failed: a result left from before describes an input that changed (else it would have
+            # been skipped), so it must not stay in predictions.csv; under --overwrite a still-valid one stays.
+            if not (overwrite and _quietly(is_done, item)):
+                slide_result_path(out_dir, item.slide_id).unlink(missing_ok=True)
+            raise
+
+    def predict_one(item: PredictItem, lock: SlideLock) -> Done:
         _remove_stale_temporaries(out_dir, item, name)
         note = ""
         if item.entry is not None:

@@ -12,7 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import BatchResult, Done, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
+from ..batch import (
+    BatchResult,
+    Done,
+    Shard,
+    SlideLock,
+    SlideRecord,
+    remove_path,
+    remove_stale_temporaries,
+    run_slide_batch,
+)
 from ..config import config_to_dict
 from ..errors import NoTissueError, SlideOpenError, StoreMismatchError
 from ..provenance import short, slide_changes
@@ -30,6 +39,7 @@ __all__ = [
     "check_store_settings",
     "store_changes",
     "check_store_slide",
+    "discard_stale_store",
     "STAGE",
 ]
 
@@ -249,10 +259,45 @@ def check_store_slide(store: Path) -> Path:
     return path
 
 
+def discard_stale_store(out_dir: Path, slide_id: str, config: TileConfig, slide: Slide) -> str:
+    """After a failed re-tiling (``--overwrite``): remove the finished store of ``slide_id`` (with its embeddings,
+    QC picture and GeoJSON) unless it is still what tiling ``slide`` with ``config`` makes, so that no stage takes an
+    old slide's store for this one's. Returns a note for the failure's reason ('' when nothing was removed)."""
+    from ..qc import qc_paths
+
+    final = store_path(out_dir, slide_id)
+    if not is_complete(final):
+        return ""
+    try:
+        diffs = store_changes(final, config, slide)
+        why = "; ".join([*diffs["slide"], *diffs["settings"]]) if diffs else ""
+    except Exception as err:  # noqa: BLE001 - an unreadable slide: its old store is not of what is there now
+        why = f"the slide cannot be read ({err.__class__.__name__})"
+    if not why:
+        return ""
+    for path in (final, *qc_paths(out_dir, slide_id)):
+        remove_path(path)
+    log.warning("%s: removed the old store %s (%s)", slide_id, final, why)
+    return f"its old store was removed ({why})"
+
+
 def _moved_from(path: Path, slide: Slide) -> str | None:
     """The file the store was made from, when it is not ``slide``'s path (the slide file was moved or renamed)."""
     recorded = (read_attrs(path).get("slide") or {}).get("path")
     return recorded if recorded and recorded != str(slide.path.resolve()) else None
+
+
+def _with_note(err: Exception, note: str) -> Exception:
+    """``err`` with ``note`` appended to its one-line message, of the same type when it can be rebuilt so (an
+    ``OSError`` stays as it is: its errno says a full disk; the note is in the log)."""
+    if isinstance(err, OSError):
+        return err
+    try:
+        return type(err)(f"{err}; {note}")
+    except Exception:  # noqa: BLE001 - an exception type with another constructor
+        from ..errors import WsiPipelineError
+
+        return WsiPipelineError(f"{err}; {note}")
 
 
 def _as_entries(slides: Any) -> list[Any]:
@@ -350,8 +395,19 @@ def tile_slides(
             return False
 
     def process(item: Any, lock: SlideLock) -> Done:
-        final = store_path(out_dir, item.slide_id)
         slide = _slide_of(item)
+        try:
+            return tile_one(item, slide, lock)
+        except Exception as err:
+            # --overwrite was asked and failed: an old store of another file or settings must not look finished.
+            removed = discard_stale_store(out_dir, item.slide_id, config, slide) if overwrite else ""
+            noted = _with_note(err, removed) if removed else err
+            if noted is err:
+                raise
+            raise noted from err
+
+    def tile_one(item: Any, slide: Slide, lock: SlideLock) -> Done:
+        final = store_path(out_dir, item.slide_id)
         with slide:
             note = slide.mpp_note()
             if note:

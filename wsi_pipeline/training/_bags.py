@@ -46,12 +46,23 @@ def resolve_encoder(stores: Sequence[Path], encoder: str | None) -> str:
     for path in stores[1:]:
         common &= set(list_encoders(path))
     if encoder is None:
-        if len(common) != 1:
+        if len(common) == 1:
+            return common.pop()
+        folder = stores[0].parent
+        if common:
             raise StoreMismatchError(
-                f"{stores[0].parent}: the stores share the encoders [{', '.join(sorted(common)) or 'none'}]; "
-                "pass --encoder NAME"
+                f"{folder}: the stores hold embeddings of several encoders ({', '.join(sorted(common))}); pass "
+                "--encoder NAME"
             )
-        return common.pop()
+        every = sorted({name for path in stores for name in list_encoders(path)})
+        if not every:
+            raise StoreMismatchError(
+                f"{folder}: the stores hold no embeddings yet; run `wsi-pipeline embed {folder} --encoder NAME` first"
+            )
+        raise StoreMismatchError(
+            f"{folder}: no encoder's embeddings are in every store (found {', '.join(every)} in some); embed the "
+            f"others (`wsi-pipeline embed {folder} --encoder NAME`) or pass --encoder NAME"
+        )
     missing = [p for p in stores if encoder not in list_encoders(p)]
     if missing:
         raise StoreMismatchError(

@@ -6,6 +6,7 @@ A checkpoint is data, never code: it holds tensors and plain Python values only,
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,18 @@ def save_checkpoint(path: Path, model: nn.Module, **meta: Any) -> Path:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_path(path)
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    # Serialised in memory, then written by Python: a full disk is an OSError naming the file (torch's own
+    # writer turns it into a RuntimeError without the path).
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    try:
+        tmp.write_bytes(buffer.getbuffer())
+        tmp.replace(path)
+    except OSError as err:
+        err.filename = err.filename or str(path)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep half a checkpoint (it keeps the disk full)
     return path
 
 

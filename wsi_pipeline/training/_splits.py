@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._text import open_csv
 from ..errors import ConfigError
 from ..store import list_stores, slide_id_from_store
 
@@ -52,7 +53,7 @@ class Split:
 def _read_csv(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         raise ConfigError(f"{path}: CSV not found; check the path")
-    with path.open(newline="") as fh:
+    with open_csv(path) as fh:
         return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(fh)]
 
 
@@ -69,13 +70,38 @@ def read_labels(
         found = ", ".join(rows[0]) if rows else "no rows"
         raise ConfigError(f"{path}: labels CSV needs columns {', '.join(needed)} (found: {found})")
     seen: dict[str, str] = {}
-    for row in rows:
+    first_line: dict[str, int] = {}
+    unlabelled: list[int] = []
+    for line, row in enumerate(rows, start=2):
         sid, label = row[id_column], row[label_column]
         if not sid or not label:
+            if any(row.values()):
+                unlabelled.append(line)
             continue
         if sid in seen and seen[sid] != label:
-            raise ConfigError(f"{path}: slide {sid!r} has two labels ({seen[sid]!r}, {label!r}); keep one")
+            raise ConfigError(
+                f"{path}: slide {sid!r} has two labels ({seen[sid]!r} on line {first_line[sid]}, {label!r} on line "
+                f"{line}); keep one"
+            )
+        if sid in seen:
+            log.warning(
+                "%s:%d: slide %r is listed again (line %d, same label); it counts once",
+                path,
+                line,
+                sid,
+                first_line[sid],
+            )
         seen[sid] = label
+        first_line.setdefault(sid, line)
+    if unlabelled:
+        log.warning(
+            "%s: %d row(s) without a %s or %s are left out (line %s)",
+            path,
+            len(unlabelled),
+            id_column,
+            label_column,
+            ", ".join(map(str, unlabelled[:5])) + (" ..." if len(unlabelled) > 5 else ""),
+        )
     classes = sorted(set(seen.values()))
     if len(classes) < 2:
         raise ConfigError(f"{path}: need at least two classes, found {classes}")
