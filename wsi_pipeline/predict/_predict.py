@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from ..store import (
 )
 from ..training import resolve_device
 from ..training._localisation import bag_localisation
+from ._config import PredictConfig
 from ._geojson import write_attention_geojson
 from ._heatmap import draw_heatmap, save_top_tiles
 from ._inputs import PredictItem, SlidePreparer, collect_items
@@ -65,25 +66,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGE = "predict"
-
-
-@dataclass
-class PredictConfig:
-    """Settings of ``predict`` (``configs/predict.yaml`` mirrors these defaults)."""
-
-    heatmaps: bool = True
-    top_k: int = 8  # top-attention tiles saved as PNG patches per slide (0: none)
-    scaling: Literal["rank", "percentile", "linear"] = "rank"
-    thumbnail_size: int = 2048
-    write_scores: bool = True  # store per-tile attention as scores/<scores_name> in each store
-    scores_name: str | None = None  # default: the run folder's name (+ _fold<k> for one fold), e.g. asmil_uni_cv5_seed0
-    geojson: bool = True  # per-tile attention as QuPath detection objects: <out>/geojson/<slide_id>.geojson
-    device: str = "auto"
-    # Raw slide inputs only: the encoder weights file (its sha256 must be the one the checkpoint's features record;
-    # default: where they record it), and the resolution of slides that state none, as for `tile`.
-    weights: str | None = None
-    slide_mpp: float | None = None
-    mpp_csv: Path | None = None
 
 
 @dataclass
