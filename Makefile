@@ -71,7 +71,7 @@ status:  ## jobs, slides, logs and the resume command of the run in OUT (exit 0 
 	$(WSI) status $(OUT)
 
 test:  ## the test suite (real data from ../shared/data or fetched once into ~/.cache; Slurm tests need Slurm)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n auto --dist loadgroup
 
 lint:  ## ruff: lint and formatting check
 	$(PYTHON) -m ruff check .

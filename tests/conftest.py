@@ -3,11 +3,13 @@ into a cache), generated slides, and the one wording of every skip (``needs <wha
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.data import data_root, ensure_test_data, skip_reason
+from wsi_pipeline.batch import available_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = data_root()
@@ -62,13 +64,27 @@ def weights_dir() -> Path:
     return need_real_data(WEIGHTS)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (`make test`: --dist loadgroup), the tests sharing a module-scoped fixture (a trained run,
+    # an embedded cohort, the one-machine Slurm cluster) run on one worker, so the fixture is made once and a
+    # cluster is never started twice; every other test goes to whichever worker is free.
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        if any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads() -> None:
-    # The CI machine has 2 cores; oversubscribing them with torch/OpenCV threads only slows tests down.
+    # The CI machine has 2 cores; oversubscribing them with torch threads only slows tests down, and more so
+    # when pytest-xdist runs a worker per core: each worker gets its share.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     try:
         import torch
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(max(1, min(2, available_cpus() // workers)))
     except ImportError:
         pass
 
