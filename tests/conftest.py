@@ -64,6 +64,7 @@ def weights_dir() -> Path:
     return need_real_data(WEIGHTS)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Under pytest-xdist (`make test`: --dist loadgroup), the tests sharing a module-scoped fixture (a trained run,
     # an embedded cohort, the one-machine Slurm cluster) run on one worker, so the fixture is made once and a
