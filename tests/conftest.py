@@ -64,19 +64,6 @@ def weights_dir() -> Path:
     return need_real_data(WEIGHTS)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Under pytest-xdist (`make test`: --dist loadgroup), the tests sharing a module-scoped fixture (a trained run,
-    # an embedded cohort, the one-machine Slurm cluster) run on one worker, so the fixture is made once and a
-    # cluster is never started twice; every other test goes to whichever worker is free.
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        if any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads() -> None:
     # The CI machine has 2 cores; oversubscribing them with torch threads only slows tests down, and more so
