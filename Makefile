@@ -70,8 +70,11 @@ submit-dry-run:  ## print the sbatch commands `make submit` would run
 status:  ## jobs, slides, logs and the resume command of the run in OUT (exit 0 done, 1 failed, 2 running)
 	$(WSI) status $(OUT)
 
+# pytest-xdist, a worker per CPU; --dist loadfile keeps each test file on one worker, so module-scoped fixtures (a
+# trained run, an embedded cohort, the one-machine Slurm cluster) are made once (loadgroup cannot: pytest 9 ignores
+# the node ids xdist rewrites for it).
 test:  ## the test suite (real data from ../shared/data or fetched once into ~/.cache; Slurm tests need Slurm)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n auto --dist loadfile
 
 lint:  ## ruff: lint and formatting check
 	$(PYTHON) -m ruff check .

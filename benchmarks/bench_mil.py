@@ -5,16 +5,21 @@
    same in-memory bags, as ratios to ABMIL.
 2. Bag-loading throughput: whole bags read from the zarr stores (``store.read_features``) vs copying the same
    bytes from numpy arrays already in memory.
+3. Training threads: seconds per ASMIL epoch with the thread count training picks by itself (``threads: null``,
+   ``choose_threads``) vs 1 thread vs every core, on Musk-sized bags (92 bags of 2-40 x 166) and slide-sized bags
+   (``--thread-bags`` bags of 5,000 x 1024), rounds interleaved (median).
 
 Usage::
 
     python benchmarks/bench_mil.py                                    # 200 bags of 5,000 x 1024 (the issue's size)
     python benchmarks/bench_mil.py --bags 20 --instances 5000 --device cpu   # a quick CPU run
+    python benchmarks/bench_mil.py --only-threads                     # part 3 alone (CPU)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,9 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wsi_pipeline.batch import available_cpus
 from wsi_pipeline.mil import Anchor, RandomDropping, create_model
 from wsi_pipeline.store import FeatureWriter, read_features, store_path, write_tile_store
 from wsi_pipeline.training import resolve_device
+from wsi_pipeline.training._threads import choose_threads
 from wsi_pipeline.training._train import make_optimizer, train_epoch
 
 ENCODER = "bench"
@@ -101,6 +108,44 @@ def make_trainer(
     return epoch
 
 
+def bench_threads(thread_bags: int, rounds: int) -> None:
+    """Seconds per ASMIL epoch on CPU: the automatic thread count vs 1 vs every core, small and slide-sized bags."""
+    rng = np.random.default_rng(0)
+    cpus = available_cpus()
+    shapes = {
+        "Musk-sized: 92 bags of 2-40 x 166": [(int(n), 166) for n in rng.integers(2, 41, 92)],
+        f"slide-sized: {thread_bags} bags of 5000 x 1024": [(5000, 1024)] * thread_bags,
+    }
+    before = torch.get_num_threads()
+    print(
+        f"\ntraining threads, ASMIL on CPU, {cpus} CPUs, load average {os.getloadavg()[0]:.1f}, "
+        f"{rounds} interleaved rounds (median s / epoch)"
+    )
+    print("| bags | auto picks | auto | 1 thread | all cores | auto / best of the three |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for title, sizes in shapes.items():
+        bags = [torch.from_numpy(rng.standard_normal(size, dtype=np.float32)) for size in sizes]
+        labels = torch.from_numpy(rng.integers(0, 2, len(bags)))
+        epoch = make_trainer("asmil", bags, labels, torch.device("cpu"))
+        n_params = sum(p.numel() for p in create_model("asmil", in_dim=sizes[0][1], n_classes=2).parameters())
+        times: dict[str, list[float]] = {"auto": [], "1": [], "all": []}
+        picks = []
+        for _ in range(rounds):
+            for key in times:
+                if key == "auto":  # as train() does at the start of a run: bag sizes, model size, idle cores now
+                    picks.append(choose_threads([n for n, _ in sizes], n_params))
+                threads = {"auto": picks[-1], "1": 1, "all": cpus}[key]
+                torch.set_num_threads(threads)
+                times[key].append(epoch())
+        sec = {key: float(np.median(t)) for key, t in times.items()}
+        print(
+            f"| {title} | {', '.join(map(str, picks))} | {sec['auto']:.2f} | {sec['1']:.2f} | {sec['all']:.2f} | "
+            f"{sec['auto'] / min(sec.values()):.2f} |"
+        )
+    torch.set_num_threads(before)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bags", type=int, default=200)
@@ -110,7 +155,13 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="where to write the stores (default: a temp dir)")
+    parser.add_argument("--thread-bags", type=int, default=10, help="slide-sized bags in the threads comparison")
+    parser.add_argument("--thread-rounds", type=int, default=3)
+    parser.add_argument("--only-threads", action="store_true", help="only the training-threads comparison")
     args = parser.parse_args()
+    if args.only_threads:
+        bench_threads(args.thread_bags, args.thread_rounds)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -145,6 +196,8 @@ def main() -> None:
     print("| --- | --- | --- | --- |")
     for name, sec in seconds.items():
         print(f"| {name} | {sec:.2f} | {1000 * sec / args.bags:.1f} | {sec / seconds['abmil']:.2f} |")
+    del bags, trainers
+    bench_threads(args.thread_bags, args.thread_rounds)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@ into a cache), generated slides, and the one wording of every skip (``needs <wha
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.data import data_root, ensure_test_data, skip_reason
+from wsi_pipeline.batch import available_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = data_root()
@@ -64,11 +66,13 @@ def weights_dir() -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads() -> None:
-    # The CI machine has 2 cores; oversubscribing them with torch/OpenCV threads only slows tests down.
+    # The CI machine has 2 cores; oversubscribing them with torch threads only slows tests down, and more so
+    # when pytest-xdist runs a worker per core: each worker gets its share.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     try:
         import torch
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(max(1, min(2, available_cpus() // workers)))
     except ImportError:
         pass
 

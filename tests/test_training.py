@@ -29,6 +29,7 @@ from wsi_pipeline.training import (
     stability_between,
     train,
 )
+from wsi_pipeline.training._threads import choose_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,6 +73,17 @@ def test_benchmark_preset_loads() -> None:
 
 
 # ----------------------------------------------------------------------------------------- stability
+def test_training_threads_follow_bag_size_model_size_and_idle_cores() -> None:
+    asmil = 2_636_290  # ASMIL's parameters on 1024-d features
+    assert choose_threads([5, 8, 40], 156_034, cpus=8, load=0.0) == 1  # Musk-sized bags: one thread
+    assert choose_threads([600], asmil, cpus=8, load=0.0) == 1
+    assert choose_threads([5000] * 3, asmil, cpus=8, load=0.0) == 6  # work enough for 6 threads
+    assert choose_threads([5000] * 3, asmil, cpus=2, load=0.0) == 2  # ...but only 2 CPUs
+    assert choose_threads([5000] * 3, asmil, cpus=2, load=1.8) == 1  # ...whose cores other jobs keep busy
+    assert choose_threads([50_000], asmil, cpus=16, load=5.0) == 11
+    assert choose_threads([], asmil, cpus=8, load=0.0) == 1
+
+
 def test_stability_is_zero_for_identical_and_grows_with_change() -> None:
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(50))
@@ -190,11 +202,12 @@ def test_asmil_plugins_work_with_baselines(model: str, musk_small: tuple[Path, P
     cfg = _small_config(model=model, anchor="frozen", drop=drop, n_drop=2 if model == "acmil" else 1, folds=2, epochs=1)
     result = train(stores, labels, tmp_path, cfg)
     ckpt = load_checkpoint(result.folds[0].out_dir / "checkpoint_best.pt")
-    assert ckpt["config"]["resolved"] == {"anchor": "frozen", "drop": drop}
+    assert ckpt["config"]["resolved"] == {"anchor": "frozen", "drop": drop, "threads": 1}  # small bags: 1 thread
 
 
 def test_run_folder_layout_and_checkpoint(musk_small: tuple[Path, Path], tmp_path: Path) -> None:
     stores, labels = musk_small
+    threads_before = torch.get_num_threads()
     result = train(stores, labels, tmp_path, _small_config(model="abmil", plots=True, patience=1, epochs=3))
     run = result.run_dir
     assert run.name == "abmil_mil-features_cv3_seed0"
@@ -216,7 +229,9 @@ def test_run_folder_layout_and_checkpoint(musk_small: tuple[Path, Path], tmp_pat
     assert ckpt["model_name"] == "abmil" and ckpt["encoder"] == MIL_ENCODER and ckpt["in_dim"] == 166
     assert ckpt["classes"] == ["0", "1"] and ckpt["package_version"] and ckpt["layout_version"] == 1
     assert ckpt["model_kwargs"]["n_classes"] == 2 and ckpt["feature_norm"]["mean"].shape == (166,)
-    assert ckpt["config"]["resolved"] == {"anchor": "none", "drop": "none"}
+    # Musk bags are tiny: one thread (the count is chosen, recorded, and torch's own setting is restored after).
+    assert ckpt["config"]["resolved"] == {"anchor": "none", "drop": "none", "threads": 1}
+    assert torch.get_num_threads() == threads_before
     metrics = json.loads((run / "fold_0" / "metrics.json").read_text())
     assert {"attn_js", "attn_entropy", "val_f1_macro", "val_auc"} <= set(metrics["history"][-1])
     assert len(metrics["history"]) >= 2

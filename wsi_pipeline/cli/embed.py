@@ -82,8 +82,7 @@ def embed(
         return
     if stores_dir is None:
         raise typer.BadParameter("give the folder of tile stores (or --list)", param_hint="STORES_DIR")
-    from ..embedding import EmbedConfig, EmbedProgress, embed_stores, load_encoder
-    from ..store import require_stores
+    from ..embedding import EmbedConfig  # torch-free: a config mistake is reported before torch loads
 
     options = {
         "encoder": encoder,
@@ -96,6 +95,9 @@ def embed(
         "offline": offline or None,
     }
     cfg = load_config(EmbedConfig, "embed", config, merge_overrides(options, parse_set_overrides(set_)))
+    from ..embedding import EmbedProgress, embed_stores, load_encoder
+    from ..store import require_stores
+
     # Everything that can fail on bad input happens before the progress bar, so errors come out as one clean line.
     selected = resolve_shard(shard)
     require_stores(stores_dir)  # a run folder given instead of its stores/ is an error, not "0 ok"

@@ -83,7 +83,7 @@ def predict(
 
     Example: wsi-pipeline predict runs/asmil_uni_cv5_seed0 stores/ --out pred/ --shard 0/4
     """
-    from ..predict import PredictConfig, predict_slides
+    from ..predict import PredictConfig  # torch-free: a config mistake is reported before torch loads
 
     options = {
         "top_k": top_k,
@@ -96,6 +96,8 @@ def predict(
         "mpp_csv": mpp_csv,
     }
     cfg = load_config(PredictConfig, "predict", config, merge_overrides(options, parse_set_overrides(set_)))
+    from ..predict import predict_slides
+
     chosen_shard = resolve_shard(shard)
     with slide_progress(console, "predict", None) as on_record:
         result = predict_slides(

@@ -65,7 +65,7 @@ def tile(
 
     Example: wsi-pipeline tile slides/ --out tiles/ --target-mpp 0.5 --tile-size 224
     """
-    from ..tiling import TileConfig, tile_slides
+    from ..tiling import TileConfig  # numpy-, OpenCV- and zarr-free: a config mistake is reported before they load
 
     overrides = merge_overrides(
         parse_set_overrides(set_),
@@ -87,6 +87,8 @@ def tile(
         f"stride {cfg.step}, tissue >= {cfg.min_tissue:g}]",
         highlight=False,
     )
+    from ..tiling import tile_slides
+
     with slide_progress(console, "tile", n_slides) as on_record:
         result = tile_slides(entries, out, config=cfg, shard=chosen_shard, overwrite=overwrite, on_record=on_record)
     console.print(summary_table("tile", result))

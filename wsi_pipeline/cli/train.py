@@ -65,8 +65,7 @@ def train(
     ] = False,
 ) -> None:
     """Train a MIL model (ASMIL by default) on stored embeddings; writes <out>/<model>_<encoder>_<split>_seed<n>/."""
-    from ..training import TrainConfig
-    from ..training import train as run_train
+    from ..training import TrainConfig  # torch-free: a config mistake is reported before torch loads
 
     options = {
         "model": model,
@@ -80,6 +79,8 @@ def train(
         "device": device,
     }
     cfg = load_config(TrainConfig, "train", config, merge_overrides(options, parse_set_overrides(set_)))
+    from ..training import train as run_train
+
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

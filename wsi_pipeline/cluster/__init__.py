@@ -9,26 +9,60 @@ Examples
 >>> print(run_status("run1").report())  # doctest: +SKIP
 """
 
-from ._config import GPU_STAGES, SHARDED_STAGES, STAGES, StageResources, SubmitConfig, sbatch_header
-from ._jobs import (
-    ACTIVE_STATES,
-    JobSpec,
-    SlurmClient,
-    TaskState,
-    expand_task_ids,
-    parse_sacct,
-    parse_scontrol,
-    progress_line,
-    query_states,
-    state_from_log,
-    wait_for_states,
+from .._lazy import lazy_exports
+
+# Loaded on first use: `from wsi_pipeline.cluster import X` imports only X's module (and what it needs).
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "GPU_STAGES": "._config",
+        "SHARDED_STAGES": "._config",
+        "STAGES": "._config",
+        "StageResources": "._config",
+        "SubmitConfig": "._config",
+        "sbatch_header": "._config",
+        "ACTIVE_STATES": "._jobs",
+        "JobSpec": "._jobs",
+        "SlurmClient": "._jobs",
+        "TaskState": "._jobs",
+        "expand_task_ids": "._jobs",
+        "parse_sacct": "._jobs",
+        "parse_scontrol": "._jobs",
+        "progress_line": "._jobs",
+        "query_states": "._jobs",
+        "state_from_log": "._jobs",
+        "wait_for_states": "._jobs",
+        "local_states": "._local",
+        "run_local": "._local",
+        "run_logged": "._local",
+        "RunSpec": "._plan",
+        "StageJob": "._plan",
+        "array_size": "._plan",
+        "count_slides": "._plan",
+        "find_stages_dir": "._plan",
+        "parse_stages": "._plan",
+        "plan_jobs": "._plan",
+        "JobEntry": "._record",
+        "SubmissionRecord": "._record",
+        "command_line": "._record",
+        "latest_record": "._record",
+        "list_records": "._record",
+        "Submission": "._run",
+        "prepare_run": "._run",
+        "run_here": "._run",
+        "submit_run": "._run",
+        "wait_for_run": "._run",
+        "SlurmError": "._slurm",
+        "SubmittedJob": "._slurm",
+        "dry_run_script": "._slurm",
+        "job_environment": "._slurm",
+        "submit_jobs": "._slurm",
+        "RunStatus": "._status",
+        "StageStatus": "._status",
+        "run_status": "._status",
+        "status_of_record": "._status",
+    },
 )
-from ._local import local_states, run_local, run_logged
-from ._plan import RunSpec, StageJob, array_size, count_slides, find_stages_dir, parse_stages, plan_jobs
-from ._record import JobEntry, SubmissionRecord, command_line, latest_record, list_records
-from ._run import Submission, prepare_run, run_here, submit_run, wait_for_run
-from ._slurm import SlurmError, SubmittedJob, dry_run_script, job_environment, submit_jobs
-from ._status import RunStatus, StageStatus, run_status, status_of_record
 
 __all__ = [
     "STAGES",

@@ -7,19 +7,33 @@ Examples
 >>> print(result.summary())  # doctest: +SKIP
 """
 
-from ._config import EmbedConfig
-from ._embed import (
-    EmbedProgress,
-    embed_slide,
-    embed_stage_name,
-    embed_stores,
-    features_signature,
-    features_view,
+from .._lazy import lazy_exports
+
+# Loaded on first use: `from wsi_pipeline.embedding import X` imports only X's module (and what it needs).
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "EmbedConfig": "._config",
+        "EmbedProgress": "._embed",
+        "embed_slide": "._embed",
+        "embed_stage_name": "._embed",
+        "embed_stores": "._embed",
+        "features_signature": "._embed",
+        "features_view": "._embed",
+        "TileReader": "._reader",
+        "TileRef": "._reader",
+        "encoder_view": "._reader",
+        "to_model_input": "._reader",
+        "features_changes": "._reuse",
+        "EmbedRuntime": "._runtime",
+        "load_encoder": "._runtime",
+        "resolve_device": "._runtime",
+        "resolve_num_workers": "._runtime",
+        "resolve_precision": "._runtime",
+        "SlideJob": "._stream",
+        "TileStream": "._stream",
+    },
 )
-from ._reader import TileReader, TileRef, encoder_view, to_model_input
-from ._reuse import features_changes
-from ._runtime import EmbedRuntime, load_encoder, resolve_device, resolve_num_workers, resolve_precision
-from ._stream import SlideJob, TileStream
 
 __all__ = [
     "EmbedConfig",

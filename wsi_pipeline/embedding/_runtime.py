@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,15 @@ __all__ = ["EmbedRuntime", "load_encoder", "resolve_device", "resolve_num_worker
 log = logging.getLogger(__name__)
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+# On the CPU the encoder runs a batch CPU_CHUNK tiles at a time. A whole batch's activations (64 tiles through
+# EfficientNet-Lite0: ~100 MB per layer) are beyond glibc's mmap threshold, so every layer of every batch mapped fresh
+# pages and unmapped them again: profiled (perf record -e page-faults) on `predict` of a raw slide, 56% of the
+# page faults were in batch norm and fill kernels writing new activations, and system time was 0.65x user time.
+# Chunks of 4 tiles keep them in the heap and in cache: 256 tiles went from 21.6 s to 6.1 s of CPU, 6.2 M to
+# 0.15 M page faults (benchmarks/bench_predict.py). The embeddings are those of the whole batch, tile by tile.
+# WSI_PIPELINE_CPU_CHUNK=0 restores whole batches and glibc's defaults (the benchmark's "before").
+CPU_CHUNK = int(os.environ.get("WSI_PIPELINE_CPU_CHUNK", "4"))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -87,6 +97,8 @@ class EmbedRuntime:
         precision = resolve_precision(config.precision, device, encoder.precision)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # every batch has the same shape: pick the fastest kernels once
+        if device.type == "cpu" and CPU_CHUNK > 0:
+            _keep_freed_memory()
         model = encoder.model.to(device).eval()
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -115,7 +127,10 @@ class EmbedRuntime:
         with torch.inference_mode():
             x = to_model_input(tiles, self.mean, self.std, channels_last=self.config.channels_last)  # (B, 3, S, S)
             with self.autocast():
-                out = self.model(x)  # (B, D)
+                if self.device.type == "cpu" and not self.config.compile and CPU_CHUNK > 0:
+                    out = torch.cat([self.model(chunk) for chunk in x.split(CPU_CHUNK)])  # (B, D)
+                else:
+                    out = self.model(x)  # (B, D)
             return out[:n].float()
 
     @contextlib.contextmanager
@@ -132,3 +147,24 @@ class EmbedRuntime:
             yield threads
         finally:
             torch.set_num_threads(before)
+
+
+def _keep_freed_memory() -> None:
+    """glibc only: a fixed mmap threshold (32 MiB, its maximum: no longer raised and lowered as blocks come and go)
+    and a high trim threshold, so the memory of one batch's activations is reused by the next instead of being
+    returned to the system and faulted in again. Process-wide; a no-op elsewhere."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):
+        log.debug("mallopt unavailable; CPU embedding may page-fault more")
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # malloc.h

@@ -1,10 +1,33 @@
 """``predict``: class probabilities, attention heatmaps and QuPath tile objects from a training run or checkpoint."""
 
-from ._geojson import attention_geojson, write_attention_geojson
-from ._heatmap import colour_bar_ticks, draw_heatmap, save_top_tiles, scale_scores, uniformity_note
-from ._models import FoldModel, ModelSet, SlidePlan, load_models
-from ._predict import PredictConfig, PredictResult, check_store, predict_slides, predict_store, scores_name_for
-from ._results import cohort_metrics, read_slide_result, slide_result_path
+from .._lazy import lazy_exports
+
+# Loaded on first use: `from wsi_pipeline.predict import X` imports only X's module (and what it needs).
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "attention_geojson": "._geojson",
+        "write_attention_geojson": "._geojson",
+        "colour_bar_ticks": "._heatmap",
+        "draw_heatmap": "._heatmap",
+        "save_top_tiles": "._heatmap",
+        "scale_scores": "._heatmap",
+        "uniformity_note": "._heatmap",
+        "FoldModel": "._models",
+        "ModelSet": "._models",
+        "SlidePlan": "._models",
+        "load_models": "._models",
+        "PredictConfig": "._config",
+        "PredictResult": "._predict",
+        "check_store": "._predict",
+        "predict_slides": "._predict",
+        "predict_store": "._predict",
+        "scores_name_for": "._predict",
+        "cohort_metrics": "._results",
+        "read_slide_result": "._results",
+        "slide_result_path": "._results",
+    },
+)
 
 __all__ = [
     "PredictConfig",

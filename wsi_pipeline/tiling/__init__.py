@@ -7,19 +7,32 @@ Examples
 >>> result = tile_slides(discover_slides(["slides/"]), "out/", config=TileConfig(target_mpp=0.5))  # doctest: +SKIP
 """
 
-from ._config import EDGE_POLICIES, QcConfig, TileConfig
-from ._grid import grid_positions, select_tiles, tissue_fractions
-from ._read import TileView, read_tile, resize_tile, tile_read_params
-from ._tile import (
-    STAGE,
-    TileGrid,
-    check_store_settings,
-    check_store_slide,
-    compute_tile_grid,
-    discard_stale_store,
-    store_changes,
-    tile_slide,
-    tile_slides,
+from .._lazy import lazy_exports
+
+# Loaded on first use: `from wsi_pipeline.tiling import X` imports only X's module (and what it needs).
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "EDGE_POLICIES": "._config",
+        "QcConfig": "._config",
+        "TileConfig": "._config",
+        "grid_positions": "._grid",
+        "select_tiles": "._grid",
+        "tissue_fractions": "._grid",
+        "TileView": "._read",
+        "read_tile": "._read",
+        "resize_tile": "._read",
+        "tile_read_params": "._read",
+        "STAGE": "._tile",
+        "TileGrid": "._tile",
+        "check_store_settings": "._tile",
+        "check_store_slide": "._tile",
+        "compute_tile_grid": "._tile",
+        "discard_stale_store": "._tile",
+        "store_changes": "._tile",
+        "tile_slide": "._tile",
+        "tile_slides": "._tile",
+    },
 )
 
 __all__ = [

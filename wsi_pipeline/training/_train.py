@@ -37,6 +37,7 @@ from ._metrics import SCALARS, classification_metrics, mean_std, selection_score
 from ._plots import plot_history
 from ._splits import Labels, Split, make_splits, read_labels, resolve_stores, split_tag
 from ._stability import mean_entropy, stability_between
+from ._threads import choose_threads
 
 __all__ = [
     "FoldResult",
@@ -590,8 +591,6 @@ def train(
     config = config or TrainConfig()
     if not is_model(config.model):
         raise ConfigError(f"train.model: unknown MIL model {config.model!r}; valid names: {', '.join(list_models())}")
-    if config.threads:
-        torch.set_num_threads(config.threads)
     if config.deterministic:
         # CPU runs are bit-reproducible for a fixed thread count; on CUDA this picks deterministic kernels.
         torch.backends.cudnn.deterministic = True
@@ -631,10 +630,16 @@ def train(
         out_dir, model=config.model, encoder=encoder, split=split_tag(config.split_csv, config.folds), seed=config.seed
     )
     run.mkdir(parents=True, exist_ok=True)
+    threads_before = torch.get_num_threads()
     with _run_lock(run):
         identity = run_identity(config, labels, {s: store_map[s] for s in usable})
         _prepare_run(run, identity, overwrite)
-        config_dict = {**config_to_dict(config), "resolved": {"anchor": anchor_mode, "drop": drop_mode}}
+        threads = _run_threads(run, config, loader, sum(p.numel() for p in probe.parameters()))
+        torch.set_num_threads(threads)
+        config_dict = {
+            **config_to_dict(config),
+            "resolved": {"anchor": anchor_mode, "drop": drop_mode, "threads": threads},
+        }
         atomic_write_text(run / IDENTITY_FILE, json.dumps({**identity, "wsi_pipeline": provenance()}, indent=1) + "\n")
         atomic_write_text(run / "config.yaml", yaml.safe_dump({"train": config_dict}, sort_keys=False))
         atomic_write_text(run / "classes.json", json.dumps(labels.class_to_index, indent=1) + "\n")
@@ -645,9 +650,28 @@ def train(
             "source": _store_provenance(store_map[usable[0]], encoder),
             "run_identity": identity["sha256"],
         }
-        results = _train_folds(run, splits, labels, loader, config, meta, on_epoch=on_epoch, device=device)
+        try:
+            results = _train_folds(run, splits, labels, loader, config, meta, on_epoch=on_epoch, device=device)
+        finally:
+            torch.set_num_threads(threads_before)
         summary = _summarise(run, results)
     return TrainResult(run, results, summary)
+
+
+def _run_threads(run: Path, config: TrainConfig, loader: BagLoader, n_params: int) -> int:
+    """CPU threads of this run: ``threads`` when set; when resuming, the count the run was started with (CPU
+    results are bit-identical only for one thread count); else ``choose_threads`` (bag sizes, model size, idle
+    cores)."""
+    if config.threads:
+        return config.threads
+    if _trained_folds(run):
+        with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError):
+            recorded = yaml.safe_load((run / "config.yaml").read_text())["train"]["resolved"]["threads"]
+            if isinstance(recorded, int) and recorded >= 1:
+                return recorded
+    if loader.device.type != "cpu":
+        return torch.get_num_threads()  # the GPU does the work; the CPU only feeds it
+    return choose_threads(loader.n_instances.values(), n_params)
 
 
 @contextlib.contextmanager
@@ -743,7 +767,8 @@ def _train_folds(
     anchor_mode, drop_mode = resolve_plugins(config)
     try:
         _note(
-            "run %s (identity %s): %s, %d slides, %d classes, %d fold(s), device %s, anchor=%s drop=%s, package %s",
+            "run %s (identity %s): %s, %d slides, %d classes, %d fold(s), device %s (%d CPU threads), "
+            "anchor=%s drop=%s, package %s",
             run,
             meta["run_identity"][:12],
             config.model,
@@ -751,6 +776,7 @@ def _train_folds(
             len(labels.classes),
             len(splits),
             device,
+            torch.get_num_threads(),
             anchor_mode,
             drop_mode,
             __version__,
