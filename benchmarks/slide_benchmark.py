@@ -127,8 +127,9 @@ def train_all(out: Path, stores: Path, labels: Path, variants: list[str], seeds:
     return per_seed
 
 
-def linear_probe(stores: Path, folds: int = 5) -> dict[str, float]:
-    """Tile AUC of a logistic regression on the annotated tiles (lesion vs the rest), slides split into folds."""
+def linear_probe(stores: Path, folds: int = 5) -> dict[str, float] | None:
+    """Tile AUC of a logistic regression on the annotated tiles (lesion vs the rest), slides split into folds; None
+    when no tile is at least half lesion (lesions smaller than a tile)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
@@ -145,6 +146,8 @@ def linear_probe(stores: Path, folds: int = 5) -> dict[str, float]:
         ys.append(labels[known] > 0)
         groups.append(np.full(int(known.sum()), i))
     x, y, g = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
+    if y.all() or not y.any():
+        return None
     scores = np.zeros(len(y))
     for train, test in GroupKFold(folds).split(x, y, g):
         probe = LogisticRegression(max_iter=2000, C=0.1).fit(x[train], y[train])
@@ -203,8 +206,11 @@ def main() -> None:
     common = ["--set", "threads=1", "--set", "plots=false", *[a for item in args.set for a in ("--set", item)]]
     per_seed = train_all(args.out, stores, labels, args.variants, args.seeds, common)
     print(f"cohort: {cohort_summary(args.out)}")
-    print(f"ceiling: tile-level linear probe on the annotated tiles' features, tile AUC {probe['tile_auc']:.3f} "
-          f"({probe['lesion_tiles']} lesion tiles of {probe['tiles']})")  # fmt: skip
+    if probe is None:
+        print("ceiling: none measurable: no tile is at least half lesion (the lesions are smaller than a tile)")
+    else:
+        print(f"ceiling: tile-level linear probe on the annotated tiles' features, tile AUC {probe['tile_auc']:.3f} "
+              f"({probe['lesion_tiles']} lesion tiles of {probe['tiles']})")  # fmt: skip
     settings = f"; settings: {', '.join(args.set)}" if args.set else ""
     print(f"5-fold CV test metrics, mean ± std over seeds {', '.join(map(str, args.seeds))}{settings}")
     print(table(per_seed, args.variants))
