@@ -118,10 +118,16 @@ def train_variant(name: str, bags: list[np.ndarray], y: np.ndarray, keys: list, 
     tensors = [((torch.from_numpy(b).double() - mean) / scale).float() for b in bags]
     torch.manual_seed(seed)
     build, kwargs, plugins = VARIANTS[name]
-    model = create_model(build, in_dim=64, n_classes=2, **kwargs) if isinstance(build, str) else build(64, 2, **kwargs)
+
+    def make() -> torch.nn.Module:
+        return (
+            create_model(build, in_dim=64, n_classes=2, **kwargs) if isinstance(build, str) else build(64, 2, **kwargs)
+        )
+
+    model = make()
     anchor = None
-    if plugins.get("anchor"):
-        anchor = Anchor(model, mode=plugins["anchor"], reduction=plugins.get("reduction", "sum"))
+    if plugins.get("anchor"):  # a frozen anchor is an independent random network of the same architecture
+        anchor = Anchor(model, mode=plugins["anchor"], reduction=plugins.get("reduction", "sum"), rebuild=make)
     generator = torch.Generator().manual_seed(seed)
     dropper = RandomDropping(plugins.get("drop", "none"), 10, generator)
     params = [p for p in model.parameters() if p.requires_grad]
