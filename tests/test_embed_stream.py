@@ -252,6 +252,34 @@ def test_kill_9_mid_stream_then_rerun_equals_a_clean_run(stores: Path, reference
     assert not list((stores / ".locks" / f"embed-{ENC}").glob("*.lock"))
 
 
+def test_embed_writes_no_temporary_a_resume_of_its_slide_would_miss(
+    stores: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """zarr writes metadata through ``<name>.<uuid>.partial`` files, some by an exclusive link whose temporary a
+    kill at any other rename (in another thread) leaves behind. Embed writes none in a store's root, which nothing
+    of its slide's resume cleans, and a resume removes those a killed run left in ``features/``, even before that
+    group's own ``zarr.json`` was written (a kill at its very first rename)."""
+    written: list[Path] = []
+    for name in ("replace", "link", "rename"):
+        real = getattr(os, name)
+
+        def spy(src, dst, *args, _real=real, **kwargs):  # noqa: ANN001, ANN202 - os.replace/link/rename
+            written.append(Path(dst))
+            return _real(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, spy)
+    sid = "c3"
+    path = store.store_path(stores, sid)
+    (path / "features").mkdir()
+    stale = [path / "features" / "zarr.0123456789abcdef0123456789abcdef.partial"]
+    stale[0].write_text("{")  # killed before the group's first metadata rename
+    result = embed_stores(stores, config=dataclasses.replace(STREAM, num_workers=0))
+    assert {r.status for r in result.records} == {"ok"}
+    roots = set(store.list_stores(stores))
+    assert written and not [dst for dst in written if dst.parent in roots]  # nothing renamed into a store's root
+    assert not [p for p in stores.rglob("*") if p.suffix == ".partial" or ".tmp-" in p.name]
+
+
 # --------------------------------------------------------------------------------------------- never reuse silently
 def test_features_made_another_way_are_not_reused_silently(stores: Path) -> None:
     assert not embed_stores(stores, config=STREAM).failed

@@ -68,6 +68,7 @@ __all__ = [
     "is_complete",
     "provenance",
     "write_tile_store",
+    "store_group",
     "update_store_attrs",
     "store_fingerprint",
     "features_attrs",
@@ -319,6 +320,17 @@ def _rows_per_chunk(n: int, row_bytes: int, target_bytes: int = 64 << 20) -> int
     return int(max(1, min(max(n, 1), target_bytes // max(row_bytes, 1))))
 
 
+def store_group(store: str | Path, name: str) -> zarr.Group:
+    """The group ``name`` (``features``, ``scores``) of a finished store, made if missing, opened as a zarr root.
+
+    Rooted there, zarr's checks that a new array's parents exist (an exclusive write through a ``.partial``
+    temporary) touch ``<name>/zarr.json`` only, never the store's own ``zarr.json``: a run killed meanwhile leaves
+    its temporary where ``remove_stale_temporaries`` of the array being written finds it.
+    """
+    open_store(store)  # a finished store, else a StoreError that names the command making it
+    return zarr.open_group(str(Path(store) / name), mode="a")
+
+
 class FeatureWriter:
     """Write ``features/<encoder>`` block by block, then commit it with a rename.
 
@@ -346,7 +358,7 @@ class FeatureWriter:
         self.attrs = dict(attrs or {})
         self.final = self.store / FEATURES / encoder
         self.tmp_name = atomic_path(self.final).name
-        group = open_store(self.store, mode="a").require_group(FEATURES)
+        group = store_group(self.store, FEATURES)
         remove_path(self.store / FEATURES / self.tmp_name)
         rows = _rows_per_chunk(n_tiles, dim * np.dtype(dtype).itemsize)
         self.array = group.create_array(self.tmp_name, shape=(n_tiles, dim), dtype=dtype, chunks=(rows, dim))
@@ -421,7 +433,7 @@ def write_scores(store: str | Path, name: str, scores: np.ndarray, attrs: Mappin
     """Store per-tile scores (e.g. attention) as ``scores/<name>``, atomically."""
     store = Path(store)
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-    group = open_store(store, mode="a").require_group(SCORES)
+    group = store_group(store, SCORES)
     final = store / SCORES / name
     tmp_name = atomic_path(final).name
     remove_path(store / SCORES / tmp_name)

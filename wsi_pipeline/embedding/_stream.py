@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from ..batch import one_line, remove_stale_temporaries
 from ..errors import EncoderError, SlideError, SlideReadError
-from ..store import FeatureWriter
+from ..store import FEATURES, FeatureWriter, store_group
 from ._reader import TileBatch, TileReader, TileRef, encoder_view
 from ._runtime import EmbedRuntime
 
@@ -308,8 +308,8 @@ class TileStream:
 
     def _write(self, job: SlideJob, block: np.ndarray) -> None:
         if job.sink is None:
-            features = job.store / "features" / self.enc_name
-            remove_stale_temporaries(features)  # left by killed runs; the caller holds the slide's lock
+            store_group(job.store, FEATURES)  # first, so that the group's own leftover temporaries are found too
+            remove_stale_temporaries(job.store / FEATURES / self.enc_name)  # left by killed runs; we hold the lock
             writer = FeatureWriter(
                 job.store, self.enc_name, job.n_tiles, self.runtime.encoder.dim, dtype=self.dtype, attrs=job.attrs
             )
