@@ -402,7 +402,7 @@ def test_predict_on_a_full_disk_and_killed_at_several_points_ends_as_a_clean_run
     args = [run, "--no-heatmaps", "--device", "cpu"]
     clean = cli("predict", *args[:1], tmp_path / "clean_stores", "-o", tmp_path / "clean", *args[1:])
     assert clean.returncode == 0, clean.stderr
-    with small_fs(tmp_path / "disk", "8m") as disk:
+    with small_fs(tmp_path / "disk", "16m") as disk:
         shutil.copytree(stores, disk / "stores")
         ballast = disk / "ballast"
         with contextlib.suppress(OSError), ballast.open("wb") as handle:

@@ -100,10 +100,13 @@ def test_train_predict_round_trip_on_a_real_slide(trained: tuple[Path, Path], tm
         "predicted_class",
         "prob_lower",
         "prob_upper",
+        "cal_prob_lower",
+        "cal_prob_upper",
         "n_tiles",
         "label",
         "source",
         "folds",
+        "spread",
     ]
     # One fold's checkpoint: its test slides are out-of-fold, the slides it trained on are marked so.
     tested = set(read_test_ids(checkpoint.parent))
@@ -257,6 +260,11 @@ def test_run_folder_averages_the_folds_on_new_slides(trained: tuple[Path, Path],
         ckpt = load_checkpoint(fold_dir / "checkpoint_best.pt")
         per_fold.append(predict_store(new, model_from_checkpoint(ckpt), ckpt))
     assert float(row["prob_upper"]) == pytest.approx(np.mean([probs[1] for _, _, probs in per_fold]), abs=1e-5)
+    # No validation slides in this run: every temperature is 1, calibrated = raw, and the folds' spread is theirs.
+    cal_upper = [r["cal_prob_upper"] for r, _, _ in per_fold]
+    assert float(row["cal_prob_upper"]) == pytest.approx(np.mean(cal_upper), abs=1e-5)
+    predicted = ["lower", "upper"].index(row["predicted_class"])
+    assert float(row["spread"]) == pytest.approx(np.std([probs[predicted] for _, _, probs in per_fold]), abs=1e-5)
     np.testing.assert_allclose(
         read_scores(new, run.name), np.mean([attn for _, attn, _ in per_fold], axis=0), rtol=1e-4, atol=1e-7
     )

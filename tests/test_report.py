@@ -117,6 +117,18 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
     return Cohort(pred, stores, ids, name, again.pages_written, again.pyramids_written, run.run_dir)
 
 
+def test_cohort_reliability_shows_raw_and_calibrated_with_the_ece_predict_computed(cohort: Cohort) -> None:
+    import re
+
+    page = (cohort.pred / "report" / "index.html").read_text()
+    title = re.search(r"reliability \(ECE raw ([0-9.]+), ECE temperature-scaled ([0-9.]+)\)", page)
+    assert title, "the reliability chart names both ECEs"
+    calibration = json.loads((cohort.pred / "metrics.json").read_text())["calibration"]
+    assert float(title[1]) == pytest.approx(calibration["ece"], abs=5e-4)
+    assert float(title[2]) == pytest.approx(calibration["ece_calibrated"], abs=5e-4)
+    assert 'class="bin"' in page and 'class="bin calibrated"' in page
+
+
 # --------------------------------------------------------------------------------------------- files, reuse
 def test_report_files_and_rebuilds_only_what_changed(cohort: Cohort, tmp_path: Path) -> None:
     report = cohort.pred / "report"

@@ -124,6 +124,14 @@ def predict(
             highlight=False,
             soft_wrap=True,
         )
+        cal = m.get("calibration")
+        if cal:
+            console.print(
+                f"calibration: ECE {cal['ece']:.3f} raw, {cal['ece_calibrated']:.3f} with each fold's temperature "
+                f"(columns cal_prob_*; {result.csv.parent / 'reliability.png'})",
+                highlight=False,
+                soft_wrap=True,
+            )
         loc = m.get("localisation")
         if loc:
             hit = (

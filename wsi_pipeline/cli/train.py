@@ -118,12 +118,19 @@ def summary_table(run_dir: Path, summary: dict, n_folds: int) -> Table:
         "loc_precision": "localisation top-k precision",
         "loc_mass": "attention on key instances",
         "loc_lesions_hit": "lesions hit by the 8 most attended tiles",
+        "ece": "calibration error (ECE)",
+        "ece_calibrated": "ECE, temperature-scaled",
     }
     selected, last = summary["test_mean_std"], summary["test_last_mean_std"]
     table = Table(title=f"{run_dir}\ntest metrics, mean ± std over {n_folds} fold(s)")
     for column in ("", "selected epoch", "last epoch"):
         table.add_column(column)
+
+    def cell(stats: dict, key: str) -> str:
+        mean = stats.get(key, {}).get("mean", math.nan)
+        return "-" if math.isnan(mean) else f"{mean:.3f} ± {stats[key]['std']:.3f}"
+
     for key, name in names.items():
-        if not math.isnan(selected.get(key, {}).get("mean", math.nan)) and key in last:
-            table.add_row(name, *(f"{stats[key]['mean']:.3f} ± {stats[key]['std']:.3f}" for stats in (selected, last)))
+        if not math.isnan(selected.get(key, {}).get("mean", math.nan)):
+            table.add_row(name, cell(selected, key), cell(last, key))  # no temperature is fitted for the last epoch
     return table

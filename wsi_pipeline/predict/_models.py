@@ -49,6 +49,11 @@ class FoldModel:
     def identity(self) -> dict[str, Any]:
         return checkpoint_identity(self.path)
 
+    @property
+    def temperature(self) -> float:
+        """The temperature fitted on this fold's validation slides (1 for checkpoints made before calibration)."""
+        return float((self.ckpt.get("calibration") or {}).get("temperature", 1.0))
+
 
 @dataclass(frozen=True)
 class SlidePlan:
@@ -231,8 +236,11 @@ def load_models(path: str | Path, *, fold: int | None = None) -> ModelSet:
     return models
 
 
-def forward(member: FoldModel, features: np.ndarray, device: torch.device | str) -> tuple[np.ndarray, np.ndarray]:
-    """One model on one bag ``(N, D)``: ``(probabilities (C,), attention (N,))``, normalised as in training."""
+def forward(
+    member: FoldModel, features: np.ndarray, device: torch.device | str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One model on one bag ``(N, D)``: ``(probabilities (C,), attention (N,), log-probabilities (C,))``, the bag
+    normalised as in training; the float64 log-probabilities are what a temperature divides."""
     assert member.model is not None, "call ModelSet.load() first"
     bag = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(device)  # (N, D)
     norm = member.ckpt.get("feature_norm")
@@ -241,8 +249,9 @@ def forward(member: FoldModel, features: np.ndarray, device: torch.device | str)
     with torch.inference_mode():
         out = member.model(bag)
         probs = torch.softmax(out.logits.float(), dim=-1)[0].cpu().numpy()  # (C,)
+        log_probs = torch.log_softmax(out.logits.double(), dim=-1)[0].cpu().numpy()  # (C,)
         attention = out.attention()[0].float().cpu().numpy()  # (N,)
-    return probs, attention
+    return probs, attention, log_probs
 
 
 __all__ += ["forward"]

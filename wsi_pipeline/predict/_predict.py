@@ -39,7 +39,7 @@ from ..store import (
     read_instance_labels_attrs,
     write_scores,
 )
-from ..training import resolve_device
+from ..training import apply_temperature, resolve_device, spread
 from ..training._localisation import bag_localisation, lesion_regions
 from ._config import PredictConfig
 from ._geojson import write_attention_geojson
@@ -248,10 +248,15 @@ def predict_store(
     store: Path, model: torch.nn.Module, ckpt: dict[str, Any], *, device: torch.device | str = "cpu"
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Predict one store with one model: ``(row, attention (N,), probabilities (C,))`` where ``row`` holds the
-    predicted class, ``prob_<class>`` columns and ``n_tiles``; the bag is normalised as in training."""
+    predicted class, ``prob_<class>`` and ``cal_prob_<class>`` (with the checkpoint's temperature) columns and
+    ``n_tiles``; the bag is normalised as in training."""
     member = FoldModel(ckpt.get("fold"), Path(store), ckpt, model=model)
-    probs, attention = forward(member, read_features(store, ckpt["encoder"]), device)
-    return _row(list(ckpt["classes"]), probs, len(attention)), attention, probs
+    probs, attention, log_probs = forward(member, read_features(store, ckpt["encoder"]), device)
+    classes = list(ckpt["classes"])
+    calibrated = apply_temperature(log_probs, member.temperature)
+    row = _row(classes, probs, len(attention))
+    row.update({f"cal_prob_{c}": float(q) for c, q in zip(classes, calibrated, strict=True)})
+    return row, attention, probs
 
 
 def _row(classes: Sequence[str], probs: np.ndarray, n_tiles: int) -> dict[str, Any]:
@@ -442,8 +447,13 @@ def predict_slides(
         plan = models.plan(item.slide_id)
         features = read_features(item.store, encoder)
         outputs = [forward(member, features, device) for member in plan.members]
-        probs = np.mean([p for p, _ in outputs], axis=0)  # (C,) mean over the folds used
-        attention = np.mean([a for _, a in outputs], axis=0)  # (N,) each fold's sums to 1, so does the mean
+        probs = np.mean([p for p, _, _ in outputs], axis=0)  # (C,) mean over the folds used
+        attention = np.mean([a for _, a, _ in outputs], axis=0)  # (N,) each fold's sums to 1, so does the mean
+        # Each fold's probabilities with its own temperature, then their mean; their spread is the uncertainty.
+        calibrated_each = [
+            apply_temperature(lp, m.temperature) for m, (_, _, lp) in zip(plan.members, outputs, strict=True)
+        ]
+        calibrated = np.mean(calibrated_each, axis=0)  # (C,)
         row = _row(classes, probs, len(attention))
         probabilities = {c: float(p) for c, p in zip(classes, probs, strict=True)}
         how = _describe(models, plan.source, plan.folds)
@@ -497,8 +507,11 @@ def predict_slides(
                 "predicted_class": row["predicted_class"],
                 "probabilities": probabilities,
                 "fold_probabilities": {
-                    str(k): [float(v) for v in p] for k, (p, _) in zip(plan.folds, outputs, strict=False)
+                    str(k): [float(v) for v in p] for k, (p, _, _) in zip(plan.folds, outputs, strict=False)
                 },
+                "calibrated_probabilities": {c: float(q) for c, q in zip(classes, calibrated, strict=True)},
+                "temperatures": [m.temperature for m in plan.members],
+                "spread": spread(calibrated_each, int(probs.argmax())),
                 "label": plan.label,
                 "source": plan.source,
                 "folds": plan.folds,

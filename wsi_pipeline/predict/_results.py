@@ -88,22 +88,28 @@ def is_finished(
         return False
     if result.get("scores_name") != scores_name or result.get("features") != features_stamp(store, encoder):
         return False
+    if "calibrated_probabilities" not in result:  # written before calibration: redone to have them
+        return False
     return scores_name is None or (Path(store) / SCORES / scores_name / "zarr.json").is_file()
 
 
 def result_row(result: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
-    """One ``predictions.csv`` row: slide_id, predicted_class, prob_<class>..., n_tiles, label, source, folds, and
-    the localisation columns (``loc_auc``, ``loc_precision``, ``loc_mass``, ``loc_lesions_hit``, ``key_fraction``,
-    ``lesions``) for slides whose store has instance labels."""
+    """One ``predictions.csv`` row: slide_id, predicted_class, prob_<class>..., cal_prob_<class>... (temperature-
+    scaled), n_tiles, label, source, folds, spread (the folds' standard deviation of the predicted class's calibrated
+    probability, when several folds predict the slide), and the localisation columns (``loc_auc``,
+    ``loc_precision``, ``loc_mass``, ``loc_lesions_hit``, ``key_fraction``, ``lesions``) for slides whose store has
+    instance labels."""
     probs = result["probabilities"]
     return {
         "slide_id": result["slide_id"],
         "predicted_class": result["predicted_class"],
         **{f"prob_{c}": float(probs[c]) for c in classes},
+        **{f"cal_prob_{c}": float(result["calibrated_probabilities"][c]) for c in classes},
         "n_tiles": int(result["n_tiles"]),
         "label": result.get("label") or "",
         "source": result.get("source") or "",
         "folds": " ".join(str(k) for k in result.get("folds") or []),
+        "spread": "" if result.get("spread") is None else float(result["spread"]),
         **{key: value for key, value in (result.get("localisation") or {}).items() if key in _LOC_COLUMNS},
     }
 
@@ -131,7 +137,7 @@ def cohort_localisation(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None
 
 def cohort_metrics(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> dict[str, Any] | None:
     """Metrics of the out-of-fold predictions of labelled slides (the run's honest cohort result), or None."""
-    from ..training import classification_metrics
+    from ..training import calibration_metrics, classification_metrics
 
     index = {c: i for i, c in enumerate(classes)}
     held_out = [row for row in rows if row["source"] == "out-of-fold" and row["label"] in index]
@@ -139,12 +145,15 @@ def cohort_metrics(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> di
         return None
     y_true = np.array([index[row["label"]] for row in held_out], dtype=np.int64)
     probs = np.array([[row[f"prob_{c}"] for c in classes] for row in held_out], dtype=np.float64)
+    calibrated = np.array([[row[f"cal_prob_{c}"] for c in classes] for row in held_out], dtype=np.float64)
     metrics = classification_metrics(y_true, probs, len(classes))
     out = {
         "what": "out-of-fold predictions: each labelled slide predicted by the fold model(s) that never trained on it",
         "classes": list(classes),
         "slides": [row["slide_id"] for row in held_out],
         **metrics,
+        # ECE/NLL of the raw and the temperature-scaled probabilities, with their reliability bins
+        "calibration": calibration_metrics(probs, calibrated, y_true, bins=True),
     }
     localisation = cohort_localisation(held_out)
     if localisation:
@@ -184,9 +193,8 @@ def write_predictions_csv(
             if result and (result.get("checkpoint") or {}).get("sha256") == identity["sha256"]:
                 rows.append(result_row(result, classes))
         buffer = io.StringIO()
-        fields = (
-            ["slide_id", "predicted_class"] + [f"prob_{c}" for c in classes] + ["n_tiles", "label", "source", "folds"]
-        )
+        fields = ["slide_id", "predicted_class", *(f"prob_{c}" for c in classes), *(f"cal_prob_{c}" for c in classes)]
+        fields += ["n_tiles", "label", "source", "folds", "spread"]
         if any("loc_auc" in row for row in rows):
             fields += list(_LOC_COLUMNS)
         writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
@@ -194,11 +202,17 @@ def write_predictions_csv(
         writer.writerows(rows)
         atomic_write_text(out_csv, buffer.getvalue())
         metrics = cohort_metrics(rows, classes)
+        reliability = Path(out_dir) / "reliability.png"
         if metrics is not None:
             text = json.dumps({**metrics, "model": identity["path"], "wsi_pipeline": provenance()}, indent=1)
             atomic_write_text(metrics_json, text + "\n")
+            from ..training import plot_reliability
+
+            title = f"{Path(identity['path']).name}: out-of-fold slides"
+            plot_reliability({**metrics["calibration"], "slides": metrics["n"]}, reliability, title=title)
         else:
             metrics_json.unlink(missing_ok=True)  # would describe another model's predictions
+            reliability.unlink(missing_ok=True)
     finally:
         lock.release()
     return out_csv, rows, metrics

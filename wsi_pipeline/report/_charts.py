@@ -103,22 +103,35 @@ def confusion_html(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> st
 def reliability_svg(rows: Sequence[dict[str, Any]], n_classes: int, n_bins: int = 5) -> str:
     """Accuracy against confidence (the predicted class's probability) in equal-width bins from 1/C (the least a
     prediction's probability can be) to 1; a dot's area is its number of slides. A calibrated model's dots lie on
-    the diagonal."""
+    the diagonal. Raw probabilities are blue dots; the temperature-scaled ones (``calibrated_probabilities``, where
+    the results have them) orange rings, with both ECEs in the title."""
     if not rows:
         return ""
-    confidence = np.array([float(r["probabilities"][r["predicted_class"]]) for r in rows])
     correct = np.array([r["label"] == r["predicted_class"] for r in rows], dtype=float)
     edges = np.linspace(1 / max(n_classes, 1), 1, n_bins + 1)
-    which = np.clip(np.digitize(confidence, edges) - 1, 0, n_bins - 1)
-    body = ""
-    for b in range(n_bins):
-        members = which == b
-        if not members.any():
-            continue
-        conf, acc, n = confidence[members].mean(), correct[members].mean(), int(members.sum())
-        cx, cy = _xy(conf, acc).split(",")
-        body += (
-            f'<circle cx="{cx}" cy="{cy}" r="{3 + 2 * np.sqrt(n):.1f}" class="bin">'
-            f"<title>{n} slide(s): confidence {conf:.2f}, accuracy {acc:.2f}</title></circle>"
-        )
-    return _frame("reliability", "confidence", "accuracy", body)
+    series = [("probabilities", "bin", "raw")]
+    if all(r.get("calibrated_probabilities") for r in rows):
+        series.append(("calibrated_probabilities", "bin calibrated", "temperature-scaled"))
+    body, eces = "", []
+    for key, css, name in series:
+        confidence = np.array([float(r[key][r["predicted_class"]]) for r in rows])
+        eces.append(f"ECE {name} {_ece(confidence, correct):.3f}")
+        which = np.clip(np.digitize(confidence, edges) - 1, 0, n_bins - 1)
+        for b in range(n_bins):
+            members = which == b
+            if not members.any():
+                continue
+            conf, acc, n = confidence[members].mean(), correct[members].mean(), int(members.sum())
+            cx, cy = _xy(conf, acc).split(",")
+            body += (
+                f'<circle cx="{cx}" cy="{cy}" r="{3 + 2 * np.sqrt(n):.1f}" class="{css}">'
+                f"<title>{name}: {n} slide(s), confidence {conf:.2f}, accuracy {acc:.2f}</title></circle>"
+            )
+    return _frame(f"reliability ({', '.join(eces)})", "confidence", "accuracy", body)
+
+
+def _ece(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """Top-label expected calibration error over 10 bins, as train and predict compute it (``metrics.json``)."""
+    from ..training import confidence_bins, ece_of_bins
+
+    return ece_of_bins(confidence_bins(confidence, correct))

@@ -166,7 +166,8 @@ def _page_stamp(path: Path) -> str | None:
 
 
 def _index_rows(results: Sequence[dict[str, Any]], pages: set[str]) -> list[dict[str, Any]]:
-    keys = ("slide_id", "label", "predicted_class", "probabilities", "source", "folds", "n_tiles", "localisation")
+    keys = ("slide_id", "label", "predicted_class", "probabilities", "calibrated_probabilities", "source", "folds")
+    keys += ("n_tiles", "localisation")
     return [{**{k: r.get(k) for k in keys}, "page": r["slide_id"] in pages} for r in results]
 
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_history"]
+__all__ = ["plot_history", "plot_reliability"]
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -87,3 +87,48 @@ def plot_history(history: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]
     _save(fig, stability)
     plt.close(fig)
     return [curves, stability]
+
+
+def plot_reliability(calibration: dict[str, Any], path: Path, *, title: str) -> Path:
+    """A reliability diagram: per confidence bin, how often the predicted class is right, for raw and
+    temperature-scaled probabilities (a calibrated model lies on the diagonal), with how many slides fill each bin.
+
+    ``calibration`` holds ``reliability``/``reliability_calibrated`` bins and ``ece``/``ece_calibrated``
+    (``calibration_metrics(..., bins=True)``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="perfectly calibrated")
+    series = (
+        ("reliability", "ece", "raw", "tab:red"),
+        ("reliability_calibrated", "ece_calibrated", "temperature-scaled", "tab:blue"),
+    )
+    for bins_key, ece_key, name, colour in series:
+        bins = calibration.get(bins_key) or []
+        if bins:
+            ax.plot(
+                [b["confidence"] for b in bins],
+                [b["accuracy"] for b in bins],
+                marker="o",
+                color=colour,
+                label=f"{name} (ECE {calibration[ece_key]:.3f})",
+            )
+            centres = [(b["lo"] + b["hi"]) / 2 + (-0.012 if name == "raw" else 0.012) for b in bins]
+            ax_n.bar(centres, [b["n"] for b in bins], width=0.024, color=colour, label=name)
+    n = calibration.get("slides")
+    # The predicted class's probability is at least 1/C: a binary model's bins start at 0.5.
+    lows = [b["lo"] for key in ("reliability", "reliability_calibrated") for b in calibration.get(key) or []]
+    left = min([0.5, *lows])
+    ax.set(ylabel="accuracy of the predicted class", xlim=(left, 1.0), ylim=(0, 1.02))
+    ax.set_title(f"{title}\n{n} slides" if n else title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    ax_n.set(xlabel="probability of the predicted class (confidence)", ylabel="slides")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, path)
+    plt.close(fig)
+    return path

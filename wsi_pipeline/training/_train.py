@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -29,12 +29,20 @@ from ..errors import CheckpointError, ConfigError, LockedError, MissingPrerequis
 from ..mil import Anchor, RandomDropping, create_model, is_model, list_models
 from ..store import FEATURES, provenance
 from ._bags import BagLoader, resolve_encoder
+from ._calibration import (
+    CALIBRATION_KEYS,
+    Calibration,
+    apply_temperature,
+    calibration_metrics,
+    fit_temperature,
+    pooled_calibration,
+)
 from ._checkpoint import fold_dir, load_checkpoint, run_dir, save_checkpoint
 from ._config import TrainConfig, resolve_plugins
 from ._identity import IDENTITY_FILE, check_same_features, identity_changes, read_identity, run_identity
 from ._localisation import LOCALISATION_KEYS, bag_localisation, mean_localisation
 from ._metrics import SCALARS, classification_metrics, mean_std, selection_score
-from ._plots import plot_history
+from ._plots import plot_history, plot_reliability
 from ._splits import Labels, Split, make_splits, read_labels, resolve_stores, split_tag
 from ._stability import mean_entropy, stability_between
 from ._threads import choose_threads
@@ -100,25 +108,37 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class Evaluation(NamedTuple):
+    """A model on a list of slides: class probabilities ``(S, C)``, their float64 log-softmax ``(S, C)`` (what a
+    temperature divides), the mean CE loss (NaN without labels) and each slide's attention ``(N,)``."""
+
+    probs: np.ndarray
+    loss: float
+    attention: dict[str, np.ndarray]
+    log_probs: np.ndarray
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, loader: BagLoader, slide_ids: list[str], labels: dict[str, int] | None = None
-) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
-    """Class probabilities ``(S, C)``, mean CE loss (NaN without labels) and each slide's attention ``(N,)``."""
+) -> Evaluation:
+    """The model on ``slide_ids`` (see ``Evaluation``)."""
     model.eval()
-    probs, losses, attention = [], [], {}
+    probs, log_probs, losses, attention = [], [], [], {}
     for sid, bag in loader.iterate(slide_ids):
         out = model(bag)
         probs.append(torch.softmax(out.logits.float(), dim=-1)[0])  # (C,)
+        log_probs.append(torch.log_softmax(out.logits.double(), dim=-1)[0])  # (C,)
         if labels is not None:
             target = torch.tensor([labels[sid]], device=bag.device)
             losses.append(F.cross_entropy(out.logits.float(), target))
         attention[sid] = out.attention()[0]  # (N,)
     if not probs:
-        return np.zeros((0, 0)), math.nan, {}
+        return Evaluation(np.zeros((0, 0)), math.nan, {}, np.zeros((0, 0)))
     probs_np = torch.stack(probs).cpu().numpy()
     loss = float(torch.stack(losses).mean()) if losses else math.nan
-    return probs_np, loss, {sid: a.cpu().numpy() for sid, a in attention.items()}
+    attention_np = {sid: a.cpu().numpy() for sid, a in attention.items()}
+    return Evaluation(probs_np, loss, attention_np, torch.stack(log_probs).cpu().numpy())
 
 
 def make_optimizer(params: list[nn.Parameter], *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -225,15 +245,15 @@ def bag_localisation_all(loader: BagLoader, attention: dict[str, np.ndarray]) ->
 
 def _score(
     model: nn.Module, loader: BagLoader, ids: list[str], y_of: dict[str, int], n_classes: int
-) -> tuple[dict[str, Any], np.ndarray, dict[str, dict[str, float] | None]]:
-    """Metrics of ``ids`` (classification, loss and mean localisation), their probabilities and per-bag
+) -> tuple[dict[str, Any], Evaluation, dict[str, dict[str, float] | None]]:
+    """Metrics of ``ids`` (classification, loss and mean localisation), the evaluation they come from and per-bag
     localisation."""
-    probs, loss, attention = evaluate(model, loader, ids, y_of)
-    metrics = classification_metrics(np.array([y_of[s] for s in ids], dtype=np.int64), probs, n_classes)
-    metrics["loss"] = loss
-    per_bag = bag_localisation_all(loader, attention)
+    evaluation = evaluate(model, loader, ids, y_of)
+    metrics = classification_metrics(np.array([y_of[s] for s in ids], dtype=np.int64), evaluation.probs, n_classes)
+    metrics["loss"] = evaluation.loss
+    per_bag = bag_localisation_all(loader, evaluation.attention)
     metrics.update(mean_localisation(per_bag.values()))
-    return metrics, probs, per_bag
+    return metrics, evaluation, per_bag
 
 
 def _plain(data: Any) -> Any:
@@ -453,7 +473,7 @@ def train_fold(
         row.update({f"train_loss_{name}": float(value) / n_train for name, value in loss_sums.items()})
         row["lr"] = optimizer.param_groups[0]["lr"]
 
-        probs, val_loss, attention = evaluate(model, loader, monitor, y_of)
+        probs, val_loss, attention, _ = evaluate(model, loader, monitor, y_of)
         if split.val:
             metrics = classification_metrics(np.array([y_of[s] for s in split.val]), probs, n_classes)
             metrics["loss"] = val_loss
@@ -498,8 +518,15 @@ def train_fold(
     model.load_state_dict(progress.best_state)
 
     result = FoldResult(split.fold, best_epoch, {}, {}, history, out_dir, test_last=last["test"], val_last=last["val"])
-    for name, ids in (("val", split.val), ("test", split.test)):
-        metrics, probs, per_bag = _score(model, loader, ids, y_of, n_classes)
+    calibration = Calibration()  # T = 1 without validation slides: nothing held out to fit it on
+    for name, ids in (("val", split.val), ("test", split.test)):  # validation first: its slides fit T
+        metrics, evaluation, per_bag = _score(model, loader, ids, y_of, n_classes)
+        if ids:
+            y = np.array([y_of[s] for s in ids], dtype=np.int64)
+            if name == "val":
+                calibration = fit_temperature(evaluation.log_probs, y)
+            calibrated = apply_temperature(evaluation.log_probs, calibration.temperature)
+            metrics.update(calibration_metrics(evaluation.probs, calibrated, y))
         setattr(result, name, metrics)
         if name == "test" and ids:
             rows = [
@@ -508,11 +535,21 @@ def train_fold(
                     "label": labels.classes[y_of[s]],
                     "predicted": labels.classes[int(p.argmax())],
                     **{f"prob_{c}": float(p[i]) for i, c in enumerate(labels.classes)},
+                    **{f"cal_prob_{c}": float(q[i]) for i, c in enumerate(labels.classes)},
                     **(per_bag.get(s) or {}),
                 }
-                for s, p in zip(ids, probs, strict=True)
+                for s, p, q in zip(ids, evaluation.probs, calibrated, strict=True)
             ]
             _write_rows(out_dir / "predictions_test.csv", rows)
+    if split.val:
+        _note(
+            "fold %d: temperature %.3g fitted on %d validation slide(s) (their NLL %.3f -> %.3f)",
+            split.fold,
+            calibration.temperature,
+            calibration.n_slides,
+            calibration.nll_before,
+            calibration.nll_after,
+        )
 
     _write_rows(out_dir / "metrics.csv", history)
     if config.plots:
@@ -530,12 +567,15 @@ def train_fold(
         "test": result.test,
         "val_last": result.val_last,
         "test_last": result.test_last,
+        "calibration": calibration.as_dict(),
         "history": history,
         "wsi_pipeline": provenance(),
     }
     # The fold's model, then its metrics.json, last: their presence means every output of the fold is complete (a
     # fold killed before has only checkpoint_last.pt, which no one mistakes for a trained model).
-    save_checkpoint(out_dir / "checkpoint_best.pt", model, epoch=best_epoch, **ckpt_meta)
+    save_checkpoint(
+        out_dir / "checkpoint_best.pt", model, epoch=best_epoch, calibration=calibration.as_dict(), **ckpt_meta
+    )
     atomic_write_text(out_dir / "metrics.json", json.dumps(fold_json, indent=1, default=float) + "\n")
     return result
 
@@ -799,8 +839,9 @@ def _train_folds(
 
 def _summarise(run: Path, results: list[FoldResult]) -> dict[str, Any]:
     """Write ``summary.json`` and ``summary.csv``: each fold's test metrics with the selected and with the last
-    epoch's model, then mean and std over folds (localisation too, where instance labels exist)."""
-    keys = SCALARS + LOCALISATION_KEYS
+    epoch's model, then mean and std over folds (localisation too, where instance labels exist), and the
+    calibration of the folds' test predictions pooled (``reliability.png``)."""
+    keys = SCALARS + LOCALISATION_KEYS + CALIBRATION_KEYS
     summary = {
         "folds": [
             {"fold": r.fold, "best_epoch": r.best_epoch, "val": r.val, "test": r.test, "test_last": r.test_last}
@@ -811,6 +852,10 @@ def _summarise(run: Path, results: list[FoldResult]) -> dict[str, Any]:
         "val_mean_std": mean_std([r.val for r in results], keys),
         "wsi_pipeline": provenance(),
     }
+    pooled = pooled_calibration([r.out_dir / "predictions_test.csv" for r in results if r.out_dir is not None])
+    if pooled is not None:
+        summary["calibration"] = pooled
+        plot_reliability(pooled, run / "reliability.png", title=f"{run.name}: test slides of every fold")
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=1, default=float) + "\n")
     present = [k for k in keys if any(k in r.test for r in results)]
     rows = [
