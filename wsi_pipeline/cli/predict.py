@@ -109,13 +109,24 @@ def predict(
         row = rows.get(rec.slide_id)
         if row is None or rec.status == "failed":
             return ""
-        label = row["predicted_class"]
         source = f", {row['source']}" if row.get("source") else ""
+        if "risk" in row:  # survival
+            return f"{row['risk_group']} risk ({row['risk']:+.2f}{source})"
+        label = row["predicted_class"]
         return f"{label} ({row[f'prob_{label}']:.2f}{source})"
 
     console.print(summary_table("predict", result.batch, {"prediction": prediction}))
     console.print(f"{len(result.rows)} slide(s) in {result.csv}", highlight=False, soft_wrap=True)
-    if result.metrics:
+    if result.metrics and result.metrics.get("task") == "survival":
+        m = result.metrics
+        console.print(
+            f"cohort, out-of-fold ({m['slides']} labelled slide(s), {m['events']} events): C-index {m['c_index']:.3f}; "
+            f"high vs low predicted risk ({m['groups']['high']} / {m['groups']['low']} slides): log-rank p "
+            f"{m['logrank_p']:.3g} ({result.csv.parent / 'risk_groups.png'})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif result.metrics:
         m = result.metrics
         console.print(
             f"cohort, out-of-fold ({m['n']} labelled slide(s)): accuracy {m['accuracy']:.3f}, balanced accuracy "

@@ -43,6 +43,22 @@ def train(
     group_column: Annotated[
         str | None, typer.Option("--group-column", help="Labels CSV column (e.g. patient) kept on one side.")
     ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="classification (a label column), survival (time and event columns; Cox or discrete-time head), "
+            "or auto (default): follows the labels CSV's columns.",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            help="The labels CSV's column(s) to learn: LABEL for classification (default: label), TIME,EVENT for "
+            "survival (default: time,event).",
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs per fold.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="AdamW learning rate.")] = None,
     seed: SeedOpt = None,
@@ -64,10 +80,21 @@ def train(
         ),
     ] = False,
 ) -> None:
-    """Train a MIL model (ASMIL by default) on stored embeddings; writes <out>/<model>_<encoder>_<split>_seed<n>/."""
+    """Train a MIL model (ASMIL by default) on stored embeddings; writes <out>/<model>_<encoder>_<split>_seed<n>/.
+
+    Classification (slide_id,label[,patient]): probabilities calibrated per fold. Survival (slide_id,time,event):
+    --set survival.loss=cox|nll; C-index (Harrell, Uno), time-dependent AUC, integrated Brier score.
+    """
     from ..training import TrainConfig  # torch-free: a config mistake is reported before torch loads
 
+    columns = [part.strip() for part in (target or "").split(",") if part.strip()]
+    if target is not None and len(columns) not in (1, 2):
+        raise typer.BadParameter(f"{target!r}: give LABEL or TIME,EVENT", param_hint="--target")
     options = {
+        "task": task,
+        "label_column": columns[0] if len(columns) == 1 else None,
+        "survival.time_column": columns[0] if len(columns) == 2 else None,
+        "survival.event_column": columns[1] if len(columns) == 2 else None,
         "model": model,
         "encoder": encoder,
         "split_csv": split_csv,
@@ -114,6 +141,10 @@ def summary_table(run_dir: Path, summary: dict, n_folds: int) -> Table:
         "balanced_accuracy": "balanced accuracy",
         "f1_macro": "macro-F1",
         "auc": "AUC",
+        "c_index": "C-index (Harrell)",
+        "c_index_uno": "C-index (Uno)",
+        "td_auc": "time-dependent AUC (mean at 3 times)",
+        "ibs": "integrated Brier score",
         "loc_auc": "localisation AUC",
         "loc_precision": "localisation top-k precision",
         "loc_mass": "attention on key instances",

@@ -21,7 +21,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -50,6 +50,18 @@ class FoldModel:
         return checkpoint_identity(self.path)
 
     @property
+    def survival(self) -> Any:
+        """The fold's ``SurvivalHead`` (time bins, baseline hazard, median training risk); survival runs only."""
+        from ..training import SurvivalHead
+
+        return SurvivalHead.from_dict(self.ckpt["survival"])
+
+    def risk(self, outputs: np.ndarray) -> float:
+        """A survival model's risk for one slide, relative to its median training risk (> 0: high risk)."""
+        head = self.survival
+        return float(head.risk(np.asarray(outputs).reshape(1, -1))[0] - head.risk_cutoff)
+
+    @property
     def temperature(self) -> float:
         """The temperature fitted on this fold's validation slides (1 for checkpoints made before calibration)."""
         return float((self.ckpt.get("calibration") or {}).get("temperature", 1.0))
@@ -76,6 +88,7 @@ class ModelSet:
     members: list[FoldModel]
     run: Path | None = None
     labels: dict[str, str] = field(default_factory=dict)  # slide id -> class, every labelled slide of the run
+    follow_up: dict[str, tuple[float, int]] = field(default_factory=dict)  # survival: slide id -> (time, event)
     split_known: bool = False
     whole_run: bool = False
 
@@ -87,6 +100,11 @@ class ModelSet:
     @property
     def classes(self) -> list[str]:
         return list(self.ckpt["classes"])
+
+    @property
+    def task(self) -> str:
+        """``classification`` or ``survival`` (checkpoints made before survival existed are classification)."""
+        return str(self.ckpt.get("task", "classification"))
 
     @property
     def encoder(self) -> str:
@@ -167,6 +185,7 @@ def _attach_splits(models: ModelSet, run_folds: dict[int, Path]) -> None:
             member.seen = frozenset([*split.get("train", []), *split.get("val", [])])
             member.tested = frozenset(split.get("test", []))
             models.labels.update(split.get("labels") or {})
+            models.follow_up.update({s: (float(t), int(e)) for s, (t, e) in (split.get("follow_up") or {}).items()})
         models.split_known = True
         return
     if not run_folds:
@@ -236,11 +255,18 @@ def load_models(path: str | Path, *, fold: int | None = None) -> ModelSet:
     return models
 
 
-def forward(
-    member: FoldModel, features: np.ndarray, device: torch.device | str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One model on one bag ``(N, D)``: ``(probabilities (C,), attention (N,), log-probabilities (C,))``, the bag
-    normalised as in training; the float64 log-probabilities are what a temperature divides."""
+class ModelOutput(NamedTuple):
+    """One model on one bag: class probabilities (C,), attention (N,), float64 log-probabilities (C,) (what a
+    temperature divides) and the raw outputs (C,) (a survival head's log-risk or hazard logits)."""
+
+    probs: np.ndarray
+    attention: np.ndarray
+    log_probs: np.ndarray
+    outputs: np.ndarray
+
+
+def forward(member: FoldModel, features: np.ndarray, device: torch.device | str) -> ModelOutput:
+    """One model on one bag ``(N, D)``, the bag normalised as in training (see ``ModelOutput``)."""
     assert member.model is not None, "call ModelSet.load() first"
     bag = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(device)  # (N, D)
     norm = member.ckpt.get("feature_norm")
@@ -251,7 +277,7 @@ def forward(
         probs = torch.softmax(out.logits.float(), dim=-1)[0].cpu().numpy()  # (C,)
         log_probs = torch.log_softmax(out.logits.double(), dim=-1)[0].cpu().numpy()  # (C,)
         attention = out.attention()[0].float().cpu().numpy()  # (N,)
-    return probs, attention, log_probs
+    return ModelOutput(probs, attention, log_probs, out.logits.double()[0].cpu().numpy())
 
 
-__all__ += ["forward"]
+__all__ += ["ModelOutput", "forward"]

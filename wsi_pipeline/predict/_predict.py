@@ -251,7 +251,7 @@ def predict_store(
     predicted class, ``prob_<class>`` and ``cal_prob_<class>`` (with the checkpoint's temperature) columns and
     ``n_tiles``; the bag is normalised as in training."""
     member = FoldModel(ckpt.get("fold"), Path(store), ckpt, model=model)
-    probs, attention, log_probs = forward(member, read_features(store, ckpt["encoder"]), device)
+    probs, attention, log_probs, _ = forward(member, read_features(store, ckpt["encoder"]), device)
     classes = list(ckpt["classes"])
     calibrated = apply_temperature(log_probs, member.temperature)
     row = _row(classes, probs, len(attention))
@@ -425,6 +425,7 @@ def predict_slides(
         preparer.check_weights()  # the wrong weights file fails the run here, before any slide is touched
     device = resolve_device(config.device)
     models.load(device)
+    survival = models.task == "survival"
     no_heatmap: list[str] = []
 
     def process(item: PredictItem, lock: SlideLock) -> Done:
@@ -447,15 +448,22 @@ def predict_slides(
         plan = models.plan(item.slide_id)
         features = read_features(item.store, encoder)
         outputs = [forward(member, features, device) for member in plan.members]
-        probs = np.mean([p for p, _, _ in outputs], axis=0)  # (C,) mean over the folds used
-        attention = np.mean([a for _, a, _ in outputs], axis=0)  # (N,) each fold's sums to 1, so does the mean
-        # Each fold's probabilities with its own temperature, then their mean; their spread is the uncertainty.
-        calibrated_each = [
-            apply_temperature(lp, m.temperature) for m, (_, _, lp) in zip(plan.members, outputs, strict=True)
-        ]
-        calibrated = np.mean(calibrated_each, axis=0)  # (C,)
-        row = _row(classes, probs, len(attention))
-        probabilities = {c: float(p) for c, p in zip(classes, probs, strict=True)}
+        probs = np.mean([o.probs for o in outputs], axis=0)  # (C,) mean over the folds used
+        attention = np.mean([o.attention for o in outputs], axis=0)  # (N,) each fold's sums to 1, so does the mean
+        if survival:  # each fold's risk relative to its median training risk, then their mean
+            risks = [m.risk(o.outputs) for m, o in zip(plan.members, outputs, strict=True)]
+            risk = float(np.mean(risks))
+            group = "high" if risk > 0 else "low"
+            row = {"predicted_class": f"{group} risk", "n_tiles": len(attention)}
+            probabilities = {"risk": risk}
+        else:
+            # Each fold's probabilities with its own temperature, then their mean; their spread is the uncertainty.
+            calibrated_each = [
+                apply_temperature(o.log_probs, m.temperature) for m, o in zip(plan.members, outputs, strict=True)
+            ]
+            calibrated = np.mean(calibrated_each, axis=0)  # (C,)
+            row = _row(classes, probs, len(attention))
+            probabilities = {c: float(p) for c, p in zip(classes, probs, strict=True)}
         how = _describe(models, plan.source, plan.folds)
         instance_labels = read_instance_labels(item.store)
         localisation = None
@@ -477,12 +485,15 @@ def predict_slides(
                     "folds": plan.folds,
                     "source": plan.source,
                     "classes": classes,
-                    "probabilities": probs.tolist(),
+                    **({"risk": probabilities["risk"]} if survival else {"probabilities": probs.tolist()}),
                 },
             )
         heatmap = None
         if config.heatmaps:
-            title = f"{item.slide_id}: {row['predicted_class']} (p={probs.max():.2f}; {how})"
+            if survival:
+                title = f"{item.slide_id}: {row['predicted_class']} ({probabilities['risk']:+.2f}; {how})"
+            else:
+                title = f"{item.slide_id}: {row['predicted_class']} (p={probs.max():.2f}; {how})"
             coords = read_coords(item.store)
             heatmap = _heatmap(item.store, item.slide_id, coords, attention, out_dir, config, title, encoder)
             if heatmap:
@@ -505,13 +516,28 @@ def predict_slides(
                 "scores_name": scores_name,
                 "classes": classes,
                 "predicted_class": row["predicted_class"],
-                "probabilities": probabilities,
-                "fold_probabilities": {
-                    str(k): [float(v) for v in p] for k, (p, _, _) in zip(plan.folds, outputs, strict=False)
-                },
-                "calibrated_probabilities": {c: float(q) for c, q in zip(classes, calibrated, strict=True)},
-                "temperatures": [m.temperature for m in plan.members],
-                "spread": spread(calibrated_each, int(probs.argmax())),
+                **(
+                    {
+                        "task": "survival",
+                        "risk": probabilities["risk"],
+                        "risk_group": group,
+                        "fold_risks": {str(k): r for k, r in zip(plan.folds, risks, strict=False)},
+                        "spread": float(np.std(risks)) if len(risks) > 1 else None,
+                        "follow_up": list(models.follow_up[item.slide_id])
+                        if item.slide_id in models.follow_up
+                        else None,
+                    }
+                    if survival
+                    else {
+                        "probabilities": probabilities,
+                        "fold_probabilities": {
+                            str(k): [float(v) for v in o.probs] for k, o in zip(plan.folds, outputs, strict=False)
+                        },
+                        "calibrated_probabilities": {c: float(q) for c, q in zip(classes, calibrated, strict=True)},
+                        "temperatures": [m.temperature for m in plan.members],
+                        "spread": spread(calibrated_each, int(probs.argmax())),
+                    }
+                ),
                 "label": plan.label,
                 "source": plan.source,
                 "folds": plan.folds,
@@ -539,9 +565,15 @@ def predict_slides(
             "their predictions and scores are kept"
         )
         warnings.warn(message, stacklevel=2)  # the CLI shows it as one line (no source line, not twice)
-    out_csv, rows, metrics = write_predictions_csv(out_dir, [item.slide_id for item in items], identity, classes)
+    out_csv, rows, metrics = write_predictions_csv(
+        out_dir, [item.slide_id for item in items], identity, classes, task=models.task
+    )
     log.info("predict: %s; %d slide(s) in %s", batch.summary(), len(rows), out_csv)
-    report = _report(out_dir, [item.slide_id for item in items], identity, config) if config.report else None
+    report = None
+    if config.report and survival:
+        log.info("report: not written for a survival model (the report shows classification results for now)")
+    elif config.report:
+        report = _report(out_dir, [item.slide_id for item in items], identity, config)
     return PredictResult(out_csv, rows, batch, no_heatmap, metrics, report)
 
 

@@ -88,9 +88,29 @@ def is_finished(
         return False
     if result.get("scores_name") != scores_name or result.get("features") != features_stamp(store, encoder):
         return False
-    if "calibrated_probabilities" not in result:  # written before calibration: redone to have them
+    if "calibrated_probabilities" not in result and "risk" not in result:  # made before calibration: redone
         return False
     return scores_name is None or (Path(store) / SCORES / scores_name / "zarr.json").is_file()
+
+
+def survival_row(result: dict[str, Any]) -> dict[str, Any]:
+    """One survival ``predictions.csv`` row: slide_id, risk (relative to the model's median training risk, the mean
+    over the folds used), risk_group (high: > 0), n_tiles, time and event (labelled slides), source, folds, spread
+    (the folds' standard deviation of the risk), and the localisation columns."""
+    time, event = result.get("follow_up") or ("", "")
+    spread = result.get("spread")
+    return {
+        "slide_id": result["slide_id"],
+        "risk": float(result["risk"]),
+        "risk_group": result["risk_group"],
+        "n_tiles": int(result["n_tiles"]),
+        "time": time,
+        "event": event,
+        "source": result.get("source") or "",
+        "folds": " ".join(str(k) for k in result.get("folds") or []),
+        "spread": "" if spread is None else float(spread),
+        **{key: value for key, value in (result.get("localisation") or {}).items() if key in _LOC_COLUMNS},
+    }
 
 
 def result_row(result: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
@@ -135,6 +155,29 @@ def cohort_localisation(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None
     return out
 
 
+def survival_cohort_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Survival measures of the out-of-fold predictions of labelled slides: Harrell's C-index of their risks and
+    the log-rank test between the high- and low-risk groups (``risk_groups``), or None."""
+    from ..training import risk_groups
+
+    held_out = [row for row in rows if row["source"] == "out-of-fold" and row["time"] != ""]
+    if not held_out:
+        return None
+    time = np.array([float(row["time"]) for row in held_out])
+    event = np.array([int(row["event"]) for row in held_out])
+    risk = np.array([float(row["risk"]) for row in held_out])
+    out = {
+        "what": "out-of-fold predictions: each labelled slide predicted by the fold model(s) that never trained on it",
+        "task": "survival",
+        "slide_ids": [row["slide_id"] for row in held_out],
+        **risk_groups(time, event, risk),
+    }
+    localisation = cohort_localisation(held_out)
+    if localisation:
+        out["localisation"] = localisation
+    return out
+
+
 def cohort_metrics(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> dict[str, Any] | None:
     """Metrics of the out-of-fold predictions of labelled slides (the run's honest cohort result), or None."""
     from ..training import calibration_metrics, classification_metrics
@@ -162,7 +205,12 @@ def cohort_metrics(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> di
 
 
 def write_predictions_csv(
-    out_dir: Path, slide_ids: Sequence[str], identity: dict[str, Any], classes: Sequence[str]
+    out_dir: Path,
+    slide_ids: Sequence[str],
+    identity: dict[str, Any],
+    classes: Sequence[str],
+    *,
+    task: str = "classification",
 ) -> tuple[Path, list[dict[str, Any]], dict[str, Any] | None]:
     """Rewrite ``<out>/predictions.csv`` from the results of ``slide_ids`` made with this model, sorted by id, and
     ``<out>/metrics.json`` (out-of-fold cohort metrics, when there are labelled held-out slides).
@@ -191,28 +239,36 @@ def write_predictions_csv(
         for slide_id in sorted(set(slide_ids)):
             result = read_slide_result(out_dir, slide_id)
             if result and (result.get("checkpoint") or {}).get("sha256") == identity["sha256"]:
-                rows.append(result_row(result, classes))
+                rows.append(survival_row(result) if task == "survival" else result_row(result, classes))
         buffer = io.StringIO()
-        fields = ["slide_id", "predicted_class", *(f"prob_{c}" for c in classes), *(f"cal_prob_{c}" for c in classes)]
-        fields += ["n_tiles", "label", "source", "folds", "spread"]
+        if task == "survival":
+            fields = ["slide_id", "risk", "risk_group", "n_tiles", "time", "event", "source", "folds", "spread"]
+        else:
+            fields = ["slide_id", "predicted_class", *(f"prob_{c}" for c in classes)]
+            fields += [*(f"cal_prob_{c}" for c in classes), "n_tiles", "label", "source", "folds", "spread"]
         if any("loc_auc" in row for row in rows):
             fields += list(_LOC_COLUMNS)
         writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(out_csv, buffer.getvalue())
-        metrics = cohort_metrics(rows, classes)
-        reliability = Path(out_dir) / "reliability.png"
+        metrics = survival_cohort_metrics(rows) if task == "survival" else cohort_metrics(rows, classes)
+        figure = Path(out_dir) / ("risk_groups.png" if task == "survival" else "reliability.png")
         if metrics is not None:
             text = json.dumps({**metrics, "model": identity["path"], "wsi_pipeline": provenance()}, indent=1)
             atomic_write_text(metrics_json, text + "\n")
-            from ..training import plot_reliability
+            from ..training import plot_reliability, plot_risk_groups
 
             title = f"{Path(identity['path']).name}: out-of-fold slides"
-            plot_reliability({**metrics["calibration"], "slides": metrics["n"]}, reliability, title=title)
+            if task == "survival":
+                held_out = [row for row in rows if row["slide_id"] in set(metrics["slide_ids"])]
+                columns = [[float(row[k]) for row in held_out] for k in ("time", "event", "risk")]
+                plot_risk_groups(*columns, figure, title=title, p_value=metrics["logrank_p"])
+            else:
+                plot_reliability({**metrics["calibration"], "slides": metrics["n"]}, figure, title=title)
         else:
             metrics_json.unlink(missing_ok=True)  # would describe another model's predictions
-            reliability.unlink(missing_ok=True)
+            figure.unlink(missing_ok=True)
     finally:
         lock.release()
     return out_csv, rows, metrics

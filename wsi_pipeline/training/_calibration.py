@@ -204,8 +204,8 @@ def pooled_calibration(prediction_csvs: Sequence[Path]) -> dict[str, Any] | None
             reader = csv.DictReader(handle)
             fields = reader.fieldnames or []
             names = [f.removeprefix("prob_") for f in fields if f.startswith("prob_")]
-            if not all(f"cal_prob_{c}" in fields for c in names):
-                continue  # a fold trained before calibration existed
+            if not names or not all(f"cal_prob_{c}" in fields for c in names):  # survival, or made before
+                continue
             if classes is None:
                 classes = names
             for row in reader:

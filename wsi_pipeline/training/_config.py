@@ -6,7 +6,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["TrainConfig", "resolve_plugins"]
+__all__ = ["SurvivalSettings", "TrainConfig", "resolve_plugins", "resolve_selection"]
+
+
+@dataclass
+class SurvivalSettings:
+    """The survival task (``task: survival``): which columns hold the follow-up time and the event, and the head.
+
+    ``loss``: ``cox`` (one log-risk per slide, Cox partial likelihood over ``batch`` slides per step) or ``nll``
+    (discrete time: the hazard in ``time_bins`` bins, edges at the training slides' event-time quantiles).
+    """
+
+    time_column: str = "time"
+    event_column: str = "event"  # 1/true: the event happened at that time; 0/false: censored then
+    loss: Literal["cox", "nll"] = "cox"
+    time_bins: int = 4
+    batch: int = 32  # slides per optimiser step: a Cox risk means something only against others at risk
+
+    def __post_init__(self) -> None:
+        if self.time_bins < 2:
+            raise ValueError("survival.time_bins must be >= 2")
+        if self.batch < 2:
+            raise ValueError("survival.batch must be >= 2 (a partial likelihood compares slides)")
 
 
 @dataclass
@@ -19,6 +40,10 @@ class TrainConfig:
 
     model: str = "asmil"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # what to learn: auto follows the labels CSV (a label column: classification; time and event: survival)
+    task: Literal["auto", "classification", "survival"] = "auto"
+    label_column: str = "label"
+    survival: SurvivalSettings = field(default_factory=SurvivalSettings)
     encoder: str | None = None  # features/<encoder> in the stores; None: the only encoder they have
     # data and splits
     split_csv: Path | None = None  # slide_id,split[,fold] with split in train/val/test
@@ -34,7 +59,8 @@ class TrainConfig:
     weight_decay: float = 1e-5
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float | None = 5.0
-    selection: Literal["f1_auc", "loss", "accuracy", "last"] = "f1_auc"  # last: keep the last epoch
+    # last: keep the last epoch; a survival run selects on the validation C-index (c_index) unless loss or last
+    selection: Literal["f1_auc", "loss", "accuracy", "c_index", "last"] = "f1_auc"
     patience: int | None = None  # early stopping after this many epochs without a better val score
     # ASMIL plug-ins
     anchor: Literal["auto", "ema", "frozen", "none"] = "auto"
@@ -66,3 +92,13 @@ def resolve_plugins(config: TrainConfig) -> tuple[str, str]:
     anchor = config.anchor if config.anchor != "auto" else ("ema" if is_asmil else "none")
     drop = config.drop if config.drop != "auto" else ("token" if is_asmil else "none")
     return anchor, drop
+
+
+def resolve_selection(config: TrainConfig, task: str) -> str:
+    """The model selection rule of a run: a survival run scores its validation slides by C-index where a
+    classification rule (F1 + AUC, accuracy) was asked for; a classification run cannot use the C-index."""
+    if task == "survival":
+        return config.selection if config.selection in ("loss", "last", "c_index") else "c_index"
+    if config.selection == "c_index":
+        raise ValueError("train.selection c_index is for survival runs (task: survival); use f1_auc, accuracy or loss")
+    return config.selection

@@ -41,6 +41,13 @@ def _features_id(store: Path, encoder: str) -> str:
 def run_identity(config: TrainConfig, labels: Labels, stores: dict[str, Path]) -> dict[str, Any]:
     """The identity of a run of ``config`` on ``labels`` with the bags of ``stores`` (``config.encoder`` set)."""
     settings = {k: v for k, v in config_to_dict(config).items() if k not in _NOT_RESULTS}
+    if labels.time is None:
+        # Settings of the survival task, and the task's name, mean nothing to a classification run: left out, so a
+        # classification run keeps the identity it had before survival existed.
+        settings.pop("survival", None)
+        settings.pop("task", None)
+        if settings.get("label_column") == "label":
+            settings.pop("label_column")
     anchor, drop = resolve_plugins(config)
     settings["resolved"] = {"anchor": anchor, "drop": drop}
     architecture = model_architecture(config.model, config.model_kwargs)
@@ -49,10 +56,15 @@ def run_identity(config: TrainConfig, labels: Labels, stores: dict[str, Path]) -
     if config.split_csv is not None:
         settings["split_csv"] = {"name": Path(config.split_csv).name, "sha256": file_sha256(config.split_csv)}
     groups = None if labels.groups is None else labels.groups.tolist()
-    slide_labels = {
+    slide_labels: dict[str, Any] = {
         sid: labels.classes[int(y)] if groups is None else [labels.classes[int(y)], str(groups[i])]
         for i, (sid, y) in enumerate(zip(labels.slide_ids, labels.y, strict=True))
     }
+    if labels.time is not None:  # survival: the follow-up time is part of each slide's label
+        slide_labels = {
+            sid: [*(value if isinstance(value, list) else [value]), float(t)]
+            for (sid, value), t in zip(slide_labels.items(), labels.time, strict=True)
+        }
     identity = {
         "settings": settings,
         "labels": slide_labels,

@@ -53,8 +53,8 @@ _TIE_BREAK = 1e-6
 
 
 def selection_score(metrics: dict[str, Any], rule: str, epoch: int = 0) -> float:
-    """Higher is better: macro-F1 + AUC (NaN AUC counts 0), accuracy, minus the loss, or the epoch (``last``);
-    equal F1 + AUC or accuracy go to the epoch with the lower validation loss."""
+    """Higher is better: macro-F1 + AUC (NaN AUC counts 0), accuracy, Harrell's C-index (survival), minus the
+    loss, or the epoch (``last``); equal scores go to the epoch with the lower validation loss."""
     if rule == "last":
         return float(epoch)
     if rule == "loss":
@@ -63,6 +63,9 @@ def selection_score(metrics: dict[str, Any], rule: str, epoch: int = 0) -> float
     tie_break = 0.0 if math.isnan(loss) else -_TIE_BREAK * min(loss, 100.0)
     if rule == "accuracy":
         return float(metrics["accuracy"]) + tie_break
+    if rule == "c_index":  # survival; NaN (no comparable pair among the validation slides) counts 0.5, chance
+        c_index = float(metrics.get("c_index", math.nan))
+        return (0.5 if math.isnan(c_index) else c_index) + tie_break
     auc = metrics.get("auc", math.nan)
     return float(metrics["f1_macro"]) + (0.0 if math.isnan(auc) else float(auc)) + tie_break
 

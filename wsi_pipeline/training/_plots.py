@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_history", "plot_reliability"]
+__all__ = ["plot_history", "plot_reliability", "plot_risk_groups"]
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -127,6 +127,45 @@ def plot_reliability(calibration: dict[str, Any], path: Path, *, title: str) -> 
     ax.set_title(f"{title}\n{n} slides" if n else title, fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     ax_n.set(xlabel="probability of the predicted class (confidence)", ylabel="slides")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_risk_groups(
+    time: Sequence[float], event: Sequence[int], risk: Sequence[float], path: Path, *, title: str, p_value: float
+) -> Path:
+    """Kaplan-Meier curves of the slides of high and low predicted risk (``risk`` > 0: above the model's median
+    training risk), with each group's size and the log-rank p-value."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ._survival import kaplan_meier
+
+    time_a, event_a, risk_a = np.asarray(time, dtype=float), np.asarray(event, dtype=bool), np.asarray(risk)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, members, colour in (("high risk", risk_a > 0, "tab:red"), ("low risk", risk_a <= 0, "tab:blue")):
+        if members.any():
+            times, survival = kaplan_meier(time_a[members], event_a[members])
+            ax.step(
+                np.r_[0.0, times],
+                np.r_[1.0, survival],
+                where="post",
+                color=colour,
+                label=f"{name} ({int(members.sum())} slides, {int(event_a[members].sum())} events)",
+            )
+            censored = members & ~event_a
+            if censored.any():  # ticks where slides left follow-up
+                at = np.searchsorted(times, time_a[censored], side="right") - 1
+                ax.plot(time_a[censored], survival[at], "|", color=colour, markersize=8)
+    ax.set(xlabel="time", ylabel="survival (Kaplan-Meier)", ylim=(0, 1.02))
+    ax.set_title(f"{title}\nlog-rank p = {p_value:.3g}", fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(fig, path)

@@ -13,7 +13,16 @@ from .._text import open_csv
 from ..errors import ConfigError
 from ..store import list_stores, slide_id_from_store
 
-__all__ = ["Labels", "Split", "read_labels", "resolve_stores", "make_splits", "split_tag"]
+__all__ = [
+    "Labels",
+    "Split",
+    "detect_task",
+    "read_labels",
+    "read_survival_labels",
+    "resolve_stores",
+    "make_splits",
+    "split_tag",
+]
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +34,25 @@ class Labels:
     """Slide labels: ``classes`` (sorted label strings; index = class id), per-slide class ids and groups."""
 
     slide_ids: list[str]
-    y: np.ndarray  # (S,) int class ids
+    y: np.ndarray  # (S,) int class ids; survival: the event (1) or censoring (0), what splits stratify by
     classes: list[str]
     groups: np.ndarray | None = None  # (S,) group (patient) of each slide
+    time: np.ndarray | None = None  # (S,) follow-up time (survival only)
 
     @property
     def class_to_index(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.classes)}
 
+    @property
+    def task(self) -> str:
+        return "classification" if self.time is None else "survival"
+
     def subset(self, keep: list[str]) -> Labels:
         index = {sid: i for i, sid in enumerate(self.slide_ids)}
         rows = [index[sid] for sid in keep]
         groups = None if self.groups is None else self.groups[rows]
-        return Labels(list(keep), self.y[rows], self.classes, groups)
+        time = None if self.time is None else self.time[rows]
+        return Labels(list(keep), self.y[rows], self.classes, groups, time)
 
 
 @dataclass
@@ -112,6 +127,91 @@ def read_labels(
         by_id = {row[id_column]: row[group_column] for row in rows}
         groups = np.array([by_id[sid] or sid for sid in ids])
     return Labels(ids, np.array([index[seen[sid]] for sid in ids], dtype=np.int64), classes, groups)
+
+
+SURVIVAL_CLASSES = ["censored", "event"]
+_EVENT_VALUES = {"1": 1, "0": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
+
+
+def _header(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: labels CSV not found; check --labels")
+    with open_csv(path) as fh:
+        return [name.strip() for name in next(csv.reader(fh), [])]
+
+
+def detect_task(path: str | Path, *, label_column: str, time_column: str, event_column: str, task: str = "auto") -> str:
+    """The task a labels CSV is for: ``task`` when given (its columns must be there), else ``classification``
+    with a label column, ``survival`` with time and event columns; a one-line error names the columns found."""
+    path = Path(path)
+    header = _header(path)
+    found = ", ".join(header) or "no header"
+    has_label = label_column in header
+    has_survival = time_column in header and event_column in header
+    if task == "classification" and not has_label:
+        raise ConfigError(
+            f"{path}: no {label_column!r} column for classification (found: {found}); name it with --target"
+        )
+    if task == "survival" and not has_survival:
+        raise ConfigError(
+            f"{path}: survival needs columns {time_column!r} and {event_column!r} (found: {found}); name them with "
+            "--target TIME,EVENT"
+        )
+    if task != "auto":
+        return task
+    if has_label:
+        return "classification"
+    if has_survival:
+        return "survival"
+    raise ConfigError(
+        f"{path}: no {label_column!r} column (classification) and no {time_column!r} and {event_column!r} columns "
+        f"(survival) (found: {found}); name the columns with --target"
+    )
+
+
+def read_survival_labels(
+    path: str | Path,
+    *,
+    id_column: str = "slide_id",
+    time_column: str = "time",
+    event_column: str = "event",
+    group_column: str | None = None,
+) -> Labels:
+    """Read ``slide_id,time,event[,group]`` for survival: time > 0 (any unit, kept as given), event 1/0 (or
+    true/false, yes/no). ``y`` holds the event, so splits stratify by it."""
+    path = Path(path)
+    rows = _read_csv(path)
+    needed = [id_column, time_column, event_column] + ([group_column] if group_column else [])
+    if not rows or any(col not in rows[0] for col in needed):
+        found = ", ".join(rows[0]) if rows else "no rows"
+        raise ConfigError(f"{path}: survival labels need columns {', '.join(needed)} (found: {found})")
+    seen: dict[str, tuple[float, int]] = {}
+    for line, row in enumerate(rows, start=2):
+        sid, time_text, event_text = row[id_column], row[time_column], row[event_column].lower()
+        if not sid or not time_text or not event_text:
+            continue  # a slide without follow-up is left out, as an unlabelled one is
+        try:
+            time = float(time_text)
+        except ValueError:
+            raise ConfigError(f"{path}:{line}: {time_column} {time_text!r} of {sid!r} is not a number") from None
+        if not time > 0 or not np.isfinite(time):
+            raise ConfigError(f"{path}:{line}: {time_column} of {sid!r} must be a positive number, not {time_text!r}")
+        if event_text not in _EVENT_VALUES:
+            raise ConfigError(f"{path}:{line}: {event_column} {event_text!r} of {sid!r} is not 1/0 (or true/false)")
+        value = (time, _EVENT_VALUES[event_text])
+        if sid in seen and seen[sid] != value:
+            raise ConfigError(f"{path}:{line}: slide {sid!r} is listed twice with different follow-up; keep one")
+        seen[sid] = value
+    ids = sorted(seen)
+    events = np.array([seen[sid][1] for sid in ids], dtype=np.int64)
+    if events.sum() < 2:
+        raise ConfigError(f"{path}: {int(events.sum())} event(s) among {len(ids)} slides; survival needs at least 2")
+    groups = None
+    if group_column:
+        by_id = {row[id_column]: row[group_column] for row in rows}
+        groups = np.array([by_id[sid] or sid for sid in ids])
+    times = np.array([seen[sid][0] for sid in ids], dtype=np.float64)
+    return Labels(ids, events, list(SURVIVAL_CLASSES), groups, times)
 
 
 def resolve_stores(stores: str | Path) -> dict[str, Path]:

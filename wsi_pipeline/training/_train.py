@@ -38,13 +38,23 @@ from ._calibration import (
     pooled_calibration,
 )
 from ._checkpoint import fold_dir, load_checkpoint, run_dir, save_checkpoint
-from ._config import TrainConfig, resolve_plugins
+from ._config import TrainConfig, resolve_plugins, resolve_selection
 from ._identity import IDENTITY_FILE, check_same_features, identity_changes, read_identity, run_identity
 from ._localisation import LOCALISATION_KEYS, bag_localisation, mean_localisation
 from ._metrics import SCALARS, classification_metrics, mean_std, selection_score
-from ._plots import plot_history, plot_reliability
-from ._splits import Labels, Split, make_splits, read_labels, resolve_stores, split_tag
+from ._plots import plot_history, plot_reliability, plot_risk_groups
+from ._splits import (
+    Labels,
+    Split,
+    detect_task,
+    make_splits,
+    read_labels,
+    read_survival_labels,
+    resolve_stores,
+    split_tag,
+)
 from ._stability import mean_entropy, stability_between
+from ._survival_fit import SURVIVAL_KEYS, SurvivalHead, risk_groups, survival_epoch
 from ._threads import choose_threads
 
 __all__ = [
@@ -116,6 +126,7 @@ class Evaluation(NamedTuple):
     loss: float
     attention: dict[str, np.ndarray]
     log_probs: np.ndarray
+    outputs: np.ndarray  # (S, K) the raw outputs, float64 (a survival head's log-risk or hazard logits)
 
 
 @torch.inference_mode()
@@ -124,21 +135,23 @@ def evaluate(
 ) -> Evaluation:
     """The model on ``slide_ids`` (see ``Evaluation``)."""
     model.eval()
-    probs, log_probs, losses, attention = [], [], [], {}
+    probs, log_probs, outputs, losses, attention = [], [], [], [], {}
     for sid, bag in loader.iterate(slide_ids):
         out = model(bag)
         probs.append(torch.softmax(out.logits.float(), dim=-1)[0])  # (C,)
         log_probs.append(torch.log_softmax(out.logits.double(), dim=-1)[0])  # (C,)
+        outputs.append(out.logits.double()[0])  # (C,)
         if labels is not None:
             target = torch.tensor([labels[sid]], device=bag.device)
             losses.append(F.cross_entropy(out.logits.float(), target))
         attention[sid] = out.attention()[0]  # (N,)
     if not probs:
-        return Evaluation(np.zeros((0, 0)), math.nan, {}, np.zeros((0, 0)))
+        return Evaluation(np.zeros((0, 0)), math.nan, {}, np.zeros((0, 0)), np.zeros((0, 0)))
     probs_np = torch.stack(probs).cpu().numpy()
     loss = float(torch.stack(losses).mean()) if losses else math.nan
     attention_np = {sid: a.cpu().numpy() for sid, a in attention.items()}
-    return Evaluation(probs_np, loss, attention_np, torch.stack(log_probs).cpu().numpy())
+    stacked = [torch.stack(rows).cpu().numpy() for rows in (log_probs, outputs)]
+    return Evaluation(probs_np, loss, attention_np, *stacked)
 
 
 def make_optimizer(params: list[nn.Parameter], *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -256,6 +269,34 @@ def _score(
     return metrics, evaluation, per_bag
 
 
+def _survival_metrics(
+    head: SurvivalHead, outputs: np.ndarray, ids: list[str], follow_up: dict[str, tuple[float, int]]
+) -> dict[str, Any]:
+    """Survival measures of ``ids`` and their loss (the whole set as one batch)."""
+    fu = np.array([follow_up[s] for s in ids], dtype=np.float64).reshape(-1, 2)
+    metrics = head.metrics(outputs, fu[:, 0], fu[:, 1])
+    if ids:
+        with torch.no_grad():
+            out = torch.from_numpy(np.asarray(outputs, dtype=np.float64))
+            metrics["loss"] = float(head.loss_of(out, torch.from_numpy(fu[:, 0]), torch.from_numpy(fu[:, 1])))
+    return metrics
+
+
+def _score_survival(
+    model: nn.Module,
+    loader: BagLoader,
+    ids: list[str],
+    head: SurvivalHead,
+    follow_up: dict[str, tuple[float, int]],
+) -> tuple[dict[str, Any], Evaluation, dict[str, dict[str, float] | None]]:
+    """``_score`` for a survival model: its measures (C-index, td-AUC, IBS, loss) and mean localisation."""
+    evaluation = evaluate(model, loader, ids)
+    metrics = _survival_metrics(head, evaluation.outputs, ids, follow_up)
+    per_bag = bag_localisation_all(loader, evaluation.attention)
+    metrics.update(mean_localisation(per_bag.values()))
+    return metrics, evaluation, per_bag
+
+
 def _plain(data: Any) -> Any:
     """Metrics as plain Python numbers (numpy scalars are not data ``torch.load(weights_only=True)`` reads)."""
     return json.loads(json.dumps(data, default=float))
@@ -367,6 +408,12 @@ def train_fold(
     generator = torch.Generator().manual_seed(seed)
     y_of = dict(zip(labels.slide_ids, labels.y.tolist(), strict=True))
     n_classes = len(labels.classes)
+    survival, follow_up = None, {}
+    if labels.time is not None:  # survival: y is the event, time the follow-up
+        follow_up = {s: (float(t), int(e)) for s, t, e in zip(labels.slide_ids, labels.time, labels.y, strict=True)}
+        train_fu = np.array([follow_up[s] for s in split.train])
+        survival = SurvivalHead.create(config.survival, train_fu[:, 0], train_fu[:, 1].astype(np.int64))
+    selection = resolve_selection(config, labels.task)
 
     norm = None
     if config.standardize:
@@ -376,7 +423,8 @@ def train_fold(
     else:
         loader.set_standardization(None, None)
 
-    model_kwargs = {**config.model_kwargs, "in_dim": loader.in_dim, "n_classes": n_classes}
+    n_outputs = n_classes if survival is None else survival.n_outputs
+    model_kwargs = {**config.model_kwargs, "in_dim": loader.in_dim, "n_classes": n_outputs}
     try:
         model = create_model(config.model, **model_kwargs).to(device)
     except (TypeError, ValueError) as err:
@@ -401,7 +449,8 @@ def train_fold(
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = config.epochs * len(split.train)
+    steps_per_epoch = len(split.train) if survival is None else math.ceil(len(split.train) / config.survival.batch)
+    total_steps = config.epochs * steps_per_epoch
     scheduler = (
         torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps)) if config.schedule == "cosine" else None
     )
@@ -421,7 +470,9 @@ def train_fold(
             "val": split.val,
             "test": split.test,
             "labels": {s: labels.classes[y_of[s]] for s in (*split.train, *split.val, *split.test)},
+            **({"follow_up": {s: list(follow_up[s]) for s in follow_up}} if survival is not None else {}),
         },
+        "task": labels.task,
     }
 
     progress = _Progress()
@@ -458,26 +509,47 @@ def train_fold(
         start = time.perf_counter()
         model.train()
         order = [split.train[i] for i in torch.randperm(len(split.train), generator=generator).tolist()]
-        loss_sums = train_epoch(
-            model,
-            loader.iterate(order),
-            targets,
-            optimizer,
-            scheduler=scheduler,
-            dropper=dropper,
-            anchor=anchor,
-            grad_clip=config.grad_clip,
-        )
-        n_train = max(len(split.train), 1)
+        if survival is None:
+            loss_sums = train_epoch(
+                model,
+                loader.iterate(order),
+                targets,
+                optimizer,
+                scheduler=scheduler,
+                dropper=dropper,
+                anchor=anchor,
+                grad_clip=config.grad_clip,
+            )
+        else:
+            loss_sums = survival_epoch(
+                model,
+                survival,
+                loader.iterate(order),
+                follow_up,
+                optimizer,
+                batch_size=config.survival.batch,
+                scheduler=scheduler,
+                dropper=dropper,
+                anchor=anchor,
+                grad_clip=config.grad_clip,
+            )
+        n_train = max(len(split.train) if survival is None else steps_per_epoch, 1)  # per slide / per batch
         row: dict[str, Any] = {"epoch": epoch, "train_loss": float(sum(loss_sums.values())) / n_train}
         row.update({f"train_loss_{name}": float(value) / n_train for name, value in loss_sums.items()})
         row["lr"] = optimizer.param_groups[0]["lr"]
 
-        probs, val_loss, attention, _ = evaluate(model, loader, monitor, y_of)
-        if split.val:
-            metrics = classification_metrics(np.array([y_of[s] for s in split.val]), probs, n_classes)
-            metrics["loss"] = val_loss
-            row.update({f"val_{k}": metrics[k] for k in SCALARS})
+        if survival is None:
+            probs, val_loss, attention, _, _ = evaluate(model, loader, monitor, y_of)
+            if split.val:
+                metrics = classification_metrics(np.array([y_of[s] for s in split.val]), probs, n_classes)
+                metrics["loss"] = val_loss
+                row.update({f"val_{k}": metrics[k] for k in SCALARS})
+        else:
+            evaluation = evaluate(model, loader, monitor)
+            attention = evaluation.attention
+            if split.val:
+                metrics = _survival_metrics(survival, evaluation.outputs, split.val, follow_up)
+                row.update({f"val_{k}": metrics[k] for k in SURVIVAL_KEYS})
         localisation = mean_localisation(bag_localisation_all(loader, attention).values())
         row.update({f"{monitor_name}_{k}": localisation[k] for k in LOCALISATION_KEYS if k in localisation})
         row["attn_js"] = stability_between(progress.previous_attention, attention)
@@ -488,7 +560,7 @@ def train_fold(
         progress.previous_attention = attention
         progress.history.append(row)
 
-        score = selection_score(metrics, config.selection, epoch) if split.val else float(epoch)
+        score = selection_score(metrics, selection, epoch) if split.val else float(epoch)
         if score > progress.best_score:
             progress.best_score, progress.best_epoch, progress.stale = score, epoch, 0
             progress.best_state = copy.deepcopy(model.state_dict())
@@ -510,16 +582,40 @@ def train_fold(
             _note("fold %d: early stop at epoch %d (best %d)", split.fold, epoch, progress.best_epoch)
 
     history, best_epoch = progress.history, progress.best_epoch
+
     # The last epoch's model is scored too, so the report shows what model selection gained (or cost).
-    last = {
-        name: _score(model, loader, ids, y_of, n_classes)[0] for name, ids in (("val", split.val), ("test", split.test))
-    }
+    def score(ids: list[str]) -> tuple[dict[str, Any], Evaluation, dict[str, dict[str, float] | None]]:
+        if survival is None:
+            return _score(model, loader, ids, y_of, n_classes)
+        return _score_survival(model, loader, ids, survival, follow_up)
+
+    last = {name: score(ids)[0] for name, ids in (("val", split.val), ("test", split.test))}
     assert progress.best_state is not None
     model.load_state_dict(progress.best_state)
 
     result = FoldResult(split.fold, best_epoch, {}, {}, history, out_dir, test_last=last["test"], val_last=last["val"])
     calibration = Calibration()  # T = 1 without validation slides: nothing held out to fit it on
-    for name, ids in (("val", split.val), ("test", split.test)):  # validation first: its slides fit T
+    if survival is not None:
+        # The baseline hazard (cox) and the risk groups' cut come from the selected model on its training slides.
+        survival.finish(evaluate(model, loader, split.train).outputs)
+    for name, ids in (("val", split.val), ("test", split.test)) if survival is not None else ():
+        metrics, evaluation, per_bag = score(ids)
+        setattr(result, name, metrics)
+        if name == "test" and ids:
+            risk = survival.risk(evaluation.outputs) - survival.risk_cutoff
+            rows = [
+                {
+                    "slide_id": s,
+                    "time": follow_up[s][0],
+                    "event": follow_up[s][1],
+                    "risk": float(r),
+                    "risk_group": "high" if r > 0 else "low",
+                    **(per_bag.get(s) or {}),
+                }
+                for s, r in zip(ids, risk, strict=True)
+            ]
+            _write_rows(out_dir / "predictions_test.csv", rows)
+    for name, ids in (("val", split.val), ("test", split.test)) if survival is None else ():  # val first: fits T
         metrics, evaluation, per_bag = _score(model, loader, ids, y_of, n_classes)
         if ids:
             y = np.array([y_of[s] for s in ids], dtype=np.int64)
@@ -541,7 +637,7 @@ def train_fold(
                 for s, p, q in zip(ids, evaluation.probs, calibrated, strict=True)
             ]
             _write_rows(out_dir / "predictions_test.csv", rows)
-    if split.val:
+    if split.val and survival is None:
         _note(
             "fold %d: temperature %.3g fitted on %d validation slide(s) (their NLL %.3f -> %.3f)",
             split.fold,
@@ -567,15 +663,14 @@ def train_fold(
         "test": result.test,
         "val_last": result.val_last,
         "test_last": result.test_last,
-        "calibration": calibration.as_dict(),
+        **({"calibration": calibration.as_dict()} if survival is None else {"survival": survival.as_dict()}),
         "history": history,
         "wsi_pipeline": provenance(),
     }
     # The fold's model, then its metrics.json, last: their presence means every output of the fold is complete (a
     # fold killed before has only checkpoint_last.pt, which no one mistakes for a trained model).
-    save_checkpoint(
-        out_dir / "checkpoint_best.pt", model, epoch=best_epoch, calibration=calibration.as_dict(), **ckpt_meta
-    )
+    head = {"calibration": calibration.as_dict()} if survival is None else {"survival": survival.as_dict()}
+    save_checkpoint(out_dir / "checkpoint_best.pt", model, epoch=best_epoch, **head, **ckpt_meta)
     atomic_write_text(out_dir / "metrics.json", json.dumps(fold_json, indent=1, default=float) + "\n")
     return result
 
@@ -636,7 +731,24 @@ def train(
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     store_map = resolve_stores(stores)
-    labels = read_labels(labels_csv, group_column=config.group_column)
+    survival = config.survival
+    task = detect_task(
+        labels_csv,
+        label_column=config.label_column,
+        time_column=survival.time_column,
+        event_column=survival.event_column,
+        task=config.task,
+    )
+    if task == "survival":
+        labels = read_survival_labels(
+            labels_csv,
+            time_column=survival.time_column,
+            event_column=survival.event_column,
+            group_column=config.group_column,
+        )
+    else:
+        labels = read_labels(labels_csv, label_column=config.label_column, group_column=config.group_column)
+    config = replace(config, task=task)
     usable = [sid for sid in labels.slide_ids if sid in store_map]
     if len(usable) < len(labels.slide_ids):
         log.warning(
@@ -659,6 +771,9 @@ def train(
     try:
         probe = create_model(config.model, **{**config.model_kwargs, "in_dim": loader.in_dim, "n_classes": 2})
         RandomDropping(drop_mode, config.n_drop).check(probe)  # type: ignore[arg-type]
+        resolve_selection(config, task)
+        if task == "survival" and getattr(probe, "takes_label", False):
+            raise ValueError("its training loss needs a class label; use another model for survival")
     except (TypeError, ValueError) as err:
         raise ConfigError(
             f"train: model {config.model!r} with {config.model_kwargs} and drop={drop_mode}: {err}"
@@ -837,11 +952,19 @@ def _train_folds(
     return results
 
 
+def _read_rows(paths: list[Path]) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for path in paths:
+        with path.open(newline="") as handle:
+            rows.extend(csv.DictReader(handle))
+    return rows
+
+
 def _summarise(run: Path, results: list[FoldResult]) -> dict[str, Any]:
     """Write ``summary.json`` and ``summary.csv``: each fold's test metrics with the selected and with the last
     epoch's model, then mean and std over folds (localisation too, where instance labels exist), and the
     calibration of the folds' test predictions pooled (``reliability.png``)."""
-    keys = SCALARS + LOCALISATION_KEYS + CALIBRATION_KEYS
+    keys = tuple(dict.fromkeys(SCALARS + SURVIVAL_KEYS + LOCALISATION_KEYS + CALIBRATION_KEYS))
     summary = {
         "folds": [
             {"fold": r.fold, "best_epoch": r.best_epoch, "val": r.val, "test": r.test, "test_last": r.test_last}
@@ -852,7 +975,17 @@ def _summarise(run: Path, results: list[FoldResult]) -> dict[str, Any]:
         "val_mean_std": mean_std([r.val for r in results], keys),
         "wsi_pipeline": provenance(),
     }
-    pooled = pooled_calibration([r.out_dir / "predictions_test.csv" for r in results if r.out_dir is not None])
+    tests = [r.out_dir / "predictions_test.csv" for r in results if r.out_dir is not None]
+    survival_rows = _read_rows([p for p in tests if p.is_file()])
+    if survival_rows and "risk" in survival_rows[0]:
+        values = np.array([[float(r["time"]), float(r["event"]), float(r["risk"])] for r in survival_rows])
+        summary["survival"] = {
+            "what": "every fold's test slides, risk relative to their fold model's median training risk",
+            **risk_groups(values[:, 0], values[:, 1], values[:, 2]),
+        }
+        title = f"{run.name}: test slides of every fold"
+        plot_risk_groups(*values.T, run / "risk_groups.png", title=title, p_value=summary["survival"]["logrank_p"])
+    pooled = pooled_calibration(tests)
     if pooled is not None:
         summary["calibration"] = pooled
         plot_reliability(pooled, run / "reliability.png", title=f"{run.name}: test slides of every fold")
