@@ -112,6 +112,15 @@ def predict(
         source = f", {row['source']}" if row.get("source") else ""
         if "risk" in row:  # survival
             return f"{row['risk_group']} risk ({row['risk']:+.2f}{source})"
+        if "predicted_class" not in row:  # several targets: each one's prediction
+            answers = [
+                f"{k.removesuffix('_predicted')} {v:.3g}"
+                if isinstance(v, float)
+                else f"{k.removesuffix('_predicted')} {v}"
+                for k, v in row.items()
+                if k.endswith("_predicted")
+            ]
+            return ", ".join(answers) + source
         label = row["predicted_class"]
         return f"{label} ({row[f'prob_{label}']:.2f}{source})"
 
@@ -123,6 +132,19 @@ def predict(
             f"cohort, out-of-fold ({m['slides']} labelled slide(s), {m['events']} events): C-index {m['c_index']:.3f}; "
             f"high vs low predicted risk ({m['groups']['high']} / {m['groups']['low']} slides): log-rank p "
             f"{m['logrank_p']:.3g} ({result.csv.parent / 'risk_groups.png'})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif result.metrics and result.metrics.get("task") == "multi":
+        m = result.metrics
+        parts = []
+        for name, t in m["targets"].items():
+            parts.append(
+                f"{name} AUC {t['auc']:.3f}" if "auc" in t else f"{name} R^2 {t['r2']:.3f}, r {t['pearson_r']:.3f}"
+            )
+        console.print(
+            f"cohort, out-of-fold ({m['slides']} labelled slide(s)): {'; '.join(parts)} "
+            f"({result.csv.parent / 'metrics.json'})",
             highlight=False,
             soft_wrap=True,
         )

@@ -48,7 +48,7 @@ def train(
         typer.Option(
             "--task",
             help="classification (a label column), survival (time and event columns; Cox or discrete-time head), "
-            "or auto (default): follows the labels CSV's columns.",
+            "multi (several --target columns), or auto (default): follows the labels CSV's columns.",
         ),
     ] = None,
     target: Annotated[
@@ -56,7 +56,8 @@ def train(
         typer.Option(
             "--target",
             help="The labels CSV's column(s) to learn: LABEL for classification (default: label), TIME,EVENT for "
-            "survival (default: time,event).",
+            "survival (default: time,event), A,B,C... (or --task multi) for several targets, one head each "
+            "(NAME:regression for a continuous one; empty cells are missing values).",
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs per fold.")] = None,
@@ -88,13 +89,17 @@ def train(
     from ..training import TrainConfig  # torch-free: a config mistake is reported before torch loads
 
     columns = [part.strip() for part in (target or "").split(",") if part.strip()]
-    if target is not None and len(columns) not in (1, 2):
-        raise typer.BadParameter(f"{target!r}: give LABEL or TIME,EVENT", param_hint="--target")
+    if target is not None and not columns:
+        raise typer.BadParameter(f"{target!r}: give LABEL, TIME,EVENT or A,B,... columns", param_hint="--target")
+    # One column: the label; two: time and event (survival) unless --task multi; more (or --task multi): targets.
+    several = len(columns) > 2 or (task == "multi" and len(columns) > 0)
+    survival_columns = len(columns) == 2 and not several
     options = {
         "task": task,
-        "label_column": columns[0] if len(columns) == 1 else None,
-        "survival.time_column": columns[0] if len(columns) == 2 else None,
-        "survival.event_column": columns[1] if len(columns) == 2 else None,
+        "label_column": columns[0] if len(columns) == 1 and not several else None,
+        "targets": columns if several else None,
+        "survival.time_column": columns[0] if survival_columns else None,
+        "survival.event_column": columns[1] if survival_columns else None,
         "model": model,
         "encoder": encoder,
         "split_csv": split_csv,
@@ -145,6 +150,9 @@ def summary_table(run_dir: Path, summary: dict, n_folds: int) -> Table:
         "c_index_uno": "C-index (Uno)",
         "td_auc": "time-dependent AUC (mean at 3 times)",
         "ibs": "integrated Brier score",
+        "r2": "R^2 (continuous targets)",
+        "pearson_r": "Pearson r (continuous targets)",
+        "target_score": "mean target score",
         "loc_auc": "localisation AUC",
         "loc_precision": "localisation top-k precision",
         "loc_mass": "attention on key instances",
@@ -164,4 +172,8 @@ def summary_table(run_dir: Path, summary: dict, n_folds: int) -> Table:
     for key, name in names.items():
         if not math.isnan(selected.get(key, {}).get("mean", math.nan)):
             table.add_row(name, cell(selected, key), cell(last, key))  # no temperature is fitted for the last epoch
+    for target, stats in (summary.get("targets_mean_std") or {}).items():  # several targets: each one's own
+        for key, name in (("auc", "AUC"), ("f1_macro", "macro-F1"), ("r2", "R^2"), ("pearson_r", "Pearson r")):
+            if not math.isnan(stats.get(key, {}).get("mean", math.nan)):
+                table.add_row(f"{target}: {name}", cell(stats, key), "")
     return table

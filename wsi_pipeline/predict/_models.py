@@ -56,6 +56,14 @@ class FoldModel:
 
         return SurvivalHead.from_dict(self.ckpt["survival"])
 
+    def target_predictions(self, outputs: np.ndarray) -> list[np.ndarray]:
+        """A model of several targets on one slide: per target, class probabilities (C,) or the value (in the
+        column's units, with this fold's scaling)."""
+        from ..training import MultiTargets, TargetSpec
+
+        specs = [TargetSpec.from_dict(d) for d in self.ckpt["targets"]]
+        return [p[0] for p in MultiTargets(specs, {}).predictions(np.asarray(outputs).reshape(1, -1))]
+
     def risk(self, outputs: np.ndarray) -> float:
         """A survival model's risk for one slide, relative to its median training risk (> 0: high risk)."""
         head = self.survival
@@ -89,6 +97,7 @@ class ModelSet:
     run: Path | None = None
     labels: dict[str, str] = field(default_factory=dict)  # slide id -> class, every labelled slide of the run
     follow_up: dict[str, tuple[float, int]] = field(default_factory=dict)  # survival: slide id -> (time, event)
+    target_values: dict[str, list[Any]] = field(default_factory=dict)  # several targets: slide id -> values
     split_known: bool = False
     whole_run: bool = False
 
@@ -186,6 +195,7 @@ def _attach_splits(models: ModelSet, run_folds: dict[int, Path]) -> None:
             member.tested = frozenset(split.get("test", []))
             models.labels.update(split.get("labels") or {})
             models.follow_up.update({s: (float(t), int(e)) for s, (t, e) in (split.get("follow_up") or {}).items()})
+            models.target_values.update(split.get("targets") or {})
         models.split_known = True
         return
     if not run_folds:

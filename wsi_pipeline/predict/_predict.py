@@ -426,6 +426,7 @@ def predict_slides(
     device = resolve_device(config.device)
     models.load(device)
     survival = models.task == "survival"
+    several = models.task == "multi"
     no_heatmap: list[str] = []
 
     def process(item: PredictItem, lock: SlideLock) -> Done:
@@ -450,12 +451,48 @@ def predict_slides(
         outputs = [forward(member, features, device) for member in plan.members]
         probs = np.mean([o.probs for o in outputs], axis=0)  # (C,) mean over the folds used
         attention = np.mean([o.attention for o in outputs], axis=0)  # (N,) each fold's sums to 1, so does the mean
-        if survival:  # each fold's risk relative to its median training risk, then their mean
+        if several:  # each target's probabilities or value, the mean over the folds used
+            specs = [spec["name"] for spec in ckpt["targets"]]
+            per_fold = [m.target_predictions(o.outputs) for m, o in zip(plan.members, outputs, strict=True)]
+            target_results = {}
+            for t, spec in enumerate(ckpt["targets"]):
+                mean = np.mean([fold[t] for fold in per_fold], axis=0)
+                if spec["kind"] == "categorical":
+                    target_results[spec["name"]] = {
+                        "predicted": spec["classes"][int(np.argmax(mean))],
+                        "probabilities": {c: float(q) for c, q in zip(spec["classes"], mean, strict=True)},
+                    }
+                else:
+                    target_results[spec["name"]] = {"predicted": float(mean)}
+            first = target_results[specs[0]]["predicted"]
+            row = {"predicted_class": f"{specs[0]} {first:.3g}" if isinstance(first, float) else f"{specs[0]} {first}"}
+            row["n_tiles"] = len(attention)
+            probabilities = {
+                f"{name}_{key}": value
+                for name, result in target_results.items()
+                for key, value in ({"predicted": result["predicted"]} | result.get("probabilities", {})).items()
+                if not isinstance(value, str)
+            }
+            task_fields = {
+                "task": "multi",
+                "targets": target_results,
+                "truth": models.target_values.get(item.slide_id),
+                "target_names": specs,
+            }
+        elif survival:  # each fold's risk relative to its median training risk, then their mean
             risks = [m.risk(o.outputs) for m, o in zip(plan.members, outputs, strict=True)]
             risk = float(np.mean(risks))
             group = "high" if risk > 0 else "low"
             row = {"predicted_class": f"{group} risk", "n_tiles": len(attention)}
             probabilities = {"risk": risk}
+            task_fields = {
+                "task": "survival",
+                "risk": risk,
+                "risk_group": group,
+                "fold_risks": {str(k): r for k, r in zip(plan.folds, risks, strict=False)},
+                "spread": float(np.std(risks)) if len(risks) > 1 else None,
+                "follow_up": list(models.follow_up[item.slide_id]) if item.slide_id in models.follow_up else None,
+            }
         else:
             # Each fold's probabilities with its own temperature, then their mean; their spread is the uncertainty.
             calibrated_each = [
@@ -464,6 +501,15 @@ def predict_slides(
             calibrated = np.mean(calibrated_each, axis=0)  # (C,)
             row = _row(classes, probs, len(attention))
             probabilities = {c: float(p) for c, p in zip(classes, probs, strict=True)}
+            task_fields = {
+                "probabilities": probabilities,
+                "fold_probabilities": {
+                    str(k): [float(v) for v in o.probs] for k, o in zip(plan.folds, outputs, strict=False)
+                },
+                "calibrated_probabilities": {c: float(q) for c, q in zip(classes, calibrated, strict=True)},
+                "temperatures": [m.temperature for m in plan.members],
+                "spread": spread(calibrated_each, int(probs.argmax())),
+            }
         how = _describe(models, plan.source, plan.folds)
         instance_labels = read_instance_labels(item.store)
         localisation = None
@@ -485,12 +531,20 @@ def predict_slides(
                     "folds": plan.folds,
                     "source": plan.source,
                     "classes": classes,
-                    **({"risk": probabilities["risk"]} if survival else {"probabilities": probs.tolist()}),
+                    **(
+                        {"risk": probabilities["risk"]}
+                        if survival
+                        else {"targets": probabilities}
+                        if several
+                        else {"probabilities": probs.tolist()}
+                    ),
                 },
             )
         heatmap = None
         if config.heatmaps:
-            if survival:
+            if several:
+                title = f"{item.slide_id}: {row['predicted_class']} ({how})"
+            elif survival:
                 title = f"{item.slide_id}: {row['predicted_class']} ({probabilities['risk']:+.2f}; {how})"
             else:
                 title = f"{item.slide_id}: {row['predicted_class']} (p={probs.max():.2f}; {how})"
@@ -516,28 +570,7 @@ def predict_slides(
                 "scores_name": scores_name,
                 "classes": classes,
                 "predicted_class": row["predicted_class"],
-                **(
-                    {
-                        "task": "survival",
-                        "risk": probabilities["risk"],
-                        "risk_group": group,
-                        "fold_risks": {str(k): r for k, r in zip(plan.folds, risks, strict=False)},
-                        "spread": float(np.std(risks)) if len(risks) > 1 else None,
-                        "follow_up": list(models.follow_up[item.slide_id])
-                        if item.slide_id in models.follow_up
-                        else None,
-                    }
-                    if survival
-                    else {
-                        "probabilities": probabilities,
-                        "fold_probabilities": {
-                            str(k): [float(v) for v in o.probs] for k, o in zip(plan.folds, outputs, strict=False)
-                        },
-                        "calibrated_probabilities": {c: float(q) for c, q in zip(classes, calibrated, strict=True)},
-                        "temperatures": [m.temperature for m in plan.members],
-                        "spread": spread(calibrated_each, int(probs.argmax())),
-                    }
-                ),
+                **task_fields,  # the task's own answer: probabilities, a risk, or each target's prediction
                 "label": plan.label,
                 "source": plan.source,
                 "folds": plan.folds,
@@ -566,12 +599,17 @@ def predict_slides(
         )
         warnings.warn(message, stacklevel=2)  # the CLI shows it as one line (no source line, not twice)
     out_csv, rows, metrics = write_predictions_csv(
-        out_dir, [item.slide_id for item in items], identity, classes, task=models.task
+        out_dir,
+        [item.slide_id for item in items],
+        identity,
+        classes,
+        task=models.task,
+        targets=ckpt.get("targets") or (),
     )
     log.info("predict: %s; %d slide(s) in %s", batch.summary(), len(rows), out_csv)
     report = None
-    if config.report and survival:
-        log.info("report: not written for a survival model (the report shows classification results for now)")
+    if config.report and (survival or several):
+        log.info("report: not written for a %s model (the report shows classification results for now)", models.task)
     elif config.report:
         report = _report(out_dir, [item.slide_id for item in items], identity, config)
     return PredictResult(out_csv, rows, batch, no_heatmap, metrics, report)

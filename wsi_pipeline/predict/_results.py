@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,7 +89,7 @@ def is_finished(
         return False
     if result.get("scores_name") != scores_name or result.get("features") != features_stamp(store, encoder):
         return False
-    if "calibrated_probabilities" not in result and "risk" not in result:  # made before calibration: redone
+    if not ({"calibrated_probabilities", "risk", "targets"} & set(result)):  # made before calibration: redone
         return False
     return scores_name is None or (Path(store) / SCORES / scores_name / "zarr.json").is_file()
 
@@ -111,6 +112,65 @@ def survival_row(result: dict[str, Any]) -> dict[str, Any]:
         "spread": "" if spread is None else float(spread),
         **{key: value for key, value in (result.get("localisation") or {}).items() if key in _LOC_COLUMNS},
     }
+
+
+def multi_row(result: dict[str, Any]) -> dict[str, Any]:
+    """One ``predictions.csv`` row of a model of several targets: slide_id; per target its value where the run had
+    one (``<target>``, empty otherwise), ``<target>_predicted`` and ``prob_<target>_<class>`` (categorical); n_tiles,
+    source, folds, and the localisation columns."""
+    truth = result.get("truth") or [None] * len(result["target_names"])
+    row: dict[str, Any] = {"slide_id": result["slide_id"]}
+    for name, value in zip(result["target_names"], truth, strict=True):
+        answer = result["targets"][name]
+        row[name] = "" if value is None else value
+        row[f"{name}_predicted"] = answer["predicted"]
+        row.update({f"prob_{name}_{c}": q for c, q in (answer.get("probabilities") or {}).items()})
+    return {
+        **row,
+        "n_tiles": int(result["n_tiles"]),
+        "source": result.get("source") or "",
+        "folds": " ".join(str(k) for k in result.get("folds") or []),
+        **{key: value for key, value in (result.get("localisation") or {}).items() if key in _LOC_COLUMNS},
+    }
+
+
+def multi_cohort_metrics(rows: Sequence[dict[str, Any]], specs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per-target metrics of the out-of-fold predictions (each target over the slides that have a value), and
+    their averages (accuracy, macro-F1, AUC over categorical targets; R^2, Pearson r, MAE over continuous ones)."""
+    from ..training import classification_metrics, regression_metrics
+
+    held_out = [row for row in rows if row["source"] == "out-of-fold"]
+    if not held_out:
+        return None
+    per_target: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        name, have = spec["name"], [row for row in held_out if row[spec["name"]] != ""]
+        if spec["kind"] == "categorical":
+            index = {c: i for i, c in enumerate(spec["classes"])}
+            y = np.array([index[row[name]] for row in have], dtype=np.int64)
+            probs = np.array([[row[f"prob_{name}_{c}"] for c in spec["classes"]] for row in have], dtype=np.float64)
+            per_target[name] = classification_metrics(y, probs.reshape(len(have), -1), len(spec["classes"]))
+        else:
+            y = np.array([float(row[name]) for row in have])
+            per_target[name] = regression_metrics(y, np.array([float(row[f"{name}_predicted"]) for row in have]))
+
+    def mean(key: str, kind: str) -> float:
+        values = [per_target[s["name"]].get(key, math.nan) for s in specs if s["kind"] == kind]
+        finite = [v for v in values if not math.isnan(v)]
+        return float(np.mean(finite)) if finite else math.nan
+
+    out = {
+        "what": "out-of-fold predictions: each labelled slide predicted by the fold model(s) that never trained on it",
+        "task": "multi",
+        "slides": len(held_out),
+        "targets": per_target,
+        **{key: mean(key, "categorical") for key in ("accuracy", "f1_macro", "auc")},
+        **{key: mean(key, "regression") for key in ("r2", "pearson_r", "mae")},
+    }
+    localisation = cohort_localisation(held_out)
+    if localisation:
+        out["localisation"] = localisation
+    return out
 
 
 def result_row(result: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
@@ -211,6 +271,7 @@ def write_predictions_csv(
     classes: Sequence[str],
     *,
     task: str = "classification",
+    targets: Sequence[dict[str, Any]] = (),
 ) -> tuple[Path, list[dict[str, Any]], dict[str, Any] | None]:
     """Rewrite ``<out>/predictions.csv`` from the results of ``slide_ids`` made with this model, sorted by id, and
     ``<out>/metrics.json`` (out-of-fold cohort metrics, when there are labelled held-out slides).
@@ -239,9 +300,18 @@ def write_predictions_csv(
         for slide_id in sorted(set(slide_ids)):
             result = read_slide_result(out_dir, slide_id)
             if result and (result.get("checkpoint") or {}).get("sha256") == identity["sha256"]:
-                rows.append(survival_row(result) if task == "survival" else result_row(result, classes))
+                if task == "multi":
+                    rows.append(multi_row(result))
+                else:
+                    rows.append(survival_row(result) if task == "survival" else result_row(result, classes))
         buffer = io.StringIO()
-        if task == "survival":
+        if task == "multi":
+            fields = ["slide_id"]
+            for spec in targets:
+                fields += [spec["name"], f"{spec['name']}_predicted"]
+                fields += [f"prob_{spec['name']}_{c}" for c in spec.get("classes") or []]
+            fields += ["n_tiles", "source", "folds"]
+        elif task == "survival":
             fields = ["slide_id", "risk", "risk_group", "n_tiles", "time", "event", "source", "folds", "spread"]
         else:
             fields = ["slide_id", "predicted_class", *(f"prob_{c}" for c in classes)]
@@ -252,7 +322,10 @@ def write_predictions_csv(
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(out_csv, buffer.getvalue())
-        metrics = survival_cohort_metrics(rows) if task == "survival" else cohort_metrics(rows, classes)
+        if task == "multi":
+            metrics = multi_cohort_metrics(rows, targets)
+        else:
+            metrics = survival_cohort_metrics(rows) if task == "survival" else cohort_metrics(rows, classes)
         figure = Path(out_dir) / ("risk_groups.png" if task == "survival" else "reliability.png")
         if metrics is not None:
             text = json.dumps({**metrics, "model": identity["path"], "wsi_pipeline": provenance()}, indent=1)
@@ -260,7 +333,9 @@ def write_predictions_csv(
             from ..training import plot_reliability, plot_risk_groups
 
             title = f"{Path(identity['path']).name}: out-of-fold slides"
-            if task == "survival":
+            if task == "multi":
+                pass  # per-target numbers only: no figure
+            elif task == "survival":
                 held_out = [row for row in rows if row["slide_id"] in set(metrics["slide_ids"])]
                 columns = [[float(row[k]) for row in held_out] for k in ("time", "event", "risk")]
                 plot_risk_groups(*columns, figure, title=title, p_value=metrics["logrank_p"])

@@ -10,6 +10,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "MultiTargets": "._targets",
+    "TargetSpec": "._targets",
+    "MULTI_KEYS": "._targets",
+    "regression_metrics": "._targets",
+    "read_multi_labels": "._splits",
     "SurvivalHead": "._survival_fit",
     "SURVIVAL_KEYS": "._survival_fit",
     "risk_groups": "._survival_fit",
@@ -87,6 +92,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "MultiTargets",
+    "TargetSpec",
+    "MULTI_KEYS",
+    "regression_metrics",
+    "read_multi_labels",
     "SurvivalHead",
     "SURVIVAL_KEYS",
     "risk_groups",

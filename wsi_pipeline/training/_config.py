@@ -40,9 +40,12 @@ class TrainConfig:
 
     model: str = "asmil"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    # what to learn: auto follows the labels CSV (a label column: classification; time and event: survival)
-    task: Literal["auto", "classification", "survival"] = "auto"
+    # what to learn: auto follows the labels CSV (a label column: classification; time and event: survival;
+    # targets: several columns, one head each: multi)
+    task: Literal["auto", "classification", "survival", "multi"] = "auto"
     label_column: str = "label"
+    targets: list[str] = field(default_factory=list)  # multi: columns, "name:regression" for a continuous one
+    regression_loss: Literal["mse", "huber"] = "mse"  # multi: continuous targets (standardised)
     survival: SurvivalSettings = field(default_factory=SurvivalSettings)
     encoder: str | None = None  # features/<encoder> in the stores; None: the only encoder they have
     # data and splits
@@ -60,7 +63,7 @@ class TrainConfig:
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float | None = 5.0
     # last: keep the last epoch; a survival run selects on the validation C-index (c_index) unless loss or last
-    selection: Literal["f1_auc", "loss", "accuracy", "c_index", "last"] = "f1_auc"
+    selection: Literal["f1_auc", "loss", "accuracy", "c_index", "target_score", "last"] = "f1_auc"
     patience: int | None = None  # early stopping after this many epochs without a better val score
     # ASMIL plug-ins
     anchor: Literal["auto", "ema", "frozen", "none"] = "auto"
@@ -95,10 +98,15 @@ def resolve_plugins(config: TrainConfig) -> tuple[str, str]:
 
 
 def resolve_selection(config: TrainConfig, task: str) -> str:
-    """The model selection rule of a run: a survival run scores its validation slides by C-index where a
-    classification rule (F1 + AUC, accuracy) was asked for; a classification run cannot use the C-index."""
+    """The model selection rule of a run: a survival run scores its validation slides by C-index and a run of
+    several targets by their mean score where a classification rule (F1 + AUC, accuracy) was asked for."""
     if task == "survival":
         return config.selection if config.selection in ("loss", "last", "c_index") else "c_index"
-    if config.selection == "c_index":
-        raise ValueError("train.selection c_index is for survival runs (task: survival); use f1_auc, accuracy or loss")
+    if task == "multi":  # the mean over targets of (macro-F1 + AUC) / 2 or R^2
+        return config.selection if config.selection in ("loss", "last", "target_score") else "target_score"
+    if config.selection in ("c_index", "target_score"):
+        raise ValueError(
+            f"train.selection {config.selection} is for survival (c_index) or several targets (target_score); "
+            "use f1_auc, accuracy or loss"
+        )
     return config.selection

@@ -41,10 +41,14 @@ def _features_id(store: Path, encoder: str) -> str:
 def run_identity(config: TrainConfig, labels: Labels, stores: dict[str, Path]) -> dict[str, Any]:
     """The identity of a run of ``config`` on ``labels`` with the bags of ``stores`` (``config.encoder`` set)."""
     settings = {k: v for k, v in config_to_dict(config).items() if k not in _NOT_RESULTS}
-    if labels.time is None:
-        # Settings of the survival task, and the task's name, mean nothing to a classification run: left out, so a
-        # classification run keeps the identity it had before survival existed.
+    # Settings of the tasks a run is not, and the task's name for classification, are left out: a classification
+    # run keeps the identity it had before survival and several targets existed.
+    if labels.task != "survival":
         settings.pop("survival", None)
+    if labels.task != "multi":
+        settings.pop("targets", None)
+        settings.pop("regression_loss", None)
+    if labels.task == "classification":
         settings.pop("task", None)
         if settings.get("label_column") == "label":
             settings.pop("label_column")
@@ -60,6 +64,11 @@ def run_identity(config: TrainConfig, labels: Labels, stores: dict[str, Path]) -
         sid: labels.classes[int(y)] if groups is None else [labels.classes[int(y)], str(groups[i])]
         for i, (sid, y) in enumerate(zip(labels.slide_ids, labels.y, strict=True))
     }
+    if labels.multi is not None:  # several targets: every value (None where missing) is the slide's label
+        slide_labels = {
+            sid: labels.multi.values[sid] if groups is None else [*labels.multi.values[sid], str(groups[i])]
+            for i, sid in enumerate(labels.slide_ids)
+        }
     if labels.time is not None:  # survival: the follow-up time is part of each slide's label
         slide_labels = {
             sid: [*(value if isinstance(value, list) else [value]), float(t)]

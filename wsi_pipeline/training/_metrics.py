@@ -63,6 +63,9 @@ def selection_score(metrics: dict[str, Any], rule: str, epoch: int = 0) -> float
     tie_break = 0.0 if math.isnan(loss) else -_TIE_BREAK * min(loss, 100.0)
     if rule == "accuracy":
         return float(metrics["accuracy"]) + tie_break
+    if rule == "target_score":  # several targets; NaN (no validation slide has any) counts 0
+        target_score = float(metrics.get("target_score", math.nan))
+        return (0.0 if math.isnan(target_score) else target_score) + tie_break
     if rule == "c_index":  # survival; NaN (no comparable pair among the validation slides) counts 0.5, chance
         c_index = float(metrics.get("c_index", math.nan))
         return (0.5 if math.isnan(c_index) else c_index) + tie_break

@@ -6,6 +6,7 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,11 +14,15 @@ from .._text import open_csv
 from ..errors import ConfigError
 from ..store import list_stores, slide_id_from_store
 
+if TYPE_CHECKING:
+    from ._targets import MultiTargets
+
 __all__ = [
     "Labels",
     "Split",
     "detect_task",
     "read_labels",
+    "read_multi_labels",
     "read_survival_labels",
     "resolve_stores",
     "make_splits",
@@ -38,6 +43,7 @@ class Labels:
     classes: list[str]
     groups: np.ndarray | None = None  # (S,) group (patient) of each slide
     time: np.ndarray | None = None  # (S,) follow-up time (survival only)
+    multi: MultiTargets | None = None  # several targets per slide (task multi); y is then a stratum for splits
 
     @property
     def class_to_index(self) -> dict[str, int]:
@@ -45,6 +51,8 @@ class Labels:
 
     @property
     def task(self) -> str:
+        if self.multi is not None:
+            return "multi"
         return "classification" if self.time is None else "survival"
 
     def subset(self, keep: list[str]) -> Labels:
@@ -52,7 +60,7 @@ class Labels:
         rows = [index[sid] for sid in keep]
         groups = None if self.groups is None else self.groups[rows]
         time = None if self.time is None else self.time[rows]
-        return Labels(list(keep), self.y[rows], self.classes, groups, time)
+        return Labels(list(keep), self.y[rows], self.classes, groups, time, self.multi)
 
 
 @dataclass
@@ -212,6 +220,57 @@ def read_survival_labels(
         groups = np.array([by_id[sid] or sid for sid in ids])
     times = np.array([seen[sid][0] for sid in ids], dtype=np.float64)
     return Labels(ids, events, list(SURVIVAL_CLASSES), groups, times)
+
+
+def read_multi_labels(
+    path: str | Path, columns: list[str], *, id_column: str = "slide_id", group_column: str | None = None
+) -> Labels:
+    """Read several target columns (``name`` or ``name:regression``/``name:categorical``; empty cells are missing
+    values). Splits stratify by the first categorical target (a missing value is a stratum of its own), else by
+    the first continuous one above or below its median."""
+    from ._targets import MultiTargets, parse_target_columns  # torch: only for this task
+
+    path = Path(path)
+    rows = _read_csv(path)
+    try:
+        parsed = parse_target_columns(columns)
+    except ValueError as err:
+        raise ConfigError(f"--target: {err}") from None
+    needed = [id_column, *(name for name, _ in parsed)] + ([group_column] if group_column else [])
+    if not rows or any(col not in rows[0] for col in needed):
+        found = ", ".join(rows[0]) if rows else "no rows"
+        missing = ", ".join(col for col in needed if not rows or col not in rows[0])
+        raise ConfigError(f"{path}: no column {missing} (found: {found}); name the targets with --target A,B,...")
+    by_id: dict[str, dict[str, str]] = {}
+    for row in rows:
+        sid = row[id_column]
+        if sid and any(row.get(name, "") != "" for name, _ in parsed):  # a slide with no target at all is left out
+            by_id[sid] = row
+    try:
+        multi = MultiTargets.from_rows(by_id, parsed)
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    ids = sorted(by_id)
+    first = next((t for t, spec in enumerate(multi.specs) if spec.kind == "categorical"), None)
+    if first is not None:
+        spec = multi.specs[first]
+        strata = [f"{spec.name}={c}" for c in spec.classes] + [f"{spec.name} missing"]
+        index = {c: i for i, c in enumerate(spec.classes)}
+        y = [index[v] if (v := multi.values[sid][first]) is not None else len(spec.classes) for sid in ids]
+    else:
+        spec = multi.specs[0]
+        strata = [f"{spec.name} <= median", f"{spec.name} > median", f"{spec.name} missing"]
+        present = [v for sid in ids if (v := multi.values[sid][0]) is not None]
+        median = float(np.median(present))
+        y = [2 if (v := multi.values[sid][0]) is None else int(float(v) > median) for sid in ids]
+    y_arr = np.array(y, dtype=np.int64)
+    used = sorted(set(y))  # strata that occur, renumbered (a stratum without slides would break the splits)
+    remap = {old: new for new, old in enumerate(used)}
+    groups = None
+    if group_column:
+        groups = np.array([by_id[sid][group_column] or sid for sid in ids])
+    labels = Labels(ids, np.array([remap[v] for v in y_arr]), [strata[v] for v in used], groups, None, multi)
+    return labels
 
 
 def resolve_stores(stores: str | Path) -> dict[str, Path]:

@@ -49,12 +49,14 @@ from ._splits import (
     detect_task,
     make_splits,
     read_labels,
+    read_multi_labels,
     read_survival_labels,
     resolve_stores,
     split_tag,
 )
 from ._stability import mean_entropy, stability_between
 from ._survival_fit import SURVIVAL_KEYS, SurvivalHead, risk_groups, survival_epoch
+from ._targets import MULTI_KEYS, MultiTargets, multi_rows
 from ._threads import choose_threads
 
 __all__ = [
@@ -190,6 +192,7 @@ def bag_loss_terms(
     *,
     keep_tokens: torch.Tensor | None = None,
     anchor: Anchor | None = None,
+    loss_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The loss terms of one training bag: ``cls`` (CE of the slide logits), ``branch`` (mean CE of per-branch
     logits, ACMIL), the model's own auxiliary losses (e.g. ``diversity``) and ``anchor``; the loss is their sum."""
@@ -197,10 +200,16 @@ def bag_loss_terms(
     if getattr(model, "takes_label", False):
         kwargs["label"] = target  # models with an instance loss on pseudo-labels (CLAM-SB)
     out = model(bag, **kwargs)
-    terms = {"cls": F.cross_entropy(out.logits, target)}
-    if out.branch_logits is not None:
-        n_branches = out.branch_logits.shape[1]
-        terms["branch"] = F.cross_entropy(out.branch_logits.flatten(0, 1), target.expand(n_branches))
+    if loss_of is not None:  # several targets: the bag's own loss over its targets
+        terms = {"cls": loss_of(out.logits)}
+        if out.branch_logits is not None:
+            branches = out.branch_logits.shape[1]
+            terms["branch"] = torch.stack([loss_of(out.branch_logits[:, t]) for t in range(branches)]).mean()
+    else:
+        terms = {"cls": F.cross_entropy(out.logits, target)}
+        if out.branch_logits is not None:
+            n_branches = out.branch_logits.shape[1]
+            terms["branch"] = F.cross_entropy(out.branch_logits.flatten(0, 1), target.expand(n_branches))
     terms.update(out.aux_losses)
     if anchor is not None:
         terms["anchor"] = anchor.loss(bag, out)
@@ -217,8 +226,10 @@ def train_epoch(
     dropper: RandomDropping | None = None,
     anchor: Anchor | None = None,
     grad_clip: float | None = 5.0,
+    loss_of: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One pass over ``bags`` with batches of one bag; returns each loss term summed over the bags, as tensors
+    """One pass over ``bags`` with batches of one bag (``loss_of(logits, slide_id)`` replaces the cross-entropy
+    with ``targets`` for a run of several targets); returns each loss term summed over the bags, as tensors
     (no per-step sync; see ``bag_loss_terms``).
 
     The scheduler steps per iteration and the anchor follows the student after every optimiser step.
@@ -230,7 +241,8 @@ def train_epoch(
         keep = None
         if dropper is not None:
             bag, keep = dropper(model, bag)  # (N', D), (T',) or None
-        terms = bag_loss_terms(model, bag, targets[sid], keep_tokens=keep, anchor=anchor)
+        own = None if loss_of is None else (lambda logits, sid=sid: loss_of(logits, sid))
+        terms = bag_loss_terms(model, bag, targets[sid], keep_tokens=keep, anchor=anchor, loss_of=own)
         loss = torch.stack(list(terms.values())).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -295,6 +307,26 @@ def _score_survival(
     per_bag = bag_localisation_all(loader, evaluation.attention)
     metrics.update(mean_localisation(per_bag.values()))
     return metrics, evaluation, per_bag
+
+
+def _multi_loss(
+    multi: MultiTargets, encoded: dict[str, tuple[Any, ...]], regression_loss: str
+) -> Callable[[torch.Tensor, str], torch.Tensor]:
+    """The loss of one bag's outputs ``(1, K)`` over its targets (missing values skipped)."""
+    tensors = {sid: [torch.tensor([v]) for v in values] for sid, values in encoded.items()}
+    return lambda logits, sid: multi.loss(logits, tensors[sid], regression_loss)
+
+
+def _multi_metrics(
+    multi: MultiTargets, outputs: np.ndarray, ids: list[str], encoded: dict[str, tuple[Any, ...]], regression_loss: str
+) -> dict[str, Any]:
+    """Per-target and averaged metrics of ``ids`` and their loss (the slides as one batch)."""
+    metrics = multi.metrics(outputs, ids)
+    if ids:
+        columns = [torch.tensor(list(col)) for col in zip(*[encoded[s] for s in ids], strict=True)]
+        with torch.no_grad():
+            metrics["loss"] = float(multi.loss(torch.from_numpy(np.asarray(outputs)).float(), columns, regression_loss))
+    return metrics
 
 
 def _plain(data: Any) -> Any:
@@ -413,6 +445,11 @@ def train_fold(
         follow_up = {s: (float(t), int(e)) for s, t, e in zip(labels.slide_ids, labels.time, labels.y, strict=True)}
         train_fu = np.array([follow_up[s] for s in split.train])
         survival = SurvivalHead.create(config.survival, train_fu[:, 0], train_fu[:, 1].astype(np.int64))
+    multi = None
+    if labels.multi is not None:  # several targets: regression ones standardised on this fold's training slides
+        multi = labels.multi.fit_scaling(split.train)
+        columns = [t.tolist() for t in multi.encode(labels.slide_ids)]  # per target, over the slides
+        encoded = dict(zip(labels.slide_ids, zip(*columns, strict=True), strict=True))
     selection = resolve_selection(config, labels.task)
 
     norm = None
@@ -423,7 +460,7 @@ def train_fold(
     else:
         loader.set_standardization(None, None)
 
-    n_outputs = n_classes if survival is None else survival.n_outputs
+    n_outputs = survival.n_outputs if survival is not None else multi.n_outputs if multi is not None else n_classes
     model_kwargs = {**config.model_kwargs, "in_dim": loader.in_dim, "n_classes": n_outputs}
     try:
         model = create_model(config.model, **model_kwargs).to(device)
@@ -471,8 +508,10 @@ def train_fold(
             "test": split.test,
             "labels": {s: labels.classes[y_of[s]] for s in (*split.train, *split.val, *split.test)},
             **({"follow_up": {s: list(follow_up[s]) for s in follow_up}} if survival is not None else {}),
+            **({"targets": {s: multi.values[s] for s in labels.slide_ids}} if multi is not None else {}),
         },
         "task": labels.task,
+        **({"targets": [spec.as_dict() for spec in multi.specs]} if multi is not None else {}),
     }
 
     progress = _Progress()
@@ -519,6 +558,7 @@ def train_fold(
                 dropper=dropper,
                 anchor=anchor,
                 grad_clip=config.grad_clip,
+                loss_of=None if multi is None else _multi_loss(multi, encoded, config.regression_loss),
             )
         else:
             loss_sums = survival_epoch(
@@ -538,7 +578,13 @@ def train_fold(
         row.update({f"train_loss_{name}": float(value) / n_train for name, value in loss_sums.items()})
         row["lr"] = optimizer.param_groups[0]["lr"]
 
-        if survival is None:
+        if multi is not None:
+            evaluation = evaluate(model, loader, monitor)
+            attention = evaluation.attention
+            if split.val:
+                metrics = _multi_metrics(multi, evaluation.outputs, split.val, encoded, config.regression_loss)
+                row.update({f"val_{k}": metrics[k] for k in MULTI_KEYS})
+        elif survival is None:
             probs, val_loss, attention, _, _ = evaluate(model, loader, monitor, y_of)
             if split.val:
                 metrics = classification_metrics(np.array([y_of[s] for s in split.val]), probs, n_classes)
@@ -585,6 +631,12 @@ def train_fold(
 
     # The last epoch's model is scored too, so the report shows what model selection gained (or cost).
     def score(ids: list[str]) -> tuple[dict[str, Any], Evaluation, dict[str, dict[str, float] | None]]:
+        if multi is not None:
+            evaluation = evaluate(model, loader, ids)
+            metrics = _multi_metrics(multi, evaluation.outputs, ids, encoded, config.regression_loss)
+            per_bag = bag_localisation_all(loader, evaluation.attention)
+            metrics.update(mean_localisation(per_bag.values()))
+            return metrics, evaluation, per_bag
         if survival is None:
             return _score(model, loader, ids, y_of, n_classes)
         return _score_survival(model, loader, ids, survival, follow_up)
@@ -615,7 +667,13 @@ def train_fold(
                 for s, r in zip(ids, risk, strict=True)
             ]
             _write_rows(out_dir / "predictions_test.csv", rows)
-    for name, ids in (("val", split.val), ("test", split.test)) if survival is None else ():  # val first: fits T
+    for name, ids in (("val", split.val), ("test", split.test)) if multi is not None else ():
+        metrics, evaluation, per_bag = score(ids)
+        setattr(result, name, metrics)
+        if name == "test" and ids:
+            _write_rows(out_dir / "predictions_test.csv", multi_rows(multi, ids, evaluation.outputs, per_bag))
+    plain = survival is None and multi is None
+    for name, ids in (("val", split.val), ("test", split.test)) if plain else ():  # validation first: it fits T
         metrics, evaluation, per_bag = _score(model, loader, ids, y_of, n_classes)
         if ids:
             y = np.array([y_of[s] for s in ids], dtype=np.int64)
@@ -637,7 +695,7 @@ def train_fold(
                 for s, p, q in zip(ids, evaluation.probs, calibrated, strict=True)
             ]
             _write_rows(out_dir / "predictions_test.csv", rows)
-    if split.val and survival is None:
+    if split.val and plain:
         _note(
             "fold %d: temperature %.3g fitted on %d validation slide(s) (their NLL %.3f -> %.3f)",
             split.fold,
@@ -663,13 +721,13 @@ def train_fold(
         "test": result.test,
         "val_last": result.val_last,
         "test_last": result.test_last,
-        **({"calibration": calibration.as_dict()} if survival is None else {"survival": survival.as_dict()}),
+        **({"survival": survival.as_dict()} if survival is not None else {"calibration": calibration.as_dict()}),
         "history": history,
         "wsi_pipeline": provenance(),
     }
     # The fold's model, then its metrics.json, last: their presence means every output of the fold is complete (a
     # fold killed before has only checkpoint_last.pt, which no one mistakes for a trained model).
-    head = {"calibration": calibration.as_dict()} if survival is None else {"survival": survival.as_dict()}
+    head = {"survival": survival.as_dict()} if survival is not None else {"calibration": calibration.as_dict()}
     save_checkpoint(out_dir / "checkpoint_best.pt", model, epoch=best_epoch, **head, **ckpt_meta)
     atomic_write_text(out_dir / "metrics.json", json.dumps(fold_json, indent=1, default=float) + "\n")
     return result
@@ -732,14 +790,22 @@ def train(
         torch.backends.cudnn.benchmark = False
     store_map = resolve_stores(stores)
     survival = config.survival
-    task = detect_task(
-        labels_csv,
-        label_column=config.label_column,
-        time_column=survival.time_column,
-        event_column=survival.event_column,
-        task=config.task,
+    if config.task == "multi" and not config.targets:
+        raise ConfigError("train: task multi needs its target columns (--target A,B,... or train.targets)")
+    task = (
+        "multi"
+        if config.targets
+        else detect_task(
+            labels_csv,
+            label_column=config.label_column,
+            time_column=survival.time_column,
+            event_column=survival.event_column,
+            task=config.task,
+        )
     )
-    if task == "survival":
+    if task == "multi":
+        labels = read_multi_labels(labels_csv, list(config.targets), group_column=config.group_column)
+    elif task == "survival":
         labels = read_survival_labels(
             labels_csv,
             time_column=survival.time_column,
@@ -964,7 +1030,7 @@ def _summarise(run: Path, results: list[FoldResult]) -> dict[str, Any]:
     """Write ``summary.json`` and ``summary.csv``: each fold's test metrics with the selected and with the last
     epoch's model, then mean and std over folds (localisation too, where instance labels exist), and the
     calibration of the folds' test predictions pooled (``reliability.png``)."""
-    keys = tuple(dict.fromkeys(SCALARS + SURVIVAL_KEYS + LOCALISATION_KEYS + CALIBRATION_KEYS))
+    keys = tuple(dict.fromkeys(SCALARS + SURVIVAL_KEYS + MULTI_KEYS + LOCALISATION_KEYS + CALIBRATION_KEYS))
     summary = {
         "folds": [
             {"fold": r.fold, "best_epoch": r.best_epoch, "val": r.val, "test": r.test, "test_last": r.test_last}
@@ -975,6 +1041,12 @@ def _summarise(run: Path, results: list[FoldResult]) -> dict[str, Any]:
         "val_mean_std": mean_std([r.val for r in results], keys),
         "wsi_pipeline": provenance(),
     }
+    names = list(dict.fromkeys(t for r in results for t in (r.test.get("targets") or {})))
+    if names:  # several targets: each one's metrics over folds
+        per_target = ("accuracy", "balanced_accuracy", "f1_macro", "auc", "r2", "pearson_r", "mae", "mse")
+        summary["targets_mean_std"] = {
+            name: mean_std([(r.test.get("targets") or {}).get(name, {}) for r in results], per_target) for name in names
+        }
     tests = [r.out_dir / "predictions_test.csv" for r in results if r.out_dir is not None]
     survival_rows = _read_rows([p for p in tests if p.is_file()])
     if survival_rows and "risk" in survival_rows[0]:
