@@ -149,7 +149,7 @@ def test_report_files_and_rebuilds_only_what_changed(cohort: Cohort, tmp_path: P
 def test_interrupted_rebuild_leaves_no_index_and_a_held_lock_is_left_to_its_holder(
     cohort: Cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from wsi_pipeline.batch import SlideLock
+    from wsi_pipeline.locks import SlideLock
     from wsi_pipeline.report import _report as report_module
 
     pred = tmp_path / "pred"

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .batch import atomic_write_text, remove_path
 from .errors import ConfigError
+from .files import atomic_write_text, remove_path
 from .store import (
     FeatureWriter,
     features_attrs,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .batch import atomic_path
+from .files import atomic_path
 from .tissue import mask_to_geojson, write_geojson
 
 if TYPE_CHECKING:

@@ -54,8 +54,8 @@ import numpy as np
 import zarr
 
 from . import __version__
-from .batch import atomic_path, atomic_write_text, remove_path
 from .errors import MissingPrerequisiteError, StoreError
+from .files import atomic_path, atomic_write_text, remove_path
 from .provenance import features_fingerprint, tiles_fingerprint
 
 __all__ = [

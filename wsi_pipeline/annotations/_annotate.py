@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import BatchResult, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
+from ..batch import BatchResult, Shard, SlideRecord, run_slide_batch
 from ..config import config_to_dict
 from ..discovery import SLIDE_EXTENSIONS
 from ..errors import AnnotationError, MissingPrerequisiteError, SlideError, StoreError
+from ..files import remove_stale_temporaries
+from ..locks import SlideLock
 from ..store import (
     INSTANCE_LABELS,
     list_stores,

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..batch import SlideLock, remove_stale_temporaries
 from ..discovery import SLIDE_EXTENSIONS, SlideEntry, discover_slides
 from ..errors import CheckpointError, ConfigError
+from ..files import remove_stale_temporaries
+from ..locks import SlideLock
 from ..provenance import flatten
 from ..store import STORE_SUFFIX, store_path
 from ..training._splits import resolve_stores

@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..batch import BatchResult, Done, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
+from ..batch import BatchResult, Done, Shard, SlideRecord, run_slide_batch
 from ..errors import ConfigError, StoreMismatchError, WsiPipelineError
+from ..files import remove_stale_temporaries
+from ..locks import SlideLock
 from ..mil_benchmarks import MIL_ENCODER
 from ..provenance import short, weights_identity, weights_label
 from ..store import (

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import SlideLock, atomic_write_text
 from ..errors import LockedError
+from ..files import atomic_write_text
+from ..locks import SlideLock
 from ..provenance import file_sha256
 from ..store import SCORES, features_attrs, provenance
 from ..training._localisation import LOCALISATION_KEYS

@@ -12,18 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import (
-    BatchResult,
-    Done,
-    Shard,
-    SlideLock,
-    SlideRecord,
-    remove_path,
-    remove_stale_temporaries,
-    run_slide_batch,
-)
+from ..batch import BatchResult, Done, Shard, SlideRecord, run_slide_batch
 from ..config import config_to_dict
 from ..errors import NoTissueError, SlideOpenError, StoreMismatchError
+from ..files import remove_path, remove_stale_temporaries
+from ..locks import SlideLock
 from ..provenance import short, slide_changes
 from ..slide import Slide
 from ..store import is_complete, open_store, read_attrs, store_path, update_store_attrs, write_tile_store

@@ -23,9 +23,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import __version__
-from ..batch import SlideLock, atomic_write_text, remove_path
 from ..config import config_to_dict
 from ..errors import CheckpointError, ConfigError, LockedError, MissingPrerequisiteError, RunMismatchError
+from ..files import atomic_write_text, remove_path
+from ..locks import SlideLock
 from ..mil import Anchor, RandomDropping, create_model, is_model, list_models
 from ..store import FEATURES, provenance
 from ._bags import BagLoader, resolve_encoder
