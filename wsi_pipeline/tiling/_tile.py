@@ -6,7 +6,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,11 @@ from ..slide import Slide
 from ..store import is_complete, open_store, read_attrs, store_path, update_store_attrs, write_tile_store
 from ..tissue import tissue_mask_with_info
 from ._config import TileConfig
-from ._grid import grid_positions, select_tiles, tissue_fractions
+from ._grid import TileGrid, grid_positions, select_tiles, tissue_fractions
 
 __all__ = [
     "tile_slide",
     "tile_slides",
-    "TileGrid",
     "compute_tile_grid",
     "check_store_settings",
     "store_changes",
@@ -39,19 +37,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGE = "tile"
-
-
-@dataclass
-class TileGrid:
-    """What ``compute_tile_grid`` found for one slide: the kept tiles, the mask, and how to read the tiles."""
-
-    coords: np.ndarray
-    fractions: np.ndarray
-    mask: np.ndarray
-    mask_scale: tuple[float, float]
-    mask_info: dict[str, Any]
-    overview: np.ndarray
-    tiling: dict[str, Any]
 
 
 def compute_tile_grid(slide: Slide, config: TileConfig) -> TileGrid:
@@ -171,7 +156,7 @@ def _tile_one(slide: Slide, out_dir: Path, config: TileConfig) -> tuple[Path, in
         info = slide.info()
         if config.qc.enabled:
             # QC first: a finished store then always has its pictures beside it.
-            from ..qc import write_qc
+            from ._qc import write_qc
 
             write_qc(out_dir, slide, grid, thumbnail_size=config.qc.thumbnail_size, geojson=config.qc.geojson)
     attrs = {
@@ -256,7 +241,7 @@ def discard_stale_store(out_dir: Path, slide_id: str, config: TileConfig, slide:
     """After a failed re-tiling (``--overwrite``): remove the finished store of ``slide_id`` (with its embeddings,
     QC picture and GeoJSON) unless it is still what tiling ``slide`` with ``config`` makes, so that no stage takes an
     old slide's store for this one's. Returns a note for the failure's reason ('' when nothing was removed)."""
-    from ..qc import qc_paths
+    from ._qc import qc_paths
 
     final = store_path(out_dir, slide_id)
     if not is_complete(final):
@@ -319,7 +304,7 @@ def _slide_of(item: Any) -> Slide:
 
 def _remove_stale_temporaries(out_dir: Path, slide_id: str) -> None:
     """Temporaries of a killed run (``.<name>.tmp-<host>-<pid>``); safe because we hold the slide's lock."""
-    from ..qc import qc_paths
+    from ._qc import qc_paths
 
     for final in (store_path(out_dir, slide_id), *qc_paths(out_dir, slide_id)):
         remove_stale_temporaries(final)
