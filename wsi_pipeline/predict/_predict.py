@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..batch import BatchResult, Done, Shard, SlideRecord, run_slide_batch
+from ..device import resolve_device
 from ..errors import ConfigError, StoreMismatchError, WsiPipelineError
 from ..files import remove_stale_temporaries
 from ..locks import SlideLock
@@ -41,7 +42,6 @@ from ..store import (
     read_instance_labels_attrs,
     write_scores,
 )
-from ..training import resolve_device
 from ..training._localisation import bag_localisation, lesion_regions
 from ._config import PredictConfig
 from ._geojson import write_attention_geojson

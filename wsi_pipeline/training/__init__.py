@@ -41,7 +41,6 @@ _EXPORTS = {
     "FoldResult": "._train",
     "TrainResult": "._train",
     "evaluate": "._train",
-    "resolve_device": "._train",
     "train": "._train",
     "train_fold": "._train",
 }
@@ -85,7 +84,6 @@ __all__ = [
     "FoldResult",
     "TrainResult",
     "evaluate",
-    "resolve_device",
     "train",
     "train_fold",
 ]

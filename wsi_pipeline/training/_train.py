@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from .. import __version__
 from ..config import config_to_dict
+from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, LockedError, MissingPrerequisiteError, RunMismatchError
 from ..files import atomic_write_text, remove_path
 from ..locks import SlideLock
@@ -47,7 +48,6 @@ __all__ = [
     "train_epoch",
     "train_fold",
     "train",
-    "resolve_device",
     "evaluate",
 ]
 
@@ -86,13 +86,6 @@ class TrainResult:
     run_dir: Path
     folds: list[FoldResult]
     summary: dict[str, Any]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _seed_everything(seed: int) -> None:
