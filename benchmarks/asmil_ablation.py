@@ -34,9 +34,8 @@ from wsi_pipeline.mil import Anchor, MILOutput, RandomDropping, create_model
 from wsi_pipeline.mil.asmil import ASMIL
 from wsi_pipeline.mil_benchmarks import MIL_ENCODER, DigitBagsConfig, make_digit_bags
 from wsi_pipeline.store import list_stores, read_features, read_instance_labels, slide_id_from_store
-from wsi_pipeline.training import bag_localisation
-from wsi_pipeline.training._bags import standardization_scale
-from wsi_pipeline.training._train import _cosine, bag_loss_terms, make_optimizer
+from wsi_pipeline.training import bag_localisation, bag_loss_terms, make_optimizer, standardization_scale
+from wsi_pipeline.training._train import _cosine  # train_fold's private LR schedule, reused as it is
 
 
 class ASMILMeanOfTokens(ASMIL):

@@ -95,7 +95,7 @@ def test_branches_differ_at_initialisation_only_with_a_module_per_branch(shared:
 def test_checkpoints_of_the_shared_branch_model_still_load(tmp_path: Path) -> None:
     """A checkpoint written before per-branch modules became the default (no ``shared_branches`` in its kwargs)
     rebuilds the shared model it holds, with the same outputs."""
-    from wsi_pipeline.training._checkpoint import model_from_checkpoint
+    from wsi_pipeline.training import model_from_checkpoint
 
     torch.manual_seed(0)
     old = ASMIL(in_dim=40, n_classes=2, hidden_dim=32, shared_branches=True).eval()

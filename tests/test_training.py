@@ -18,6 +18,7 @@ from wsi_pipeline.mil_benchmarks import MIL_ENCODER, convert_mil_csv
 from wsi_pipeline.training import (
     Labels,
     TrainConfig,
+    choose_threads,
     classification_metrics,
     entropy,
     js_divergence,
@@ -29,7 +30,6 @@ from wsi_pipeline.training import (
     stability_between,
     train,
 )
-from wsi_pipeline.training._threads import choose_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 

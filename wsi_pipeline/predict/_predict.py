@@ -42,7 +42,7 @@ from ..store import (
     read_instance_labels_attrs,
     write_scores,
 )
-from ..training._localisation import bag_localisation, lesion_regions
+from ..training import bag_localisation, lesion_regions
 from ._config import PredictConfig
 from ._geojson import write_attention_geojson
 from ._heatmap import draw_heatmap, save_top_tiles

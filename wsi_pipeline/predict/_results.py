@@ -27,7 +27,7 @@ from ..files import atomic_write_text
 from ..locks import SlideLock
 from ..provenance import file_sha256
 from ..store import SCORES, features_attrs, provenance
-from ..training._localisation import LOCALISATION_KEYS
+from ..training import LOCALISATION_KEYS
 
 __all__ = [
     "checkpoint_identity",

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..predict._heatmap import NEARLY_UNIFORM_RATIO, colormap_for, relative_attention, scale_scores
+from ..predict import NEARLY_UNIFORM_RATIO, colormap_for, relative_attention, scale_scores
 from ..store import SCORES, read_attrs, read_coords, read_instance_labels_attrs
 
 __all__ = ["slide_inputs", "slide_data", "colour_bar", "scores_of"]
@@ -112,7 +112,7 @@ def colour_bar() -> dict[str, Any]:
     """The relative scale as CSS gradient stops and ticks (the same map as the PNG heatmaps)."""
     import matplotlib
 
-    from ..predict._heatmap import colour_bar_ticks
+    from ..predict import colour_bar_ticks
 
     cmap = matplotlib.colormaps[colormap_for("relative")]
     stops = [

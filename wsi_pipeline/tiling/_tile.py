@@ -13,7 +13,7 @@ import numpy as np
 
 from ..batch import BatchResult, Done, Shard, SlideRecord, run_slide_batch
 from ..config import config_to_dict
-from ..errors import NoTissueError, SlideOpenError, StoreMismatchError
+from ..errors import NoTissueError, SlideOpenError, StoreMismatchError, with_note
 from ..files import remove_path, remove_stale_temporaries
 from ..locks import SlideLock
 from ..provenance import short, slide_changes
@@ -265,19 +265,6 @@ def _moved_from(path: Path, slide: Slide) -> str | None:
     return recorded if recorded and recorded != str(slide.path.resolve()) else None
 
 
-def _with_note(err: Exception, note: str) -> Exception:
-    """``err`` with ``note`` appended to its one-line message, of the same type when it can be rebuilt so (an
-    ``OSError`` stays as it is: its errno says a full disk; the note is in the log)."""
-    if isinstance(err, OSError):
-        return err
-    try:
-        return type(err)(f"{err}; {note}")
-    except Exception:  # noqa: BLE001 - an exception type with another constructor
-        from ..errors import WsiPipelineError
-
-        return WsiPipelineError(f"{err}; {note}")
-
-
 def _as_entries(slides: Any) -> list[Any]:
     """``SlideEntry``-like items as given; plain paths (a folder, files, manifests) go through ``discover_slides``."""
     from ..discovery import discover_slides
@@ -379,7 +366,7 @@ def tile_slides(
         except Exception as err:
             # --overwrite was asked and failed: an old store of another file or settings must not look finished.
             removed = discard_stale_store(out_dir, item.slide_id, config, slide) if overwrite else ""
-            noted = _with_note(err, removed) if removed else err
+            noted = with_note(err, removed) if removed else err
             if noted is err:
                 raise
             raise noted from err

@@ -12,6 +12,7 @@ from typing import Any
 _EXPORTS = {
     "BagLoader": "._bags",
     "resolve_encoder": "._bags",
+    "standardization_scale": "._bags",
     "fold_dir": "._runs",
     "load_checkpoint": "._checkpoint",
     "model_from_checkpoint": "._checkpoint",
@@ -38,10 +39,14 @@ _EXPORTS = {
     "js_divergence": "._stability",
     "mean_entropy": "._stability",
     "stability_between": "._stability",
+    "choose_threads": "._threads",
     "FoldResult": "._train",
     "TrainResult": "._train",
+    "bag_loss_terms": "._train",
     "evaluate": "._train",
+    "make_optimizer": "._train",
     "train": "._train",
+    "train_epoch": "._train",
     "train_fold": "._train",
 }
 
@@ -55,6 +60,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "BagLoader",
     "resolve_encoder",
+    "standardization_scale",
     "fold_dir",
     "load_checkpoint",
     "model_from_checkpoint",
@@ -81,9 +87,13 @@ __all__ = [
     "js_divergence",
     "mean_entropy",
     "stability_between",
+    "choose_threads",
     "FoldResult",
     "TrainResult",
+    "bag_loss_terms",
     "evaluate",
+    "make_optimizer",
     "train",
+    "train_epoch",
     "train_fold",
 ]
