@@ -20,8 +20,7 @@ from ..errors import CheckpointError, ConfigError, with_note
 from ..files import remove_stale_temporaries
 from ..locks import SlideLock
 from ..provenance import flatten
-from ..store import STORE_SUFFIX, store_path
-from ..training import resolve_stores
+from ..store import STORE_SUFFIX, resolve_stores, store_path
 
 __all__ = ["PredictItem", "collect_items", "SlidePreparer"]
 

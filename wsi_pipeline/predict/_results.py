@@ -26,7 +26,7 @@ from ..errors import LockedError
 from ..files import atomic_write_text
 from ..locks import SlideLock
 from ..provenance import file_sha256
-from ..store import SCORES, features_attrs, provenance
+from ..store import SCORES, features_attrs, has_array, provenance
 from ..training import LOCALISATION_KEYS
 
 __all__ = [
@@ -89,7 +89,7 @@ def is_finished(
         return False
     if result.get("scores_name") != scores_name or result.get("features") != features_stamp(store, encoder):
         return False
-    return scores_name is None or (Path(store) / SCORES / scores_name / "zarr.json").is_file()
+    return scores_name is None or has_array(store, SCORES, scores_name)
 
 
 def result_row(result: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:

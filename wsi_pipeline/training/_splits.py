@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .._text import open_csv
+from .._text import read_csv_rows
 from ..errors import ConfigError
-from ..store import list_stores, slide_id_from_store
 
-__all__ = ["Labels", "Split", "read_labels", "resolve_stores", "make_splits", "split_tag"]
+__all__ = ["Labels", "Split", "read_labels", "make_splits", "split_tag"]
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +48,6 @@ class Split:
     test: list[str]
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: CSV not found; check the path")
-    with open_csv(path) as fh:
-        return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(fh)]
-
-
 def read_labels(
     path: str | Path, *, id_column: str = "slide_id", label_column: str = "label", group_column: str | None = None
 ) -> Labels:
@@ -64,7 +55,7 @@ def read_labels(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: labels CSV not found; check --labels (a CSV with columns slide_id,label)")
-    rows = _read_csv(path)
+    rows = read_csv_rows(path)
     needed = [id_column, label_column] + ([group_column] if group_column else [])
     if not rows or any(col not in rows[0] for col in needed):
         found = ", ".join(rows[0]) if rows else "no rows"
@@ -114,25 +105,13 @@ def read_labels(
     return Labels(ids, np.array([index[seen[sid]] for sid in ids], dtype=np.int64), classes, groups)
 
 
-def resolve_stores(stores: str | Path) -> dict[str, Path]:
-    """Slide id -> store path, from a folder of stores or a CSV with columns ``slide_id,store``."""
-    stores = Path(stores)
-    if stores.is_dir() or (not stores.exists() and stores.suffix.lower() != ".csv"):
-        # list_stores names a missing folder and the command that makes it (not "CSV not found").
-        return {slide_id_from_store(p): p for p in list_stores(stores)}
-    rows = _read_csv(stores)
-    if not rows or "slide_id" not in rows[0] or "store" not in rows[0]:
-        raise ConfigError(f"{stores}: expected a folder of stores or a CSV with columns slide_id,store")
-    return {row["slide_id"]: (stores.parent / row["store"]).resolve() for row in rows}
-
-
 def split_tag(split_csv: Path | None, folds: int) -> str:
     """The split part of a run folder name: ``cv<k>`` or ``split-<csv stem>``."""
     return f"split-{Path(split_csv).stem}" if split_csv else f"cv{folds}"
 
 
 def _read_split_csv(path: Path, known: set[str]) -> list[Split]:
-    rows = _read_csv(path)
+    rows = read_csv_rows(path)
     if not rows or "slide_id" not in rows[0] or "split" not in rows[0]:
         raise ConfigError(f"{path}: split CSV needs columns slide_id,split (and optionally fold)")
     folds: dict[int, dict[str, list[str]]] = {}

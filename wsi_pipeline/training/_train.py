@@ -29,7 +29,7 @@ from ..errors import CheckpointError, ConfigError, LockedError, MissingPrerequis
 from ..files import atomic_write_text, remove_path
 from ..locks import SlideLock
 from ..mil import Anchor, RandomDropping, create_model, is_model, list_models
-from ..store import FEATURES, provenance
+from ..store import FEATURES, provenance, resolve_stores
 from ._bags import BagLoader, resolve_encoder
 from ._checkpoint import fold_dir, load_checkpoint, run_dir, save_checkpoint
 from ._config import TrainConfig, resolve_plugins
@@ -37,7 +37,7 @@ from ._identity import IDENTITY_FILE, check_same_features, identity_changes, rea
 from ._localisation import LOCALISATION_KEYS, bag_localisation, mean_localisation
 from ._metrics import SCALARS, classification_metrics, mean_std, selection_score
 from ._plots import plot_history
-from ._splits import Labels, Split, make_splits, read_labels, resolve_stores, split_tag
+from ._splits import Labels, Split, make_splits, read_labels, split_tag
 from ._stability import mean_entropy, stability_between
 from ._threads import choose_threads
 
