@@ -130,7 +130,7 @@ def test_attention_logits_only_pass_equals_the_forward() -> None:
 def _sparse_digit_run(tmp_path: Path, name: str, model: str, preset: str | None = None) -> dict[str, float]:
     """Train on 50 bags of 40-60 real digits with 2-3 key instances (5%); the last epoch's validation metrics."""
     from wsi_pipeline.config import load_config
-    from wsi_pipeline.mil_benchmarks import DigitBagsConfig, make_digit_bags
+    from wsi_pipeline.mil_datasets import DigitBagsConfig, make_digit_bags
     from wsi_pipeline.training import TrainConfig, train
 
     bags = DigitBagsConfig(n_bags=50, bag_size=(40, 60), prevalence=0.05)

@@ -28,7 +28,7 @@ DOC = ROOT / "docs" / "architecture.md"
 FLOORS: dict[int, set[str]] = {
     0: {"__init__", "_lazy", "_text", "errors", "files", "locks", "config", "provenance", "device"},
     1: {"flat_image", "slide", "stain", "discovery", "store", "batch"},
-    2: {"tissue", "encoders", "mil", "mil_benchmarks"},
+    2: {"tissue", "encoders", "mil", "mil_datasets"},
     3: {"tiling", "annotations", "cohort"},
     4: {"embedding", "training"},
     5: {"predict", "report"},

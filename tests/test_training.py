@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tests.data import skip_reason
 from wsi_pipeline.config import load_config
 from wsi_pipeline.errors import ConfigError, StoreMismatchError
-from wsi_pipeline.mil_benchmarks import MIL_ENCODER, convert_mil_csv
+from wsi_pipeline.mil_datasets import MIL_ENCODER, convert_mil_csv
 from wsi_pipeline.training import (
     Labels,
     TrainConfig,

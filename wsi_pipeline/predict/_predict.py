@@ -27,7 +27,7 @@ from ..device import resolve_device
 from ..errors import ConfigError, StoreMismatchError, WsiPipelineError
 from ..files import remove_stale_temporaries
 from ..locks import SlideLock
-from ..mil_benchmarks import MIL_ENCODER
+from ..mil_datasets import MIL_ENCODER
 from ..provenance import short, weights_identity, weights_label
 from ..store import (
     FEATURES,
