@@ -1,6 +1,6 @@
 """Why ASMIL's attention stays uniform on sparse bags: ablations of the student and of the anchor, side by side.
 
-Each variant trains on the same digit bags (``wsi_pipeline.mil_benchmarks.make_digit_bags``), the same 80/20 split
+Each variant trains on the same digit bags (``wsi_pipeline.mil_datasets.make_digit_bags``), the same 80/20 split
 and the same seed, with the project's training step (``bag_loss_terms``, the anchor and dropping plug-ins, AdamW,
 cosine schedule, clipping 5). Reported per variant, mean over the seeds:
 
@@ -32,11 +32,10 @@ from torch import Tensor
 
 from wsi_pipeline.mil import Anchor, MILOutput, RandomDropping, create_model
 from wsi_pipeline.mil.asmil import ASMIL
-from wsi_pipeline.mil_benchmarks import MIL_ENCODER, DigitBagsConfig, make_digit_bags
+from wsi_pipeline.mil_datasets import MIL_ENCODER, DigitBagsConfig, make_digit_bags
 from wsi_pipeline.store import list_stores, read_features, read_instance_labels, slide_id_from_store
-from wsi_pipeline.training import bag_localisation
-from wsi_pipeline.training._bags import standardization_scale
-from wsi_pipeline.training._train import _cosine, bag_loss_terms, make_optimizer
+from wsi_pipeline.training import bag_localisation, bag_loss_terms, make_optimizer, standardization_scale
+from wsi_pipeline.training._train import _cosine  # train_fold's private LR schedule, reused as it is
 
 
 class ASMILMeanOfTokens(ASMIL):

@@ -29,11 +29,10 @@ import numpy as np
 import torch
 
 from wsi_pipeline.batch import available_cpus
+from wsi_pipeline.device import resolve_device
 from wsi_pipeline.mil import Anchor, RandomDropping, create_model
 from wsi_pipeline.store import FeatureWriter, read_features, store_path, write_tile_store
-from wsi_pipeline.training import resolve_device
-from wsi_pipeline.training._threads import choose_threads
-from wsi_pipeline.training._train import make_optimizer, train_epoch
+from wsi_pipeline.training import choose_threads, make_optimizer, train_epoch
 
 ENCODER = "bench"
 

@@ -43,7 +43,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "abmil+dropping": ("abmil", ["--set", "drop=instance"]),
     "abmil+anchor+dropping": ("abmil", ["--set", "anchor=ema", "--set", "drop=instance"]),
     "acmil": ("acmil", []),
-    "asmil": ("asmil", []),  # the paper's recipe (docs/ASMIL.md)
+    "asmil": ("asmil", []),  # the paper's recipe (docs/asmil.md)
     "asmil-student": ("asmil", ["--set", "anchor=none", "--set", "drop=none"]),
     # configs/presets/asmil-localise.yaml, as --set (the run already takes the benchmark preset as its config)
     "asmil-localise": ("asmil", ["--set", "model_kwargs.token_norm=false", "--set", "anchor_reduction=mean"]),

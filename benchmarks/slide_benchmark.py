@@ -213,6 +213,7 @@ def main() -> None:
               f"({probe['lesion_tiles']} lesion tiles of {probe['tiles']})")  # fmt: skip
     settings = f"; settings: {', '.join(args.set)}" if args.set else ""
     print(f"5-fold CV test metrics, mean ± std over seeds {', '.join(map(str, args.seeds))}{settings}")
+    print()  # pasted into markdown, the table starts after a blank line, not as more lines of the text above
     print(table(per_seed, args.variants))
 
 

@@ -95,7 +95,7 @@ def test_branches_differ_at_initialisation_only_with_a_module_per_branch(shared:
 def test_checkpoints_of_the_shared_branch_model_still_load(tmp_path: Path) -> None:
     """A checkpoint written before per-branch modules became the default (no ``shared_branches`` in its kwargs)
     rebuilds the shared model it holds, with the same outputs."""
-    from wsi_pipeline.training._checkpoint import model_from_checkpoint
+    from wsi_pipeline.training import model_from_checkpoint
 
     torch.manual_seed(0)
     old = ASMIL(in_dim=40, n_classes=2, hidden_dim=32, shared_branches=True).eval()
@@ -130,7 +130,7 @@ def test_attention_logits_only_pass_equals_the_forward() -> None:
 def _sparse_digit_run(tmp_path: Path, name: str, model: str, preset: str | None = None) -> dict[str, float]:
     """Train on 50 bags of 40-60 real digits with 2-3 key instances (5%); the last epoch's validation metrics."""
     from wsi_pipeline.config import load_config
-    from wsi_pipeline.mil_benchmarks import DigitBagsConfig, make_digit_bags
+    from wsi_pipeline.mil_datasets import DigitBagsConfig, make_digit_bags
     from wsi_pipeline.training import TrainConfig, train
 
     bags = DigitBagsConfig(n_bags=50, bag_size=(40, 60), prevalence=0.05)

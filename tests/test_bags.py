@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsi_pipeline.mil_benchmarks import MIL_ENCODER, DigitBagsConfig, make_digit_bags
+from wsi_pipeline.mil_datasets import MIL_ENCODER, DigitBagsConfig, make_digit_bags
 from wsi_pipeline.store import list_stores, slide_id_from_store
-from wsi_pipeline.training import BagLoader
-from wsi_pipeline.training._bags import standardization_scale
+from wsi_pipeline.training import BagLoader, standardization_scale
 
 
 def test_scale_is_one_for_tiny_std() -> None:

@@ -16,15 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from wsi_pipeline.batch import (
-    Shard,
-    SlideLock,
-    read_manifest,
-    resolve_shard,
-    run_slide_batch,
-    temporary_then_rename,
-)
+from wsi_pipeline.batch import Shard, read_manifest, resolve_shard, run_slide_batch
 from wsi_pipeline.errors import ConfigError, LockedError, SlideOpenError
+from wsi_pipeline.files import temporary_then_rename
+from wsi_pipeline.locks import SlideLock
 
 # Spawned children import only this module and wsi_pipeline.batch: no inherited threads, no torch.
 CTX = multiprocessing.get_context("spawn")

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from wsi_pipeline.batch import BatchResult, SlideRecord
-from wsi_pipeline.cli._summary import MAX_ROWS, summary_table
+from wsi_pipeline.cli import MAX_ROWS, summary_table
 
 
 def _render(result: BatchResult) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from wsi_pipeline.errors import ConfigError
-from wsi_pipeline.mil_benchmarks import MIL_ENCODER, DigitBagsConfig, make_digit_bags
+from wsi_pipeline.mil_datasets import MIL_ENCODER, DigitBagsConfig, make_digit_bags
 from wsi_pipeline.store import list_stores, read_features, read_instance_labels
 
 

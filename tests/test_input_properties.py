@@ -24,7 +24,7 @@ from wsi_pipeline.config import load_config  # noqa: E402
 from wsi_pipeline.discovery import _clean_id, discover_slides  # noqa: E402
 from wsi_pipeline.errors import ConfigError  # noqa: E402
 from wsi_pipeline.tiling import TileConfig  # noqa: E402
-from wsi_pipeline.training._splits import read_labels  # noqa: E402
+from wsi_pipeline.training import read_labels  # noqa: E402
 
 FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

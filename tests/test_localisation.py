@@ -56,8 +56,7 @@ def test_mean_over_scorable_bags() -> None:
 
 
 def test_lesions_are_groups_of_touching_key_tiles_and_hits_count_each_once() -> None:
-    from wsi_pipeline.training import LESION_TOP_K
-    from wsi_pipeline.training._localisation import lesion_regions
+    from wsi_pipeline.training import LESION_TOP_K, lesion_regions
 
     # A 6 x 3 grid of 224-px tiles; keys: two touching at (0,0),(1,1) (diagonal: one lesion), one alone at (4,2).
     coords = np.array([(x * 224 + 100, y * 224 + 50) for y in range(3) for x in range(6)])

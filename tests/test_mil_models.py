@@ -23,7 +23,7 @@ from wsi_pipeline.mil import (
     smooth_top1_svm_loss,
     stochastic_topk_mask,
 )
-from wsi_pipeline.mil_benchmarks import convert_mil_csv, read_mil_csv
+from wsi_pipeline.mil_datasets import convert_mil_csv, read_mil_csv
 from wsi_pipeline.training import TrainConfig, load_checkpoint, model_from_checkpoint, train
 
 

@@ -27,8 +27,7 @@ from tests.conftest import CMU_SMALL, need_real_data
 from tests.data import skip_reason
 from wsi_pipeline.errors import MissingPrerequisiteError
 from wsi_pipeline.predict import PredictConfig, predict_slides, scale_scores
-from wsi_pipeline.report import ReportConfig, make_server, write_report
-from wsi_pipeline.report._report import static_dir
+from wsi_pipeline.report import ReportConfig, make_server, static_dir, write_report
 from wsi_pipeline.store import read_attrs, read_coords, read_scores, write_instance_labels, write_scores
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -161,7 +160,7 @@ def test_report_files_and_rebuilds_only_what_changed(cohort: Cohort, tmp_path: P
 def test_interrupted_rebuild_leaves_no_index_and_a_held_lock_is_left_to_its_holder(
     cohort: Cohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from wsi_pipeline.batch import SlideLock
+    from wsi_pipeline.locks import SlideLock
     from wsi_pipeline.report import _report as report_module
 
     pred = tmp_path / "pred"

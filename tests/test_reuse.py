@@ -150,7 +150,7 @@ def test_embed_never_reads_a_replaced_slide_file(cmu_slide: Path, tmp_path: Path
 def bags(tmp_path: Path) -> tuple[Path, list[str]]:
     """Stores of 26 real Musk1 bags (13 per class) and their slide ids, first of each class first."""
     source = need_real_data(MIL_DATA / "musk1.csv")
-    from wsi_pipeline.mil_benchmarks import convert_mil_csv
+    from wsi_pipeline.mil_datasets import convert_mil_csv
 
     keep: dict[str, list[str]] = {"0": [], "1": []}
     rows = source.read_text().splitlines()

@@ -24,7 +24,7 @@ import pytest
 
 from wsi_pipeline.batch import read_manifest
 from wsi_pipeline.cluster import STAGES, latest_record
-from wsi_pipeline.mil_benchmarks import convert_mil_csv
+from wsi_pipeline.mil_datasets import convert_mil_csv
 from wsi_pipeline.store import has_features, read_coords, read_features
 
 from .conftest import MIL_DATA, need_real_data

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsi_pipeline.mil_benchmarks import DigitBagsConfig, make_digit_bags
+from wsi_pipeline.mil_datasets import DigitBagsConfig, make_digit_bags
 from wsi_pipeline.predict import PredictConfig, predict_slides
 from wsi_pipeline.training import (
     BaselineHazard,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsi_pipeline.mil_benchmarks import DigitBagsConfig, make_digit_bags
+from wsi_pipeline.mil_datasets import DigitBagsConfig, make_digit_bags
 from wsi_pipeline.predict import PredictConfig, predict_slides
 from wsi_pipeline.store import list_stores, read_instance_labels, slide_id_from_store
 from wsi_pipeline.training import MultiTargets, TrainConfig, load_checkpoint, regression_metrics, train

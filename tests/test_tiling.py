@@ -215,8 +215,7 @@ def test_qc_and_geojson_come_from_the_mask_picture_in_memory(
 
 def test_qc_tiles_panel_matches_drawing_each_tile(tmp_path: Path) -> None:
     # The kept-tiles panel is drawn for all tiles at once; it must equal drawing them one by one with OpenCV.
-    from wsi_pipeline.qc import render_qc
-    from wsi_pipeline.tiling import compute_tile_grid
+    from wsi_pipeline.tiling import compute_tile_grid, render_qc
 
     made = make_pyramid_slide(
         tmp_path / "e.svs", width=3100, height=2000, mpp=0.5, tissue_boxes=[(1000, 200, 3100, 1800)]

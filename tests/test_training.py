@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 from tests.data import skip_reason
 from wsi_pipeline.config import load_config
 from wsi_pipeline.errors import ConfigError, StoreMismatchError
-from wsi_pipeline.mil_benchmarks import MIL_ENCODER, convert_mil_csv
+from wsi_pipeline.mil_datasets import MIL_ENCODER, convert_mil_csv
 from wsi_pipeline.training import (
     Labels,
     TrainConfig,
+    choose_threads,
     classification_metrics,
     entropy,
     js_divergence,
@@ -29,7 +30,6 @@ from wsi_pipeline.training import (
     stability_between,
     train,
 )
-from wsi_pipeline.training._threads import choose_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 

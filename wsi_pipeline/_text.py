@@ -3,12 +3,13 @@ ending; other encodings are refused in one line naming the file and the fix, nev
 
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["open_csv"]
+__all__ = ["open_csv", "read_csv_rows"]
 
 
 def open_csv(path: str | Path, what: str = "CSV") -> io.StringIO:
@@ -30,3 +31,11 @@ def open_csv(path: str | Path, what: str = "CSV") -> io.StringIO:
     if "\x00" in text:
         raise ConfigError(f"{path}: holds NUL characters (a binary file or UTF-16 text); save the {what} as UTF-8")
     return io.StringIO(text, newline="")
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV as dicts, keys and values stripped (labels, splits, store lists)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: CSV not found; check the path")
+    with open_csv(path) as fh:
+        return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(fh)]

@@ -25,6 +25,7 @@ __all__ = [
     "RunMismatchError",
     "LockedError",
     "CohortError",
+    "with_note",
 ]
 
 
@@ -100,3 +101,14 @@ class LockedError(WsiPipelineError):
 class CohortError(WsiPipelineError):
     """A generated cohort cannot be made: a source is missing, too small or has no tissue, or the output folder
     holds a cohort made with other settings."""
+
+
+def with_note(err: Exception, note: str) -> Exception:
+    """``err`` with ``note`` appended to its one-line message, of the same type when it can be rebuilt so (an
+    ``OSError`` stays as it is: its errno says a full disk; the note is in the log)."""
+    if isinstance(err, OSError):
+        return err
+    try:
+        return type(err)(f"{err}; {note}")
+    except Exception:  # noqa: BLE001 - an exception type with another constructor
+        return WsiPipelineError(f"{err}; {note}")

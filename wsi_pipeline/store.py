@@ -54,17 +54,23 @@ import numpy as np
 import zarr
 
 from . import __version__
-from .batch import atomic_path, atomic_write_text, remove_path
-from .errors import MissingPrerequisiteError, StoreError
+from ._text import read_csv_rows
+from .errors import ConfigError, MissingPrerequisiteError, StoreError
+from .files import atomic_path, atomic_write_text, remove_path
 from .provenance import features_fingerprint, tiles_fingerprint
 
 __all__ = [
     "LAYOUT_VERSION",
     "STORE_SUFFIX",
+    "COORDS",
+    "TISSUE_FRACTION",
+    "FEATURES",
+    "SCORES",
     "store_path",
     "slide_id_from_store",
     "list_stores",
     "require_stores",
+    "resolve_stores",
     "is_complete",
     "provenance",
     "write_tile_store",
@@ -74,6 +80,8 @@ __all__ = [
     "features_attrs",
     "features_fingerprint_of",
     "open_store",
+    "has_array",
+    "open_array",
     "read_attrs",
     "read_coords",
     "list_encoders",
@@ -95,6 +103,8 @@ STORE_SUFFIX = ".zarr"
 FEATURES = "features"
 SCORES = "scores"
 INSTANCE_LABELS = "instance_labels"
+COORDS = "coords"
+TISSUE_FRACTION = "tissue_fraction"
 
 
 def store_path(stores_dir: str | Path, slide_id: str) -> Path:
@@ -139,6 +149,18 @@ def list_stores(stores_dir: str | Path) -> list[Path]:
             f"{stores_dir}: no such folder of slide stores; run `wsi-pipeline tile SLIDES --out {stores_dir}` first"
         )
     return sorted(p for p in stores_dir.glob(f"*{STORE_SUFFIX}") if not p.name.startswith(".") and is_complete(p))
+
+
+def resolve_stores(stores: str | Path) -> dict[str, Path]:
+    """Slide id -> store path, from a folder of stores or a CSV with columns ``slide_id,store``."""
+    stores = Path(stores)
+    if stores.is_dir() or (not stores.exists() and stores.suffix.lower() != ".csv"):
+        # list_stores names a missing folder and the command that makes it (not "CSV not found").
+        return {slide_id_from_store(p): p for p in list_stores(stores)}
+    rows = read_csv_rows(stores)
+    if not rows or "slide_id" not in rows[0] or "store" not in rows[0]:
+        raise ConfigError(f"{stores}: expected a folder of stores or a CSV with columns slide_id,store")
+    return {row["slide_id"]: (stores.parent / row["store"]).resolve() for row in rows}
 
 
 def require_stores(stores_dir: str | Path) -> list[Path]:
@@ -251,8 +273,8 @@ def write_tile_store(
     try:
         group = zarr.open_group(str(tmp), mode="w")
         n = max(len(coords), 1)
-        group.create_array("coords", shape=coords.shape, dtype="int64", chunks=(n, 2))[...] = coords
-        group.create_array("tissue_fraction", shape=tissue_fraction.shape, dtype="float32", chunks=(n,))[...] = (
+        group.create_array(COORDS, shape=coords.shape, dtype="int64", chunks=(n, 2))[...] = coords
+        group.create_array(TISSUE_FRACTION, shape=tissue_fraction.shape, dtype="float32", chunks=(n,))[...] = (
             tissue_fraction
         )
         fingerprint = _tiles_fingerprint(coords, attrs)
@@ -280,12 +302,22 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
     return zarr.open_group(str(path), mode=mode)
 
 
+def has_array(store: str | Path, *names: str) -> bool:
+    """Whether the array ``<store>/<names...>`` (e.g. ``SCORES, run``) exists: its metadata file is there."""
+    return (Path(store).joinpath(*names) / "zarr.json").is_file()
+
+
+def open_array(store: str | Path, *names: str) -> zarr.Array:
+    """The array ``<store>/<names...>`` opened read-only by itself (no look at the store's own metadata)."""
+    return zarr.open_array(str(Path(store).joinpath(*names)), mode="r")
+
+
 def read_attrs(path: str | Path) -> dict[str, Any]:
     return open_store(path).attrs.asdict()
 
 
 def read_coords(path: str | Path) -> np.ndarray:
-    return np.asarray(open_store(path)["coords"][...])
+    return np.asarray(open_store(path)[COORDS][...])
 
 
 def list_encoders(path: str | Path) -> list[str]:
@@ -462,7 +494,7 @@ def write_instance_labels(store: str | Path, labels: np.ndarray, attrs: Mapping[
     store = Path(store)
     labels = np.asarray(labels).reshape(-1)
     group = open_store(store, mode="a")
-    n_tiles = group["coords"].shape[0]
+    n_tiles = group[COORDS].shape[0]
     if len(labels) != n_tiles:
         raise StoreError(f"{store}: {len(labels)} instance labels for {n_tiles} tiles")
     if len(labels) and (labels.min() < -1 or labels.max() > np.iinfo(np.int16).max):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -12,10 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import BatchResult, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
+from ..batch import BatchResult, Shard, SlideRecord, run_slide_batch
 from ..config import config_to_dict
 from ..discovery import SLIDE_EXTENSIONS
 from ..errors import AnnotationError, MissingPrerequisiteError, SlideError, StoreError
+from ..files import remove_stale_temporaries
+from ..locks import SlideLock
+from ..provenance import file_sha256
 from ..store import (
     INSTANCE_LABELS,
     list_stores,
@@ -190,8 +192,9 @@ def annotate_store(
 
 
 def _sha256(path: Path) -> str:
+    """The annotation file's sha256; a file that cannot be read fails its slide in one line."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()  # annotation files are small: one read
+        return file_sha256(path)
     except OSError as err:
         raise AnnotationError(f"{path}: cannot read ({err.strerror or err}); check the file") from err
 

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from ..errors import UsageError, WsiPipelineError
 from ._logging import setup_logging
+from ._summary import MAX_ROWS, summary_table
 from .annotate import annotate
 from .cohort import lesion_cohort
 from .convert import convert_mil, digit_bags
@@ -28,7 +29,7 @@ from .tile import tile
 from .train import train
 from .view import view
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "summary_table", "MAX_ROWS"]
 
 app = typer.Typer(
     name="wsi-pipeline",

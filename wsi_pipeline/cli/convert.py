@@ -27,7 +27,7 @@ def convert_mil(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write <out>/<csv stem>/stores/*.zarr (encoder 'mil-features') and <out>/<csv stem>/labels.csv."""
-    from ..mil_benchmarks import convert_mil_csv
+    from ..mil_datasets import convert_mil_csv
 
     for csv_path in csvs:
         stores, labels = convert_mil_csv(csv_path, out / csv_path.stem, overwrite=overwrite)
@@ -60,7 +60,7 @@ def digit_bags(
     Writes <out>/stores/digits_<i>.zarr (encoder 'mil-features', instance_labels), <out>/labels.csv and
     <out>/benchmark.json. Train on it like on slides; localisation metrics are reported automatically.
     """
-    from ..mil_benchmarks import DigitBagsConfig, make_digit_bags
+    from ..mil_datasets import DigitBagsConfig, make_digit_bags
 
     config = DigitBagsConfig(bags, _bag_size(bag_size), prevalence, target, 0 if seed is None else seed)
     stores, labels = make_digit_bags(out, config, overwrite=overwrite)

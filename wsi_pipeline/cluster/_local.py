@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from ..batch import pid_alive
+from ..locks import pid_alive
 from ._jobs import TaskState
 from ._plan import RunSpec, StageJob
 from ._record import JobEntry, SubmissionRecord

@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from ..batch import atomic_write_text
 from ..errors import ConfigError
+from ..files import atomic_write_text
 from ._jobs import JobSpec, TaskState
 
 __all__ = ["SubmissionRecord", "JobEntry", "latest_record", "list_records", "SUBMISSIONS"]

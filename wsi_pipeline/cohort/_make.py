@@ -11,8 +11,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..batch import atomic_path, atomic_write_text, remove_path
 from ..errors import CohortError
+from ..files import atomic_path, atomic_write_text, remove_path
 from ..provenance import changes, file_sha256
 from ..stain import create_stain_normaliser
 from ._compose import TissueSource, compose_slide, lesion_masks, paint_lesions

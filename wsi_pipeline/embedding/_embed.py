@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from ..batch import BatchResult, Shard, SlideBatch, SlideRecord
 from ..config import config_to_dict
 from ..encoders import Encoder
 from ..errors import SlideError, StoreError, StoreMismatchError
-from ..store import features_attrs, list_stores, open_store, slide_id_from_store
+from ..store import COORDS, features_attrs, list_stores, open_array, open_store, slide_id_from_store
 from ..tiling import TileView, check_store_slide, tile_read_params
 from ._config import EmbedConfig
 from ._reuse import features_changes
@@ -113,7 +112,7 @@ def _open_job(number: int, store: Path, runtime: EmbedRuntime, *, check: dict[st
         slide, tiling = attrs.get("slide") or {}, dict(attrs.get("tiling") or {})
         slide_path = str(slide["path"])
         read_level, read_size, _ = tile_read_params(tiling)
-        coords = np.asarray(group["coords"][...], dtype=np.int64).reshape(-1, 2)
+        coords = np.asarray(group[COORDS][...], dtype=np.int64).reshape(-1, 2)
     except (KeyError, TypeError) as err:
         raise StoreError(
             f"{store}: no slide.path / tiling.read_level / tiling.read_size in its attrs; "
@@ -205,7 +204,7 @@ class _StoreItem:
 
 def _count_tiles(store: Path) -> int:
     try:
-        return int(zarr.open_array(str(store / "coords"), mode="r").shape[0])
+        return int(open_array(store, COORDS).shape[0])
     except Exception:  # noqa: BLE001 - an unreadable store fails when its slide is opened
         return 0
 

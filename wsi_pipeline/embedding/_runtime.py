@@ -12,12 +12,13 @@ from typing import Any
 import torch
 
 from ..batch import available_cpus
+from ..device import resolve_device
 from ..encoders import Encoder, create_encoder
 from ..errors import ConfigError
 from ._config import EmbedConfig
 from ._reader import to_model_input
 
-__all__ = ["EmbedRuntime", "load_encoder", "resolve_device", "resolve_num_workers", "resolve_precision"]
+__all__ = ["EmbedRuntime", "load_encoder", "resolve_num_workers", "resolve_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +32,6 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 # 0.15 M page faults (benchmarks/bench_predict.py). The embeddings are those of the whole batch, tile by tile.
 # WSI_PIPELINE_CPU_CHUNK=0 restores whole batches and glibc's defaults (the benchmark's "before").
 CPU_CHUNK = int(os.environ.get("WSI_PIPELINE_CPU_CHUNK", "4"))
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: CUDA is not available here; use --device cpu or auto")
-    return dev
 
 
 def resolve_precision(precision: str, device: torch.device, recommended: str) -> str:

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..batch import one_line, remove_stale_temporaries
+from ..batch import one_line
 from ..errors import EncoderError, SlideError, SlideReadError
+from ..files import remove_stale_temporaries
 from ..store import FEATURES, FeatureWriter, store_group
 from ._reader import TileBatch, TileReader, TileRef, encoder_view
 from ._runtime import EmbedRuntime

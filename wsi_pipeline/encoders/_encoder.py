@@ -12,6 +12,7 @@ from torch import nn
 from .. import __version__
 from ..errors import EncoderError, WeightsError
 from ._config import EncoderConfig
+from ._layers import family_layers
 from ._weights import WeightsInfo, find_checkpoint_file, hub_file, load_checkpoint, offline_requested
 
 __all__ = ["Encoder", "EncoderModule", "build_encoder", "build_timm_model", "resolve_layer_names"]
@@ -23,13 +24,12 @@ def resolve_layer_names(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Turn the JSON-safe layer names of a preset's ``timm_kwargs`` into the classes timm expects."""
     from timm.layers import SwiGLUPacked
 
-    from .cnn_baselines import CTransPathConvStem
-
+    # A family's own layers (CTransPath's conv stem) are registered by its module (``_layers.register_layer``).
     layers = {
         "swiglu_packed": SwiGLUPacked,
         "silu": nn.SiLU,
         "gelu": nn.GELU,
-        "ctranspath_conv_stem": CTransPathConvStem,
+        **family_layers(),
     }
     out = dict(kwargs)
     for key in ("mlp_layer", "act_layer", "embed_layer"):

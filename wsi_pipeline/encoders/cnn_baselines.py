@@ -11,11 +11,13 @@ import torch
 from torch import nn
 
 from ._config import EncoderConfig
+from ._layers import register_layer
 from ._registry import register_encoder
 
 __all__ = ["CTransPathConvStem"]
 
 
+@register_layer("ctranspath_conv_stem")  # the name the ctranspath preset's timm_kwargs use
 class CTransPathConvStem(nn.Module):
     """CTransPath's patch embedding: two stride-2 3x3 convs (BN, ReLU) and a 1x1 projection; NHWC output.
 

@@ -50,7 +50,7 @@ def as_bag(x: Tensor) -> Tensor:
 
 
 def default_hidden_dim(in_dim: int) -> int:
-    """The hidden width d for input dimension D (ASMIL.md): 128 up to 384, 256 below 1024, else 512."""
+    """The hidden width d for input dimension D (docs/asmil.md): 128 up to 384, 256 below 1024, else 512."""
     if in_dim <= 384:
         return 128
     if in_dim < 1024:

@@ -1,7 +1,7 @@
 """ASMIL: attention-stabilized multiple instance learning (the student network).
 
 Ye, Mohajer Hamidi, Chi, Li, Pilanci, Ogawa, Haseyama, Plataniotis, "ASMIL: Attention-Stabilized Multiple Instance
-Learning for Whole Slide Imaging", ICLR 2026 (arXiv 2603.06658); built as specified in docs/ASMIL.md. The anchor
+Learning for Whole Slide Imaging", ICLR 2026 (arXiv 2603.06658); built as specified in docs/asmil.md. The anchor
 model, its loss and token dropping are training-loop plug-ins (``wsi_pipeline.mil.plugins``), usable with every
 registered model.
 

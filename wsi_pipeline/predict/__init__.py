@@ -8,10 +8,13 @@ __getattr__, __dir__ = lazy_exports(
     {
         "attention_geojson": "._geojson",
         "write_attention_geojson": "._geojson",
+        "NEARLY_UNIFORM_RATIO": "._heatmap",
+        "colormap_for": "._heatmap",
         "colour_bar_ticks": "._heatmap",
         "draw_heatmap": "._heatmap",
         "save_top_tiles": "._heatmap",
         "scale_scores": "._heatmap",
+        "relative_attention": "._heatmap",
         "uniformity_note": "._heatmap",
         "FoldModel": "._models",
         "ModelSet": "._models",
@@ -48,6 +51,9 @@ __all__ = [
     "uniformity_note",
     "save_top_tiles",
     "scale_scores",
+    "relative_attention",
+    "colormap_for",
+    "NEARLY_UNIFORM_RATIO",
     "attention_geojson",
     "write_attention_geojson",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import atomic_path
+from ..files import atomic_path
 from ._heatmap import scale_scores
 
 __all__ = ["attention_geojson", "write_attention_geojson"]

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..batch import atomic_path, temporary_then_rename
+from ..files import atomic_path, temporary_then_rename
 from ..slide import Slide
 from ..tiling import TileView, read_tile
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..batch import SlideLock, remove_stale_temporaries
 from ..discovery import SLIDE_EXTENSIONS, SlideEntry, discover_slides
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, with_note
+from ..files import remove_stale_temporaries
+from ..locks import SlideLock
 from ..provenance import flatten
-from ..store import STORE_SUFFIX, store_path
-from ..training._splits import resolve_stores
+from ..store import STORE_SUFFIX, resolve_stores, store_path
 
 __all__ = ["PredictItem", "collect_items", "SlidePreparer"]
 
@@ -242,9 +242,7 @@ class SlidePreparer:
             removed = (
                 discard_stale_store(item.store.parent, item.slide_id, self.tile_config, slide) if self.overwrite else ""
             )
-            from ..tiling._tile import _with_note
-
-            noted = _with_note(err, removed) if removed else err
+            noted = with_note(err, removed) if removed else err
             if noted is err:
                 raise
             raise noted from err

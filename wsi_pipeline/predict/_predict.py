@@ -22,15 +22,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..batch import BatchResult, Done, Shard, SlideLock, SlideRecord, remove_stale_temporaries, run_slide_batch
+from ..batch import BatchResult, Done, Shard, SlideRecord, run_slide_batch
+from ..device import resolve_device
 from ..errors import ConfigError, StoreMismatchError, WsiPipelineError
-from ..mil_benchmarks import MIL_ENCODER
+from ..files import remove_stale_temporaries
+from ..locks import SlideLock
+from ..mil_datasets import MIL_ENCODER
 from ..provenance import short, weights_identity, weights_label
 from ..store import (
+    FEATURES,
     SCORES,
+    TISSUE_FRACTION,
     features_attrs,
     is_complete,
     list_encoders,
+    open_array,
     open_store,
     read_attrs,
     read_coords,
@@ -39,8 +45,7 @@ from ..store import (
     read_instance_labels_attrs,
     write_scores,
 )
-from ..training import apply_temperature, resolve_device, spread
-from ..training._localisation import bag_localisation, lesion_regions
+from ..training import apply_temperature, bag_localisation, lesion_regions, spread
 from ._config import PredictConfig
 from ._geojson import write_attention_geojson
 from ._heatmap import draw_heatmap, save_top_tiles
@@ -121,9 +126,7 @@ def check_store(store: Path, ckpt: dict[str, Any], checkpoint: Path) -> None:
             f"{store}: no '{encoder}' embeddings (found: {', '.join(found) or 'none'}) but {checkpoint} was trained "
             f"on them; run `wsi-pipeline embed {store.parent} --encoder {encoder}`"
         )
-    import zarr
-
-    dim = zarr.open_array(str(store / "features" / encoder), mode="r").shape[1]
+    dim = open_array(store, FEATURES, encoder).shape[1]
     if dim != in_dim:
         raise StoreMismatchError(
             f"{store}: '{encoder}' embeddings have dimension {dim} but {checkpoint} expects {in_dim}; "
@@ -314,7 +317,7 @@ def _geojson(store: Path, attention: np.ndarray, probabilities: dict[str, float]
     if not tile_size:
         return f"{store}: no tiling.tile_size_level0 in the store's attrs"
     group = open_store(store)
-    tissue = np.asarray(group["tissue_fraction"][...]) if "tissue_fraction" in group else None
+    tissue = np.asarray(group[TISSUE_FRACTION][...]) if TISSUE_FRACTION in group else None
     coords = read_coords(store)
     write_attention_geojson(path, coords, float(tile_size), attention, probabilities, tissue_fraction=tissue)
     return None

@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import SlideLock, atomic_write_text
 from ..errors import LockedError
+from ..files import atomic_write_text
+from ..locks import SlideLock
 from ..provenance import file_sha256
-from ..store import SCORES, features_attrs, provenance
-from ..training._localisation import LOCALISATION_KEYS
+from ..store import SCORES, features_attrs, has_array, provenance
+from ..training import LOCALISATION_KEYS
 
 __all__ = [
     "checkpoint_identity",
@@ -91,7 +92,7 @@ def is_finished(
         return False
     if not ({"calibrated_probabilities", "risk", "targets"} & set(result)):  # made before calibration: redone
         return False
-    return scores_name is None or (Path(store) / SCORES / scores_name / "zarr.json").is_file()
+    return scores_name is None or has_array(store, SCORES, scores_name)
 
 
 def survival_row(result: dict[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..predict._heatmap import NEARLY_UNIFORM_RATIO, colormap_for, relative_attention, scale_scores
-from ..store import SCORES, read_attrs, read_coords, read_instance_labels_attrs
+from ..predict import NEARLY_UNIFORM_RATIO, colormap_for, relative_attention, scale_scores
+from ..store import SCORES, has_array, open_array, read_attrs, read_coords, read_instance_labels_attrs
 
 __all__ = ["slide_inputs", "slide_data", "colour_bar", "scores_of"]
 
@@ -32,11 +32,9 @@ def scores_of(result: dict[str, Any]) -> tuple[np.ndarray | None, str]:
     if not name:
         return None, "this run wrote no attention scores into the stores (write_scores: false)"
     path = Path(result["store"]) / SCORES / name
-    if not (path / "zarr.json").is_file():
+    if not has_array(path):
         return None, f"{path}: missing (re-run predict with --overwrite)"
-    import zarr
-
-    array = zarr.open_array(str(path), mode="r")
+    array = open_array(path)
     if array.attrs.get("checkpoint_sha256") != (result.get("checkpoint") or {}).get("sha256"):
         return None, f"{path}: written by another model since (re-run predict to redo this slide)"
     return np.asarray(array[...], dtype=np.float64), ""
@@ -112,7 +110,7 @@ def colour_bar() -> dict[str, Any]:
     """The relative scale as CSS gradient stops and ticks (the same map as the PNG heatmaps)."""
     import matplotlib
 
-    from ..predict._heatmap import colour_bar_ticks
+    from ..predict import colour_bar_ticks
 
     cmap = matplotlib.colormaps[colormap_for("relative")]
     stops = [

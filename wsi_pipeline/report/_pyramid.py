@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..batch import atomic_write_text, temporary_then_rename
+from ..files import atomic_write_text, temporary_then_rename
 from ..slide import Slide
 from ..store import provenance
 

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..batch import SlideLock, atomic_write_text, remove_path, temporary_then_rename
 from ..errors import LockedError, MissingPrerequisiteError
-from ..predict._results import read_slide_result, slide_result_path
+from ..files import atomic_write_text, remove_path, temporary_then_rename
+from ..locks import SlideLock
+from ..predict import read_slide_result, slide_result_path
 from ..store import features_attrs, read_attrs
 from ._data import colour_bar, slide_data, slide_inputs
 from ._pages import STAMP_PREFIX, index_page, slide_page

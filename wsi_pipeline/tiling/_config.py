@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..tissue._config import TissueMaskConfig
+from ..tissue import TissueMaskConfig
 
 __all__ = ["TileConfig", "QcConfig", "EDGE_POLICIES"]
 

@@ -1,4 +1,5 @@
-"""Pure functions: the tile grid in level-0 pixels and each tile's tissue fraction from a low-res mask.
+"""Pure functions: the tile grid in level-0 pixels and each tile's tissue fraction from a low-res mask; ``TileGrid``,
+what the tile stage found for one slide (here, below both the stage and its QC pictures, which draw it).
 
 The fraction comes from a summed-area table of the mask evaluated at fractional positions (bilinear interpolation
 of the table is exact for a piecewise-constant mask), so it is the true covered area, vectorised over all tiles.
@@ -7,10 +8,25 @@ of the table is exact for a piecewise-constant mask), so it is the true covered 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["grid_positions", "tissue_fractions", "select_tiles"]
+__all__ = ["grid_positions", "tissue_fractions", "select_tiles", "TileGrid"]
+
+
+@dataclass
+class TileGrid:
+    """What ``compute_tile_grid`` found for one slide: the kept tiles, the mask, and how to read the tiles."""
+
+    coords: np.ndarray
+    fractions: np.ndarray
+    mask: np.ndarray
+    mask_scale: tuple[float, float]
+    mask_info: dict[str, Any]
+    overview: np.ndarray
+    tiling: dict[str, Any]
 
 
 def grid_positions(length: int, size0: float, step0: float, edge: str = "drop") -> np.ndarray:

@@ -6,35 +6,26 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..batch import (
-    BatchResult,
-    Done,
-    Shard,
-    SlideLock,
-    SlideRecord,
-    remove_path,
-    remove_stale_temporaries,
-    run_slide_batch,
-)
+from ..batch import BatchResult, Done, Shard, SlideRecord, run_slide_batch
 from ..config import config_to_dict
-from ..errors import NoTissueError, SlideOpenError, StoreMismatchError
+from ..errors import NoTissueError, SlideOpenError, StoreMismatchError, with_note
+from ..files import remove_path, remove_stale_temporaries
+from ..locks import SlideLock
 from ..provenance import short, slide_changes
 from ..slide import Slide
 from ..store import is_complete, open_store, read_attrs, store_path, update_store_attrs, write_tile_store
 from ..tissue import tissue_mask_with_info
 from ._config import TileConfig
-from ._grid import grid_positions, select_tiles, tissue_fractions
+from ._grid import TileGrid, grid_positions, select_tiles, tissue_fractions
 
 __all__ = [
     "tile_slide",
     "tile_slides",
-    "TileGrid",
     "compute_tile_grid",
     "check_store_settings",
     "store_changes",
@@ -46,19 +37,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGE = "tile"
-
-
-@dataclass
-class TileGrid:
-    """What ``compute_tile_grid`` found for one slide: the kept tiles, the mask, and how to read the tiles."""
-
-    coords: np.ndarray
-    fractions: np.ndarray
-    mask: np.ndarray
-    mask_scale: tuple[float, float]
-    mask_info: dict[str, Any]
-    overview: np.ndarray
-    tiling: dict[str, Any]
 
 
 def compute_tile_grid(slide: Slide, config: TileConfig) -> TileGrid:
@@ -178,7 +156,7 @@ def _tile_one(slide: Slide, out_dir: Path, config: TileConfig) -> tuple[Path, in
         info = slide.info()
         if config.qc.enabled:
             # QC first: a finished store then always has its pictures beside it.
-            from ..qc import write_qc
+            from ._qc import write_qc
 
             write_qc(out_dir, slide, grid, thumbnail_size=config.qc.thumbnail_size, geojson=config.qc.geojson)
     attrs = {
@@ -263,7 +241,7 @@ def discard_stale_store(out_dir: Path, slide_id: str, config: TileConfig, slide:
     """After a failed re-tiling (``--overwrite``): remove the finished store of ``slide_id`` (with its embeddings,
     QC picture and GeoJSON) unless it is still what tiling ``slide`` with ``config`` makes, so that no stage takes an
     old slide's store for this one's. Returns a note for the failure's reason ('' when nothing was removed)."""
-    from ..qc import qc_paths
+    from ._qc import qc_paths
 
     final = store_path(out_dir, slide_id)
     if not is_complete(final):
@@ -285,19 +263,6 @@ def _moved_from(path: Path, slide: Slide) -> str | None:
     """The file the store was made from, when it is not ``slide``'s path (the slide file was moved or renamed)."""
     recorded = (read_attrs(path).get("slide") or {}).get("path")
     return recorded if recorded and recorded != str(slide.path.resolve()) else None
-
-
-def _with_note(err: Exception, note: str) -> Exception:
-    """``err`` with ``note`` appended to its one-line message, of the same type when it can be rebuilt so (an
-    ``OSError`` stays as it is: its errno says a full disk; the note is in the log)."""
-    if isinstance(err, OSError):
-        return err
-    try:
-        return type(err)(f"{err}; {note}")
-    except Exception:  # noqa: BLE001 - an exception type with another constructor
-        from ..errors import WsiPipelineError
-
-        return WsiPipelineError(f"{err}; {note}")
 
 
 def _as_entries(slides: Any) -> list[Any]:
@@ -326,7 +291,7 @@ def _slide_of(item: Any) -> Slide:
 
 def _remove_stale_temporaries(out_dir: Path, slide_id: str) -> None:
     """Temporaries of a killed run (``.<name>.tmp-<host>-<pid>``); safe because we hold the slide's lock."""
-    from ..qc import qc_paths
+    from ._qc import qc_paths
 
     for final in (store_path(out_dir, slide_id), *qc_paths(out_dir, slide_id)):
         remove_stale_temporaries(final)
@@ -401,7 +366,7 @@ def tile_slides(
         except Exception as err:
             # --overwrite was asked and failed: an old store of another file or settings must not look finished.
             removed = discard_stale_store(out_dir, item.slide_id, config, slide) if overwrite else ""
-            noted = _with_note(err, removed) if removed else err
+            noted = with_note(err, removed) if removed else err
             if noted is err:
                 raise
             raise noted from err

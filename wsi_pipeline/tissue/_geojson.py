@@ -89,7 +89,7 @@ def _simplified(contour: np.ndarray, tol: float) -> np.ndarray:
 
 def write_geojson(path: str | Path, collection: dict[str, Any]) -> Path:
     """Write a GeoJSON file atomically."""
-    from ..batch import atomic_write_text
+    from ..files import atomic_write_text
 
     path = Path(path)
     atomic_write_text(path, json.dumps(collection, separators=(",", ":")))

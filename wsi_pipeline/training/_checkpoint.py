@@ -28,7 +28,7 @@ _REQUIRED = ("model_name", "model_kwargs", "state_dict", "classes", "in_dim", "e
 def save_checkpoint(path: Path, model: nn.Module, **meta: Any) -> Path:
     """Write a checkpoint atomically: ``meta`` (model_name, model_kwargs, classes, in_dim, encoder, config, ...)
     plus the state dict, the package version and the store layout version."""
-    from ..batch import atomic_path
+    from ..files import atomic_path
 
     payload = {
         "format": CHECKPOINT_FORMAT,

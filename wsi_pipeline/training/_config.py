@@ -32,7 +32,7 @@ class SurvivalSettings:
 
 @dataclass
 class TrainConfig:
-    """Settings of ``train``; defaults follow docs/ASMIL.md (AdamW 1e-4 / 1e-5, cosine per iteration, clip 5).
+    """Settings of ``train``; defaults follow docs/asmil.md (AdamW 1e-4 / 1e-5, cosine per iteration, clip 5).
 
     ``anchor`` and ``drop`` default to ``auto``: the ASMIL recipe (EMA anchor, token dropping) for ``asmil`` and
     off for the baselines; set them explicitly to plug ASMIL's components into any model.

@@ -14,7 +14,7 @@ __all__ = ["plot_history", "plot_reliability", "plot_risk_groups"]
 
 def _save(fig: Any, path: Path) -> None:
     """Save ``fig`` as PNG under a temporary name, then rename: a killed run never leaves half a picture."""
-    from ..batch import atomic_path
+    from ..files import atomic_path
 
     tmp = atomic_path(path)
     try:

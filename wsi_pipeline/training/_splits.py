@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._text import open_csv
+from .._text import open_csv, read_csv_rows
 from ..errors import ConfigError
-from ..store import list_stores, slide_id_from_store
 
 if TYPE_CHECKING:
     from ._targets import MultiTargets
@@ -24,7 +23,6 @@ __all__ = [
     "read_labels",
     "read_multi_labels",
     "read_survival_labels",
-    "resolve_stores",
     "make_splits",
     "split_tag",
 ]
@@ -73,13 +71,6 @@ class Split:
     test: list[str]
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: CSV not found; check the path")
-    with open_csv(path) as fh:
-        return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(fh)]
-
-
 def read_labels(
     path: str | Path, *, id_column: str = "slide_id", label_column: str = "label", group_column: str | None = None
 ) -> Labels:
@@ -87,7 +78,7 @@ def read_labels(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: labels CSV not found; check --labels (a CSV with columns slide_id,label)")
-    rows = _read_csv(path)
+    rows = read_csv_rows(path)
     needed = [id_column, label_column] + ([group_column] if group_column else [])
     if not rows or any(col not in rows[0] for col in needed):
         found = ", ".join(rows[0]) if rows else "no rows"
@@ -188,7 +179,7 @@ def read_survival_labels(
     """Read ``slide_id,time,event[,group]`` for survival: time > 0 (any unit, kept as given), event 1/0 (or
     true/false, yes/no). ``y`` holds the event, so splits stratify by it."""
     path = Path(path)
-    rows = _read_csv(path)
+    rows = read_csv_rows(path)
     needed = [id_column, time_column, event_column] + ([group_column] if group_column else [])
     if not rows or any(col not in rows[0] for col in needed):
         found = ", ".join(rows[0]) if rows else "no rows"
@@ -231,7 +222,7 @@ def read_multi_labels(
     from ._targets import MultiTargets, parse_target_columns  # torch: only for this task
 
     path = Path(path)
-    rows = _read_csv(path)
+    rows = read_csv_rows(path)
     try:
         parsed = parse_target_columns(columns)
     except ValueError as err:
@@ -273,25 +264,13 @@ def read_multi_labels(
     return labels
 
 
-def resolve_stores(stores: str | Path) -> dict[str, Path]:
-    """Slide id -> store path, from a folder of stores or a CSV with columns ``slide_id,store``."""
-    stores = Path(stores)
-    if stores.is_dir() or (not stores.exists() and stores.suffix.lower() != ".csv"):
-        # list_stores names a missing folder and the command that makes it (not "CSV not found").
-        return {slide_id_from_store(p): p for p in list_stores(stores)}
-    rows = _read_csv(stores)
-    if not rows or "slide_id" not in rows[0] or "store" not in rows[0]:
-        raise ConfigError(f"{stores}: expected a folder of stores or a CSV with columns slide_id,store")
-    return {row["slide_id"]: (stores.parent / row["store"]).resolve() for row in rows}
-
-
 def split_tag(split_csv: Path | None, folds: int) -> str:
     """The split part of a run folder name: ``cv<k>`` or ``split-<csv stem>``."""
     return f"split-{Path(split_csv).stem}" if split_csv else f"cv{folds}"
 
 
 def _read_split_csv(path: Path, known: set[str]) -> list[Split]:
-    rows = _read_csv(path)
+    rows = read_csv_rows(path)
     if not rows or "slide_id" not in rows[0] or "split" not in rows[0]:
         raise ConfigError(f"{path}: split CSV needs columns slide_id,split (and optionally fold)")
     folds: dict[int, dict[str, list[str]]] = {}

@@ -23,11 +23,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import __version__
-from ..batch import SlideLock, atomic_write_text, remove_path
 from ..config import config_to_dict
+from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, LockedError, MissingPrerequisiteError, RunMismatchError
+from ..files import atomic_write_text, remove_path
+from ..locks import SlideLock
 from ..mil import Anchor, RandomDropping, create_model, is_model, list_models
-from ..store import FEATURES, provenance
+from ..store import FEATURES, provenance, resolve_stores
 from ._bags import BagLoader, resolve_encoder
 from ._calibration import (
     CALIBRATION_KEYS,
@@ -51,7 +53,6 @@ from ._splits import (
     read_labels,
     read_multi_labels,
     read_survival_labels,
-    resolve_stores,
     split_tag,
 )
 from ._stability import mean_entropy, stability_between
@@ -66,7 +67,6 @@ __all__ = [
     "train_epoch",
     "train_fold",
     "train",
-    "resolve_device",
     "evaluate",
 ]
 
@@ -105,13 +105,6 @@ class TrainResult:
     run_dir: Path
     folds: list[FoldResult]
     summary: dict[str, Any]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _seed_everything(seed: int) -> None:

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .batch import atomic_path
-from .tissue import mask_to_geojson, write_geojson
+from ..files import atomic_path
+from ..tissue import mask_to_geojson, write_geojson
 
 if TYPE_CHECKING:
-    from .slide import Slide
-    from .tiling import TileGrid
+    from ..slide import Slide
+    from ._grid import TileGrid
 
 __all__ = ["qc_paths", "render_qc", "qc_thumbnail", "write_qc"]
 

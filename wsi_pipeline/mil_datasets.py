@@ -1,4 +1,5 @@
-"""MIL benchmarks as project bag stores: the classic CSV sets and a slide-scale sparse-bag set with ground truth.
+"""MIL data sets as project bag stores (``convert-mil``, ``digit-bags``): the classic benchmark CSVs and a
+slide-scale sparse-bag set with ground truth.
 
 - ``convert_mil_csv``: a classic benchmark CSV (Musk1, Musk2, Elephant...; one row per instance,
   ``label,bag_id,f1,...,fD``, no header; a bag's label is its rows' label).
@@ -24,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .batch import atomic_write_text, remove_path
 from .errors import ConfigError
+from .files import atomic_write_text, remove_path
 from .store import (
     FeatureWriter,
     features_attrs,

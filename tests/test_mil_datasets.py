@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from wsi_pipeline.errors import ConfigError
-from wsi_pipeline.mil_benchmarks import MIL_ENCODER, convert_mil_csv, read_mil_csv
+from wsi_pipeline.mil_datasets import MIL_ENCODER, convert_mil_csv, read_mil_csv
 from wsi_pipeline.store import list_stores, read_attrs, read_coords, read_features
 
 
