@@ -78,13 +78,16 @@ _EXPORTS = {
     "choose_threads": "._threads",
     "FoldResult": "._train",
     "TrainResult": "._train",
-    "Evaluation": "._train",
-    "bag_loss_terms": "._train",
-    "evaluate": "._train",
+    "Evaluation": "._epoch",
+    "bag_loss_terms": "._epoch",
+    "evaluate": "._epoch",
     "make_optimizer": "._train",
     "train": "._train",
-    "train_epoch": "._train",
+    "train_epoch": "._epoch",
     "train_fold": "._train",
+    "FoldTrainer": "._train",
+    "FoldTask": "._tasks",
+    "make_task": "._tasks",
 }
 
 
@@ -170,4 +173,7 @@ __all__ = [
     "train",
     "train_epoch",
     "train_fold",
+    "FoldTrainer",
+    "FoldTask",
+    "make_task",
 ]

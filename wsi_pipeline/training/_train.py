@@ -5,22 +5,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import io
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.nn import functional as F
 
 from .. import __version__
 from ..config import config_to_dict
@@ -33,17 +31,21 @@ from ..store import FEATURES, provenance, resolve_stores
 from ._bags import BagLoader, resolve_encoder
 from ._calibration import (
     CALIBRATION_KEYS,
-    Calibration,
-    apply_temperature,
-    calibration_metrics,
-    fit_temperature,
     pooled_calibration,
 )
 from ._checkpoint import fold_dir, load_checkpoint, run_dir, save_checkpoint
 from ._config import TrainConfig, resolve_plugins, resolve_selection
+from ._epoch import (
+    _fmt,
+    _note,
+    _write_rows,
+    bag_localisation_all,
+    log,
+    run_log,
+)
 from ._identity import IDENTITY_FILE, check_same_features, identity_changes, read_identity, run_identity
-from ._localisation import LOCALISATION_KEYS, bag_localisation, mean_localisation
-from ._metrics import SCALARS, classification_metrics, mean_std, selection_score
+from ._localisation import LOCALISATION_KEYS, mean_localisation
+from ._metrics import SCALARS, mean_std, selection_score
 from ._plots import plot_history, plot_reliability, plot_risk_groups
 from ._splits import (
     Labels,
@@ -56,31 +58,12 @@ from ._splits import (
     split_tag,
 )
 from ._stability import mean_entropy, stability_between
-from ._survival_fit import SURVIVAL_KEYS, SurvivalHead, risk_groups, survival_epoch
-from ._targets import MULTI_KEYS, MultiTargets, multi_rows
+from ._survival_fit import SURVIVAL_KEYS, risk_groups
+from ._targets import MULTI_KEYS
+from ._tasks import make_task
 from ._threads import choose_threads
 
-__all__ = [
-    "FoldResult",
-    "TrainResult",
-    "bag_loss_terms",
-    "train_epoch",
-    "train_fold",
-    "train",
-    "evaluate",
-]
-
-log = logging.getLogger(__name__)
-# Progress lines of a run always go to its train.log; they reach the console only at -v (through ``log``).
-run_log = logging.getLogger("wsi_pipeline.training.run")
-run_log.propagate = False
-run_log.setLevel(logging.INFO)
-
-
-def _note(message: str, *args: Any) -> None:
-    log.info(message, *args)
-    run_log.info(message, *args)
-
+__all__ = ["FoldResult", "FoldTrainer", "TrainResult", "train_fold", "train"]
 
 EpochCallback = Callable[[int, int, int, dict[str, Any]], None]
 
@@ -113,42 +96,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Evaluation(NamedTuple):
-    """A model on a list of slides: class probabilities ``(S, C)``, their float64 log-softmax ``(S, C)`` (what a
-    temperature divides), the mean CE loss (NaN without labels) and each slide's attention ``(N,)``."""
-
-    probs: np.ndarray
-    loss: float
-    attention: dict[str, np.ndarray]
-    log_probs: np.ndarray
-    outputs: np.ndarray  # (S, K) the raw outputs, float64 (a survival head's log-risk or hazard logits)
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module, loader: BagLoader, slide_ids: list[str], labels: dict[str, int] | None = None
-) -> Evaluation:
-    """The model on ``slide_ids`` (see ``Evaluation``)."""
-    model.eval()
-    probs, log_probs, outputs, losses, attention = [], [], [], [], {}
-    for sid, bag in loader.iterate(slide_ids):
-        out = model(bag)
-        probs.append(torch.softmax(out.logits.float(), dim=-1)[0])  # (C,)
-        log_probs.append(torch.log_softmax(out.logits.double(), dim=-1)[0])  # (C,)
-        outputs.append(out.logits.double()[0])  # (C,)
-        if labels is not None:
-            target = torch.tensor([labels[sid]], device=bag.device)
-            losses.append(F.cross_entropy(out.logits.float(), target))
-        attention[sid] = out.attention()[0]  # (N,)
-    if not probs:
-        return Evaluation(np.zeros((0, 0)), math.nan, {}, np.zeros((0, 0)), np.zeros((0, 0)))
-    probs_np = torch.stack(probs).cpu().numpy()
-    loss = float(torch.stack(losses).mean()) if losses else math.nan
-    attention_np = {sid: a.cpu().numpy() for sid, a in attention.items()}
-    stacked = [torch.stack(rows).cpu().numpy() for rows in (log_probs, outputs)]
-    return Evaluation(probs_np, loss, attention_np, *stacked)
-
-
 def make_optimizer(params: list[nn.Parameter], *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW, fused (one kernel for all parameters) where torch supports it for these parameters' device: the
     per-parameter loop costs as much as a small model's forward on CPU. Same update up to float rounding."""
@@ -160,166 +107,6 @@ def make_optimizer(params: list[nn.Parameter], *, lr: float, weight_decay: float
 
 def _cosine(total_steps: int) -> Callable[[int], float]:
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-
-
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """A CSV of ``rows`` (columns: every key in order of first appearance), quoted by the csv module, atomic."""
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: _fmt(row.get(k, "")) for k in keys} for row in rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def bag_loss_terms(
-    model: nn.Module,
-    bag: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    keep_tokens: torch.Tensor | None = None,
-    anchor: Anchor | None = None,
-    loss_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor]:
-    """The loss terms of one training bag: ``cls`` (CE of the slide logits), ``branch`` (mean CE of per-branch
-    logits, ACMIL), the model's own auxiliary losses (e.g. ``diversity``) and ``anchor``; the loss is their sum."""
-    kwargs: dict[str, Any] = {} if keep_tokens is None else {"keep_tokens": keep_tokens}
-    if getattr(model, "takes_label", False):
-        kwargs["label"] = target  # models with an instance loss on pseudo-labels (CLAM-SB)
-    out = model(bag, **kwargs)
-    if loss_of is not None:  # several targets: the bag's own loss over its targets
-        terms = {"cls": loss_of(out.logits)}
-        if out.branch_logits is not None:
-            branches = out.branch_logits.shape[1]
-            terms["branch"] = torch.stack([loss_of(out.branch_logits[:, t]) for t in range(branches)]).mean()
-    else:
-        terms = {"cls": F.cross_entropy(out.logits, target)}
-        if out.branch_logits is not None:
-            n_branches = out.branch_logits.shape[1]
-            terms["branch"] = F.cross_entropy(out.branch_logits.flatten(0, 1), target.expand(n_branches))
-    terms.update(out.aux_losses)
-    if anchor is not None:
-        terms["anchor"] = anchor.loss(bag, out)
-    return terms
-
-
-def train_epoch(
-    model: nn.Module,
-    bags: Iterable[tuple[str, torch.Tensor]],
-    targets: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    *,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    dropper: RandomDropping | None = None,
-    anchor: Anchor | None = None,
-    grad_clip: float | None = 5.0,
-    loss_of: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor]:
-    """One pass over ``bags`` with batches of one bag (``loss_of(logits, slide_id)`` replaces the cross-entropy
-    with ``targets`` for a run of several targets); returns each loss term summed over the bags, as tensors
-    (no per-step sync; see ``bag_loss_terms``).
-
-    The scheduler steps per iteration and the anchor follows the student after every optimiser step.
-    """
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    sums: dict[str, torch.Tensor] = {}
-    for sid, bag in bags:
-        keep = None
-        if dropper is not None:
-            bag, keep = dropper(model, bag)  # (N', D), (T',) or None
-        own = None if loss_of is None else (lambda logits, sid=sid: loss_of(logits, sid))
-        terms = bag_loss_terms(model, bag, targets[sid], keep_tokens=keep, anchor=anchor, loss_of=own)
-        loss = torch.stack(list(terms.values())).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if anchor is not None:
-            anchor.update(model)
-        for name, value in terms.items():
-            sums[name] = sums[name] + value.detach() if name in sums else value.detach().clone()
-    return sums
-
-
-def bag_localisation_all(loader: BagLoader, attention: dict[str, np.ndarray]) -> dict[str, dict[str, float] | None]:
-    """Localisation of each bag's attention against its ``instance_labels`` (bags without any are left out)."""
-    out = {}
-    for sid, att in attention.items():
-        labels = loader.instance_labels(sid)
-        if labels is not None:
-            out[sid] = bag_localisation(att, labels, loader.lesion_regions(sid))
-    return out
-
-
-def _score(
-    model: nn.Module, loader: BagLoader, ids: list[str], y_of: dict[str, int], n_classes: int
-) -> tuple[dict[str, Any], Evaluation, dict[str, dict[str, float] | None]]:
-    """Metrics of ``ids`` (classification, loss and mean localisation), the evaluation they come from and per-bag
-    localisation."""
-    evaluation = evaluate(model, loader, ids, y_of)
-    metrics = classification_metrics(np.array([y_of[s] for s in ids], dtype=np.int64), evaluation.probs, n_classes)
-    metrics["loss"] = evaluation.loss
-    per_bag = bag_localisation_all(loader, evaluation.attention)
-    metrics.update(mean_localisation(per_bag.values()))
-    return metrics, evaluation, per_bag
-
-
-def _survival_metrics(
-    head: SurvivalHead, outputs: np.ndarray, ids: list[str], follow_up: dict[str, tuple[float, int]]
-) -> dict[str, Any]:
-    """Survival measures of ``ids`` and their loss (the whole set as one batch)."""
-    fu = np.array([follow_up[s] for s in ids], dtype=np.float64).reshape(-1, 2)
-    metrics = head.metrics(outputs, fu[:, 0], fu[:, 1])
-    if ids:
-        with torch.no_grad():
-            out = torch.from_numpy(np.asarray(outputs, dtype=np.float64))
-            metrics["loss"] = float(head.loss_of(out, torch.from_numpy(fu[:, 0]), torch.from_numpy(fu[:, 1])))
-    return metrics
-
-
-def _score_survival(
-    model: nn.Module,
-    loader: BagLoader,
-    ids: list[str],
-    head: SurvivalHead,
-    follow_up: dict[str, tuple[float, int]],
-) -> tuple[dict[str, Any], Evaluation, dict[str, dict[str, float] | None]]:
-    """``_score`` for a survival model: its measures (C-index, td-AUC, IBS, loss) and mean localisation."""
-    evaluation = evaluate(model, loader, ids)
-    metrics = _survival_metrics(head, evaluation.outputs, ids, follow_up)
-    per_bag = bag_localisation_all(loader, evaluation.attention)
-    metrics.update(mean_localisation(per_bag.values()))
-    return metrics, evaluation, per_bag
-
-
-def _multi_loss(
-    multi: MultiTargets, encoded: dict[str, tuple[Any, ...]], regression_loss: str
-) -> Callable[[torch.Tensor, str], torch.Tensor]:
-    """The loss of one bag's outputs ``(1, K)`` over its targets (missing values skipped)."""
-    tensors = {sid: [torch.tensor([v]) for v in values] for sid, values in encoded.items()}
-    return lambda logits, sid: multi.loss(logits, tensors[sid], regression_loss)
-
-
-def _multi_metrics(
-    multi: MultiTargets, outputs: np.ndarray, ids: list[str], encoded: dict[str, tuple[Any, ...]], regression_loss: str
-) -> dict[str, Any]:
-    """Per-target and averaged metrics of ``ids`` and their loss (the slides as one batch)."""
-    metrics = multi.metrics(outputs, ids)
-    if ids:
-        columns = [torch.tensor(list(col)) for col in zip(*[encoded[s] for s in ids], strict=True)]
-        with torch.no_grad():
-            metrics["loss"] = float(multi.loss(torch.from_numpy(np.asarray(outputs)).float(), columns, regression_loss))
-    return metrics
 
 
 def _plain(data: Any) -> Any:
@@ -406,6 +193,246 @@ def _resume_state(path: Path, run_identity: str | None) -> dict[str, Any] | None
     return ckpt
 
 
+class FoldTrainer:
+    """One fold as a chain of named steps: ``set_up`` (seed, task, standardisation, model, plug-ins, optimiser),
+    ``maybe_resume`` (from ``checkpoint_last.pt``), ``train_epochs`` (each: ``run_epoch``, ``select``,
+    ``save_last``, the ``on_epoch`` hook) and ``finish`` (score the chosen model, write the fold's files).
+    ``train_fold`` runs them in that order; the task (``_tasks.py``) holds what differs between classification,
+    survival and several targets."""
+
+    def __init__(
+        self,
+        split: Split,
+        labels: Labels,
+        loader: BagLoader,
+        config: TrainConfig,
+        *,
+        out_dir: Path,
+        meta: dict[str, Any],
+        on_epoch: EpochCallback | None = None,
+    ) -> None:
+        self.split, self.labels, self.loader, self.config = split, labels, loader, config
+        self.out_dir, self.meta, self.on_epoch = out_dir, meta, on_epoch
+        self.progress = _Progress()
+
+    def run(self) -> FoldResult:
+        self.set_up()
+        self.maybe_resume()
+        self.train_epochs()
+        return self.finish()
+
+    # ------------------------------------------------------------------ set up
+    def set_up(self) -> None:
+        """Everything the first epoch needs, in an order that fixes what the seed draws."""
+        config, split, loader = self.config, self.split, self.loader
+        self.device = loader.device
+        seed = config.seed + split.fold
+        _seed_everything(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.task = make_task(self.labels, split, config)
+        self.selection = resolve_selection(config, self.labels.task)
+
+        norm = None
+        if config.standardize:
+            mean, std = loader.fit_standardization(split.train)
+            loader.set_standardization(mean, std)
+            norm = {"mean": mean, "std": std}
+        else:
+            loader.set_standardization(None, None)
+
+        model_kwargs = {**config.model_kwargs, "in_dim": loader.in_dim, "n_classes": self.task.n_outputs}
+        try:
+            self.model = create_model(config.model, **model_kwargs).to(self.device)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"train.model_kwargs {config.model_kwargs} do not fit {config.model!r}: {err}") from err
+        anchor_mode, drop_mode = resolve_plugins(config)
+        self.anchor = None
+        if anchor_mode != "none":
+            self.anchor = Anchor(
+                self.model,
+                mode=anchor_mode,  # type: ignore[arg-type]
+                momentum=config.anchor_momentum,
+                tau=config.anchor_tau,
+                weight=config.anchor_weight,
+                reduction=config.anchor_reduction,
+                rebuild=lambda: create_model(config.model, **model_kwargs),
+            )
+        self.dropper = RandomDropping(drop_mode, config.n_drop, self.generator)  # type: ignore[arg-type]
+        try:
+            self.dropper.check(self.model)
+        except ValueError as err:
+            raise ConfigError(f"train.drop: {err}") from err
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(params, lr=config.lr, weight_decay=config.weight_decay)
+        total_steps = config.epochs * self.task.steps_per_epoch()
+        self.scheduler = (
+            torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(total_steps))
+            if config.schedule == "cosine"
+            else None
+        )
+        self.monitor_ids = split.val or split.train
+        self.monitor_name = "val" if split.val else "train"
+        self.ckpt_meta = {
+            **self.meta,
+            "model_name": config.model,
+            "model_kwargs": model_kwargs,
+            "in_dim": loader.in_dim,
+            "fold": split.fold,
+            "feature_norm": norm,
+            # Which slides this fold saw, so predict can give each labelled slide its out-of-fold model.
+            "split": {"train": split.train, "val": split.val, "test": split.test, **self.task.split_record()},
+            **self.task.checkpoint_fields(),
+        }
+
+    def maybe_resume(self) -> None:
+        """Continue a fold killed mid-way from its ``checkpoint_last.pt`` (same run identity only)."""
+        resumed = _resume_state(self.out_dir / "checkpoint_last.pt", self.meta.get("run_identity"))
+        if resumed is None:
+            return
+        state = resumed["training_state"]
+        self.model.load_state_dict(resumed["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.anchor is not None:
+            self.anchor.model.load_state_dict(state["anchor"])
+        self.progress = _Progress.from_state(state["progress"])
+        _set_rng_state(state["rng"], self.device, self.generator)
+        _note(
+            "fold %d: resuming after epoch %d/%d (%s)",
+            self.split.fold,
+            self.progress.epoch,
+            self.config.epochs,
+            self.out_dir,
+        )
+
+    # ------------------------------------------------------------------ epochs
+    def train_epochs(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        progress, config, fold = self.progress, self.config, self.split.fold
+        for epoch in range(progress.epoch + 1, config.epochs + 1):
+            if progress.stopped:
+                break
+            row, metrics = self.run_epoch(epoch)
+            self.select(epoch, metrics)
+            self.save_last()
+            if self.on_epoch is not None:
+                self.on_epoch(fold, epoch, config.epochs, row)
+            _note(
+                "fold %d epoch %d/%d: %s",
+                fold,
+                epoch,
+                config.epochs,
+                ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "epoch"),
+            )
+            if progress.stopped:
+                _note("fold %d: early stop at epoch %d (best %d)", fold, epoch, progress.best_epoch)
+
+    def run_epoch(self, epoch: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Train one pass over the training slides in a seeded order, then the epoch's row: losses, validation
+        metrics, localisation and attention stability on the monitored slides."""
+        start = time.perf_counter()
+        model, split, progress = self.model, self.split, self.progress
+        model.train()
+        order = [split.train[i] for i in torch.randperm(len(split.train), generator=self.generator).tolist()]
+        loss_sums = self.task.train_pass(
+            model,
+            self.loader.iterate(order),
+            self.optimizer,
+            scheduler=self.scheduler,
+            dropper=self.dropper,
+            anchor=self.anchor,
+            grad_clip=self.config.grad_clip,
+        )
+        n_steps = max(self.task.steps_per_epoch(), 1)  # losses per bag (per batch of slides for survival)
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": float(sum(loss_sums.values())) / n_steps}
+        row.update({f"train_loss_{name}": float(value) / n_steps for name, value in loss_sums.items()})
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+
+        metrics, attention = self.task.monitor(model, self.loader, self.monitor_ids)
+        if metrics is not None:
+            row.update({f"val_{k}": metrics[k] for k in self.task.metric_keys})
+        localisation = mean_localisation(bag_localisation_all(self.loader, attention).values())
+        row.update({f"{self.monitor_name}_{k}": localisation[k] for k in LOCALISATION_KEYS if k in localisation})
+        row["attn_js"] = stability_between(progress.previous_attention, attention)
+        row["attn_entropy"] = mean_entropy(attention)
+        row["attn_entropy_norm"] = mean_entropy(attention, normalised=True)
+        row["seconds"] = time.perf_counter() - start
+        row = _plain(row)
+        progress.previous_attention = attention
+        progress.history.append(row)
+        return row, metrics
+
+    def select(self, epoch: int, metrics: dict[str, Any] | None) -> None:
+        """Keep the model if its validation score is the best so far (the last epoch without validation slides);
+        stop early after ``patience`` epochs without a better one."""
+        progress = self.progress
+        score = selection_score(metrics, self.selection, epoch) if metrics is not None else float(epoch)
+        if score > progress.best_score:
+            progress.best_score, progress.best_epoch, progress.stale = score, epoch, 0
+            progress.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            progress.stale += 1
+        if self.config.patience is not None and self.split.val and progress.stale >= self.config.patience:
+            progress.stopped = True
+
+    def save_last(self) -> None:
+        """The model after this epoch plus everything the next epoch needs; replaced atomically each epoch."""
+        training_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "anchor": self.anchor.model.state_dict() if self.anchor is not None else None,
+            "rng": _rng_state(self.device, self.generator),
+            "progress": self.progress.state(),
+        }
+        save_checkpoint(
+            self.out_dir / "checkpoint_last.pt",
+            self.model,
+            epoch=self.progress.epoch,
+            training_state=training_state,
+            **self.ckpt_meta,
+        )
+
+    # ------------------------------------------------------------------ final evaluation
+    def finish(self) -> FoldResult:
+        """Score the last epoch's model (what selection gained or cost), load the chosen one, let the task score
+        and write its predictions, then the curves, the chosen checkpoint and ``metrics.json``, last."""
+        model, loader, split, task, out_dir = self.model, self.loader, self.split, self.task, self.out_dir
+        history, best_epoch = self.progress.history, self.progress.best_epoch
+        last = {name: task.score(model, loader, ids)[0] for name, ids in (("val", split.val), ("test", split.test))}
+        assert self.progress.best_state is not None
+        model.load_state_dict(self.progress.best_state)
+        val, test, head = task.finish(model, loader, out_dir)
+        result = FoldResult(split.fold, best_epoch, val, test, history, out_dir, last["test"], last["val"])
+
+        _write_rows(out_dir / "metrics.csv", history)
+        if self.config.plots:
+            plot_history(history, out_dir)
+        fold_json = {
+            "fold": split.fold,
+            "run_identity": self.meta.get("run_identity"),
+            "best_epoch": best_epoch,
+            "last_epoch": history[-1]["epoch"],
+            "stability_set": self.monitor_name,
+            "n_train": len(split.train),
+            "n_val": len(split.val),
+            "n_test": len(split.test),
+            "val": result.val,
+            "test": result.test,
+            "val_last": result.val_last,
+            "test_last": result.test_last,
+            **head,
+            "history": history,
+            "wsi_pipeline": provenance(),
+        }
+        # The fold's model, then its metrics.json, last: their presence means every output of the fold is complete
+        # (a fold killed before has only checkpoint_last.pt, which no one mistakes for a trained model).
+        save_checkpoint(out_dir / "checkpoint_best.pt", model, epoch=best_epoch, **head, **self.ckpt_meta)
+        atomic_write_text(out_dir / "metrics.json", json.dumps(fold_json, indent=1, default=float) + "\n")
+        return result
+
+
 def train_fold(
     split: Split,
     labels: Labels,
@@ -418,312 +445,16 @@ def train_fold(
 ) -> FoldResult:
     """Train one fold and write its checkpoints, per-epoch metrics, test predictions and plots into ``out_dir``.
 
-    The model is selected on the validation slides (``config.selection``); with no validation slides the last
-    epoch is kept. Attention stability is tracked on the validation slides (the training slides when there are
-    none).
+    The model is selected on the validation slides (``config.selection``, or the task's rule); with no validation
+    slides the last epoch is kept. Attention stability is tracked on the validation slides (the training slides
+    when there are none).
 
     After every epoch ``checkpoint_last.pt`` holds the model and everything the next epoch draws from (optimiser,
     scheduler, anchor, random states, the best model so far, the history). A fold killed mid-way resumes from it
     when ``meta["run_identity"]`` is the same, and ends exactly as an uninterrupted fold would (on CPU, bit for
-    bit). ``metrics.json``, written last, is what marks the fold finished.
+    bit). ``metrics.json``, written last, is what marks the fold finished. The steps are ``FoldTrainer``'s.
     """
-    device = loader.device
-    seed = config.seed + split.fold
-    _seed_everything(seed)
-    generator = torch.Generator().manual_seed(seed)
-    y_of = dict(zip(labels.slide_ids, labels.y.tolist(), strict=True))
-    n_classes = len(labels.classes)
-    survival, follow_up = None, {}
-    if labels.time is not None:  # survival: y is the event, time the follow-up
-        follow_up = {s: (float(t), int(e)) for s, t, e in zip(labels.slide_ids, labels.time, labels.y, strict=True)}
-        train_fu = np.array([follow_up[s] for s in split.train])
-        survival = SurvivalHead.create(config.survival, train_fu[:, 0], train_fu[:, 1].astype(np.int64))
-    multi = None
-    if labels.multi is not None:  # several targets: regression ones standardised on this fold's training slides
-        multi = labels.multi.fit_scaling(split.train)
-        columns = [t.tolist() for t in multi.encode(labels.slide_ids)]  # per target, over the slides
-        encoded = dict(zip(labels.slide_ids, zip(*columns, strict=True), strict=True))
-    selection = resolve_selection(config, labels.task)
-
-    norm = None
-    if config.standardize:
-        mean, std = loader.fit_standardization(split.train)
-        loader.set_standardization(mean, std)
-        norm = {"mean": mean, "std": std}
-    else:
-        loader.set_standardization(None, None)
-
-    n_outputs = survival.n_outputs if survival is not None else multi.n_outputs if multi is not None else n_classes
-    model_kwargs = {**config.model_kwargs, "in_dim": loader.in_dim, "n_classes": n_outputs}
-    try:
-        model = create_model(config.model, **model_kwargs).to(device)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"train.model_kwargs {config.model_kwargs} do not fit {config.model!r}: {err}") from err
-    anchor_mode, drop_mode = resolve_plugins(config)
-    anchor = None
-    if anchor_mode != "none":
-        anchor = Anchor(
-            model,
-            mode=anchor_mode,  # type: ignore[arg-type]
-            momentum=config.anchor_momentum,
-            tau=config.anchor_tau,
-            weight=config.anchor_weight,
-            reduction=config.anchor_reduction,
-            rebuild=lambda: create_model(config.model, **model_kwargs),
-        )
-    dropper = RandomDropping(drop_mode, config.n_drop, generator)  # type: ignore[arg-type]
-    try:
-        dropper.check(model)
-    except ValueError as err:
-        raise ConfigError(f"train.drop: {err}") from err
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = len(split.train) if survival is None else math.ceil(len(split.train) / config.survival.batch)
-    total_steps = config.epochs * steps_per_epoch
-    scheduler = (
-        torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps)) if config.schedule == "cosine" else None
-    )
-    targets = {sid: torch.tensor([y_of[sid]], device=device) for sid in split.train}
-    monitor = split.val or split.train
-    monitor_name = "val" if split.val else "train"
-    ckpt_meta = {
-        **meta,
-        "model_name": config.model,
-        "model_kwargs": model_kwargs,
-        "in_dim": loader.in_dim,
-        "fold": split.fold,
-        "feature_norm": norm,
-        # Which slides this fold saw, so predict can give each labelled slide its out-of-fold model.
-        "split": {
-            "train": split.train,
-            "val": split.val,
-            "test": split.test,
-            "labels": {s: labels.classes[y_of[s]] for s in (*split.train, *split.val, *split.test)},
-            **({"follow_up": {s: list(follow_up[s]) for s in follow_up}} if survival is not None else {}),
-            **({"targets": {s: multi.values[s] for s in labels.slide_ids}} if multi is not None else {}),
-        },
-        "task": labels.task,
-        **({"targets": [spec.as_dict() for spec in multi.specs]} if multi is not None else {}),
-    }
-
-    progress = _Progress()
-    resumed = _resume_state(out_dir / "checkpoint_last.pt", meta.get("run_identity"))
-    if resumed is not None:
-        state = resumed["training_state"]
-        model.load_state_dict(resumed["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if anchor is not None:
-            anchor.model.load_state_dict(state["anchor"])
-        progress = _Progress.from_state(state["progress"])
-        _set_rng_state(state["rng"], device, generator)
-        _note("fold %d: resuming after epoch %d/%d (%s)", split.fold, progress.epoch, config.epochs, out_dir)
-
-    def save_last() -> None:
-        # The model after this epoch plus everything the next epoch needs; replaced atomically each epoch.
-        training_state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "anchor": anchor.model.state_dict() if anchor is not None else None,
-            "rng": _rng_state(device, generator),
-            "progress": progress.state(),
-        }
-        save_checkpoint(
-            out_dir / "checkpoint_last.pt", model, epoch=progress.epoch, training_state=training_state, **ckpt_meta
-        )
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for epoch in range(progress.epoch + 1, config.epochs + 1):
-        if progress.stopped:
-            break
-        start = time.perf_counter()
-        model.train()
-        order = [split.train[i] for i in torch.randperm(len(split.train), generator=generator).tolist()]
-        if survival is None:
-            loss_sums = train_epoch(
-                model,
-                loader.iterate(order),
-                targets,
-                optimizer,
-                scheduler=scheduler,
-                dropper=dropper,
-                anchor=anchor,
-                grad_clip=config.grad_clip,
-                loss_of=None if multi is None else _multi_loss(multi, encoded, config.regression_loss),
-            )
-        else:
-            loss_sums = survival_epoch(
-                model,
-                survival,
-                loader.iterate(order),
-                follow_up,
-                optimizer,
-                batch_size=config.survival.batch,
-                scheduler=scheduler,
-                dropper=dropper,
-                anchor=anchor,
-                grad_clip=config.grad_clip,
-            )
-        n_train = max(len(split.train) if survival is None else steps_per_epoch, 1)  # per slide / per batch
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": float(sum(loss_sums.values())) / n_train}
-        row.update({f"train_loss_{name}": float(value) / n_train for name, value in loss_sums.items()})
-        row["lr"] = optimizer.param_groups[0]["lr"]
-
-        if multi is not None:
-            evaluation = evaluate(model, loader, monitor)
-            attention = evaluation.attention
-            if split.val:
-                metrics = _multi_metrics(multi, evaluation.outputs, split.val, encoded, config.regression_loss)
-                row.update({f"val_{k}": metrics[k] for k in MULTI_KEYS})
-        elif survival is None:
-            probs, val_loss, attention, _, _ = evaluate(model, loader, monitor, y_of)
-            if split.val:
-                metrics = classification_metrics(np.array([y_of[s] for s in split.val]), probs, n_classes)
-                metrics["loss"] = val_loss
-                row.update({f"val_{k}": metrics[k] for k in SCALARS})
-        else:
-            evaluation = evaluate(model, loader, monitor)
-            attention = evaluation.attention
-            if split.val:
-                metrics = _survival_metrics(survival, evaluation.outputs, split.val, follow_up)
-                row.update({f"val_{k}": metrics[k] for k in SURVIVAL_KEYS})
-        localisation = mean_localisation(bag_localisation_all(loader, attention).values())
-        row.update({f"{monitor_name}_{k}": localisation[k] for k in LOCALISATION_KEYS if k in localisation})
-        row["attn_js"] = stability_between(progress.previous_attention, attention)
-        row["attn_entropy"] = mean_entropy(attention)
-        row["attn_entropy_norm"] = mean_entropy(attention, normalised=True)
-        row["seconds"] = time.perf_counter() - start
-        row = _plain(row)
-        progress.previous_attention = attention
-        progress.history.append(row)
-
-        score = selection_score(metrics, selection, epoch) if split.val else float(epoch)
-        if score > progress.best_score:
-            progress.best_score, progress.best_epoch, progress.stale = score, epoch, 0
-            progress.best_state = copy.deepcopy(model.state_dict())
-        else:
-            progress.stale += 1
-        if config.patience is not None and split.val and progress.stale >= config.patience:
-            progress.stopped = True
-        save_last()
-        if on_epoch is not None:
-            on_epoch(split.fold, epoch, config.epochs, row)
-        _note(
-            "fold %d epoch %d/%d: %s",
-            split.fold,
-            epoch,
-            config.epochs,
-            ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "epoch"),
-        )
-        if progress.stopped:
-            _note("fold %d: early stop at epoch %d (best %d)", split.fold, epoch, progress.best_epoch)
-
-    history, best_epoch = progress.history, progress.best_epoch
-
-    # The last epoch's model is scored too, so the report shows what model selection gained (or cost).
-    def score(ids: list[str]) -> tuple[dict[str, Any], Evaluation, dict[str, dict[str, float] | None]]:
-        if multi is not None:
-            evaluation = evaluate(model, loader, ids)
-            metrics = _multi_metrics(multi, evaluation.outputs, ids, encoded, config.regression_loss)
-            per_bag = bag_localisation_all(loader, evaluation.attention)
-            metrics.update(mean_localisation(per_bag.values()))
-            return metrics, evaluation, per_bag
-        if survival is None:
-            return _score(model, loader, ids, y_of, n_classes)
-        return _score_survival(model, loader, ids, survival, follow_up)
-
-    last = {name: score(ids)[0] for name, ids in (("val", split.val), ("test", split.test))}
-    assert progress.best_state is not None
-    model.load_state_dict(progress.best_state)
-
-    result = FoldResult(split.fold, best_epoch, {}, {}, history, out_dir, test_last=last["test"], val_last=last["val"])
-    calibration = Calibration()  # T = 1 without validation slides: nothing held out to fit it on
-    if survival is not None:
-        # The baseline hazard (cox) and the risk groups' cut come from the selected model on its training slides.
-        survival.finish(evaluate(model, loader, split.train).outputs)
-    for name, ids in (("val", split.val), ("test", split.test)) if survival is not None else ():
-        metrics, evaluation, per_bag = score(ids)
-        setattr(result, name, metrics)
-        if name == "test" and ids:
-            risk = survival.risk(evaluation.outputs) - survival.risk_cutoff
-            rows = [
-                {
-                    "slide_id": s,
-                    "time": follow_up[s][0],
-                    "event": follow_up[s][1],
-                    "risk": float(r),
-                    "risk_group": "high" if r > 0 else "low",
-                    **(per_bag.get(s) or {}),
-                }
-                for s, r in zip(ids, risk, strict=True)
-            ]
-            _write_rows(out_dir / "predictions_test.csv", rows)
-    for name, ids in (("val", split.val), ("test", split.test)) if multi is not None else ():
-        metrics, evaluation, per_bag = score(ids)
-        setattr(result, name, metrics)
-        if name == "test" and ids:
-            _write_rows(out_dir / "predictions_test.csv", multi_rows(multi, ids, evaluation.outputs, per_bag))
-    plain = survival is None and multi is None
-    for name, ids in (("val", split.val), ("test", split.test)) if plain else ():  # validation first: it fits T
-        metrics, evaluation, per_bag = _score(model, loader, ids, y_of, n_classes)
-        if ids:
-            y = np.array([y_of[s] for s in ids], dtype=np.int64)
-            if name == "val":
-                calibration = fit_temperature(evaluation.log_probs, y)
-            calibrated = apply_temperature(evaluation.log_probs, calibration.temperature)
-            metrics.update(calibration_metrics(evaluation.probs, calibrated, y))
-        setattr(result, name, metrics)
-        if name == "test" and ids:
-            rows = [
-                {
-                    "slide_id": s,
-                    "label": labels.classes[y_of[s]],
-                    "predicted": labels.classes[int(p.argmax())],
-                    **{f"prob_{c}": float(p[i]) for i, c in enumerate(labels.classes)},
-                    **{f"cal_prob_{c}": float(q[i]) for i, c in enumerate(labels.classes)},
-                    **(per_bag.get(s) or {}),
-                }
-                for s, p, q in zip(ids, evaluation.probs, calibrated, strict=True)
-            ]
-            _write_rows(out_dir / "predictions_test.csv", rows)
-    if split.val and plain:
-        _note(
-            "fold %d: temperature %.3g fitted on %d validation slide(s) (their NLL %.3f -> %.3f)",
-            split.fold,
-            calibration.temperature,
-            calibration.n_slides,
-            calibration.nll_before,
-            calibration.nll_after,
-        )
-
-    _write_rows(out_dir / "metrics.csv", history)
-    if config.plots:
-        plot_history(history, out_dir)
-    fold_json = {
-        "fold": split.fold,
-        "run_identity": meta.get("run_identity"),
-        "best_epoch": best_epoch,
-        "last_epoch": history[-1]["epoch"],
-        "stability_set": monitor_name,
-        "n_train": len(split.train),
-        "n_val": len(split.val),
-        "n_test": len(split.test),
-        "val": result.val,
-        "test": result.test,
-        "val_last": result.val_last,
-        "test_last": result.test_last,
-        **({"survival": survival.as_dict()} if survival is not None else {"calibration": calibration.as_dict()}),
-        "history": history,
-        "wsi_pipeline": provenance(),
-    }
-    # The fold's model, then its metrics.json, last: their presence means every output of the fold is complete (a
-    # fold killed before has only checkpoint_last.pt, which no one mistakes for a trained model).
-    head = {"survival": survival.as_dict()} if survival is not None else {"calibration": calibration.as_dict()}
-    save_checkpoint(out_dir / "checkpoint_best.pt", model, epoch=best_epoch, **head, **ckpt_meta)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(fold_json, indent=1, default=float) + "\n")
-    return result
+    return FoldTrainer(split, labels, loader, config, out_dir=out_dir, meta=meta, on_epoch=on_epoch).run()
 
 
 def _store_provenance(store: Path, encoder: str) -> dict[str, Any]:
