@@ -269,6 +269,16 @@ def test_run_folder_averages_the_folds_on_new_slides(trained: tuple[Path, Path],
         read_scores(new, run.name), np.mean([attn for _, attn, _ in per_fold], axis=0), rtol=1e-4, atol=1e-7
     )
     assert result.metrics is None and not (out / "metrics.json").exists()  # no labelled slide here
+    # predict_slide is the per-slide step predict_slides writes out: the same answer, nothing written.
+    from wsi_pipeline.predict import load_models, predict_slide
+
+    models = load_models(run)
+    models.load("cpu")
+    answer = predict_slide(models, new)
+    assert answer.slide_id == "unseen" and answer.plan.source == "new" and answer.plan.folds == [0, 1, 2]
+    assert answer.row["predicted_class"] == row["predicted_class"]
+    assert answer.probabilities["upper"] == pytest.approx(float(row["prob_upper"]), abs=1e-6)
+    np.testing.assert_allclose(answer.attention, read_scores(new, run.name), rtol=1e-5, atol=1e-8)
 
     # --fold k is that fold's checkpoint: same answers, same scores name, same "done".
     one = predict_slides(run, [new], tmp_path / "fold1", FAST, fold=1)

@@ -1,4 +1,6 @@
-"""``predict``: class probabilities, attention heatmaps and QuPath tile objects from a training run or checkpoint."""
+"""``predict``: class probabilities, survival risks or several targets' predictions, attention heatmaps and QuPath
+tile objects from a training run or checkpoint; ``predict_slide`` answers for one store, ``predict_slides`` for a
+cohort (resumable, shardable, raw slide files too)."""
 
 from .._lazy import lazy_exports
 
@@ -25,6 +27,8 @@ __getattr__, __dir__ = lazy_exports(
         "check_store": "._predict",
         "predict_slides": "._predict",
         "predict_store": "._predict",
+        "predict_slide": "._predict",
+        "SlideAnswer": "._predict",
         "scores_name_for": "._predict",
         "cohort_metrics": "._results",
         "read_slide_result": "._results",
@@ -38,6 +42,8 @@ __all__ = [
     "check_store",
     "predict_slides",
     "predict_store",
+    "predict_slide",
+    "SlideAnswer",
     "scores_name_for",
     "FoldModel",
     "ModelSet",

@@ -43,6 +43,7 @@ from ..store import (
     read_features,
     read_instance_labels,
     read_instance_labels_attrs,
+    slide_id_from_store,
     write_scores,
 )
 from ..training import apply_temperature, bag_localisation, lesion_regions, spread
@@ -50,7 +51,7 @@ from ._config import PredictConfig
 from ._geojson import write_attention_geojson
 from ._heatmap import draw_heatmap, save_top_tiles
 from ._inputs import PredictItem, SlidePreparer, collect_items
-from ._models import FoldModel, ModelSet, forward, load_models
+from ._models import FoldModel, ModelSet, SlidePlan, forward, load_models
 from ._results import (
     features_stamp,
     is_finished,
@@ -64,6 +65,8 @@ __all__ = [
     "PredictConfig",
     "PredictResult",
     "predict_store",
+    "predict_slide",
+    "SlideAnswer",
     "predict_slides",
     "check_store",
     "model_mismatches",
@@ -262,6 +265,117 @@ def predict_store(
     return row, attention, probs
 
 
+@dataclass
+class SlideAnswer:
+    """What a model (one checkpoint, or the folds of a run) says about one slide (``predict_slide``)."""
+
+    slide_id: str
+    plan: SlidePlan  # which fold models answered and what that means (out-of-fold, new, in-training)
+    attention: np.ndarray  # (N,) per tile, the mean over those folds (sums to 1)
+    row: dict[str, Any]  # predicted_class (a class, a risk group, or the first target's answer) and n_tiles
+    probabilities: dict[str, float]  # classification: per class; survival: risk; several targets: numeric answers
+    fields: dict[str, Any]  # the task's answer as slides/<slide_id>.json records it
+    scores_attrs: dict[str, Any]  # what the attention array in the store records of the answer
+    headline: str  # a few words for a heatmap title ("p=0.93; ", "+0.41; " or "")
+    localisation: dict[str, Any] | None  # attention vs the store's instance labels, when it has them
+
+
+def predict_slide(
+    models: ModelSet, store: str | Path, *, slide_id: str | None = None, device: torch.device | str = "cpu"
+) -> SlideAnswer:
+    """One store in, one answer out: the slide's class probabilities (calibrated too), survival risk or every
+    target's prediction, with the per-tile attention, from the fold models that may answer for it (``models.plan``).
+
+    Writes nothing; ``predict_slides`` calls it for every slide and writes what it returns (scores, heatmaps,
+    GeoJSON, ``slides/<slide_id>.json``). A raw slide file goes through ``predict_slides``, which tiles and embeds it
+    first with the checkpoint's settings.
+
+    Examples
+    --------
+    >>> models = load_models("runs/asmil_uni_cv5_seed0")  # doctest: +SKIP
+    >>> models.load("cpu")  # doctest: +SKIP
+    >>> answer = predict_slide(models, "stores/S01.zarr")  # doctest: +SKIP
+    >>> answer.row["predicted_class"], answer.attention.argmax()  # doctest: +SKIP
+    """
+    store = Path(store)
+    slide_id = slide_id or slide_id_from_store(store)
+    ckpt, classes = models.ckpt, models.classes
+    plan = models.plan(slide_id)
+    features = read_features(store, models.encoder)
+    outputs = [forward(member, features, device) for member in plan.members]
+    probs = np.mean([o.probs for o in outputs], axis=0)  # (C,) mean over the folds used
+    attention = np.mean([o.attention for o in outputs], axis=0)  # (N,) each fold's sums to 1, so does the mean
+    if models.task == "multi":  # each target's probabilities or value, the mean over the folds used
+        names = [spec["name"] for spec in ckpt["targets"]]
+        per_fold = [m.target_predictions(o.outputs) for m, o in zip(plan.members, outputs, strict=True)]
+        target_results: dict[str, dict[str, Any]] = {}
+        for t, spec in enumerate(ckpt["targets"]):
+            mean = np.mean([fold[t] for fold in per_fold], axis=0)
+            if spec["kind"] == "categorical":
+                target_results[spec["name"]] = {
+                    "predicted": spec["classes"][int(np.argmax(mean))],
+                    "probabilities": {c: float(q) for c, q in zip(spec["classes"], mean, strict=True)},
+                }
+            else:
+                target_results[spec["name"]] = {"predicted": float(mean)}
+        first = target_results[names[0]]["predicted"]
+        row = {"predicted_class": f"{names[0]} {first:.3g}" if isinstance(first, float) else f"{names[0]} {first}"}
+        row["n_tiles"] = len(attention)
+        probabilities = {
+            f"{name}_{key}": value
+            for name, result in target_results.items()
+            for key, value in ({"predicted": result["predicted"]} | result.get("probabilities", {})).items()
+            if not isinstance(value, str)
+        }
+        fields = {
+            "task": "multi",
+            "targets": target_results,
+            "truth": models.target_values.get(slide_id),
+            "target_names": names,
+        }
+        scores_attrs, headline = {"targets": probabilities}, ""
+    elif models.task == "survival":  # each fold's risk relative to its median training risk, then their mean
+        risks = [m.risk(o.outputs) for m, o in zip(plan.members, outputs, strict=True)]
+        risk = float(np.mean(risks))
+        group = "high" if risk > 0 else "low"
+        row = {"predicted_class": f"{group} risk", "n_tiles": len(attention)}
+        probabilities = {"risk": risk}
+        fields = {
+            "task": "survival",
+            "risk": risk,
+            "risk_group": group,
+            "fold_risks": {str(k): r for k, r in zip(plan.folds, risks, strict=False)},
+            "spread": float(np.std(risks)) if len(risks) > 1 else None,
+            "follow_up": list(models.follow_up[slide_id]) if slide_id in models.follow_up else None,
+        }
+        scores_attrs, headline = {"risk": risk}, f"{risk:+.2f}; "
+    else:
+        # Each fold's probabilities with its own temperature, then their mean; their spread is the uncertainty.
+        calibrated_each = [
+            apply_temperature(o.log_probs, m.temperature) for m, o in zip(plan.members, outputs, strict=True)
+        ]
+        calibrated = np.mean(calibrated_each, axis=0)  # (C,)
+        row = _row(classes, probs, len(attention))
+        probabilities = {c: float(p) for c, p in zip(classes, probs, strict=True)}
+        fields = {
+            "probabilities": probabilities,
+            "fold_probabilities": {
+                str(k): [float(v) for v in o.probs] for k, o in zip(plan.folds, outputs, strict=False)
+            },
+            "calibrated_probabilities": {c: float(q) for c, q in zip(classes, calibrated, strict=True)},
+            "temperatures": [m.temperature for m in plan.members],
+            "spread": spread(calibrated_each, int(probs.argmax())),
+        }
+        scores_attrs, headline = {"probabilities": probs.tolist()}, f"p={probs.max():.2f}; "
+    localisation = None
+    instance_labels = read_instance_labels(store)
+    if instance_labels is not None:
+        on_slide = bool((read_attrs(store).get("slide") or {}).get("path"))  # bags of features have no grid
+        regions = lesion_regions(read_coords(store), instance_labels) if on_slide else None
+        localisation = bag_localisation(attention, instance_labels, regions)
+    return SlideAnswer(slide_id, plan, attention, row, probabilities, fields, scores_attrs, headline, localisation)
+
+
 def _row(classes: Sequence[str], probs: np.ndarray, n_tiles: int) -> dict[str, Any]:
     return {
         "predicted_class": classes[int(probs.argmax())],
@@ -449,77 +563,9 @@ def predict_slides(
             assert preparer is not None
             note = preparer.prepare(item, lock)
         check_store(item.store, ckpt, source_path)
-        plan = models.plan(item.slide_id)
-        features = read_features(item.store, encoder)
-        outputs = [forward(member, features, device) for member in plan.members]
-        probs = np.mean([o.probs for o in outputs], axis=0)  # (C,) mean over the folds used
-        attention = np.mean([o.attention for o in outputs], axis=0)  # (N,) each fold's sums to 1, so does the mean
-        if several:  # each target's probabilities or value, the mean over the folds used
-            specs = [spec["name"] for spec in ckpt["targets"]]
-            per_fold = [m.target_predictions(o.outputs) for m, o in zip(plan.members, outputs, strict=True)]
-            target_results = {}
-            for t, spec in enumerate(ckpt["targets"]):
-                mean = np.mean([fold[t] for fold in per_fold], axis=0)
-                if spec["kind"] == "categorical":
-                    target_results[spec["name"]] = {
-                        "predicted": spec["classes"][int(np.argmax(mean))],
-                        "probabilities": {c: float(q) for c, q in zip(spec["classes"], mean, strict=True)},
-                    }
-                else:
-                    target_results[spec["name"]] = {"predicted": float(mean)}
-            first = target_results[specs[0]]["predicted"]
-            row = {"predicted_class": f"{specs[0]} {first:.3g}" if isinstance(first, float) else f"{specs[0]} {first}"}
-            row["n_tiles"] = len(attention)
-            probabilities = {
-                f"{name}_{key}": value
-                for name, result in target_results.items()
-                for key, value in ({"predicted": result["predicted"]} | result.get("probabilities", {})).items()
-                if not isinstance(value, str)
-            }
-            task_fields = {
-                "task": "multi",
-                "targets": target_results,
-                "truth": models.target_values.get(item.slide_id),
-                "target_names": specs,
-            }
-        elif survival:  # each fold's risk relative to its median training risk, then their mean
-            risks = [m.risk(o.outputs) for m, o in zip(plan.members, outputs, strict=True)]
-            risk = float(np.mean(risks))
-            group = "high" if risk > 0 else "low"
-            row = {"predicted_class": f"{group} risk", "n_tiles": len(attention)}
-            probabilities = {"risk": risk}
-            task_fields = {
-                "task": "survival",
-                "risk": risk,
-                "risk_group": group,
-                "fold_risks": {str(k): r for k, r in zip(plan.folds, risks, strict=False)},
-                "spread": float(np.std(risks)) if len(risks) > 1 else None,
-                "follow_up": list(models.follow_up[item.slide_id]) if item.slide_id in models.follow_up else None,
-            }
-        else:
-            # Each fold's probabilities with its own temperature, then their mean; their spread is the uncertainty.
-            calibrated_each = [
-                apply_temperature(o.log_probs, m.temperature) for m, o in zip(plan.members, outputs, strict=True)
-            ]
-            calibrated = np.mean(calibrated_each, axis=0)  # (C,)
-            row = _row(classes, probs, len(attention))
-            probabilities = {c: float(p) for c, p in zip(classes, probs, strict=True)}
-            task_fields = {
-                "probabilities": probabilities,
-                "fold_probabilities": {
-                    str(k): [float(v) for v in o.probs] for k, o in zip(plan.folds, outputs, strict=False)
-                },
-                "calibrated_probabilities": {c: float(q) for c, q in zip(classes, calibrated, strict=True)},
-                "temperatures": [m.temperature for m in plan.members],
-                "spread": spread(calibrated_each, int(probs.argmax())),
-            }
+        answer = predict_slide(models, item.store, slide_id=item.slide_id, device=device)
+        plan, attention, row, probabilities = answer.plan, answer.attention, answer.row, answer.probabilities
         how = _describe(models, plan.source, plan.folds)
-        instance_labels = read_instance_labels(item.store)
-        localisation = None
-        if instance_labels is not None:
-            on_slide = bool((read_attrs(item.store).get("slide") or {}).get("path"))  # bags of features have no grid
-            regions = lesion_regions(read_coords(item.store), instance_labels) if on_slide else None
-            localisation = bag_localisation(attention, instance_labels, regions)
         if config.write_scores:
             write_scores(
                 item.store,
@@ -534,23 +580,12 @@ def predict_slides(
                     "folds": plan.folds,
                     "source": plan.source,
                     "classes": classes,
-                    **(
-                        {"risk": probabilities["risk"]}
-                        if survival
-                        else {"targets": probabilities}
-                        if several
-                        else {"probabilities": probs.tolist()}
-                    ),
+                    **answer.scores_attrs,
                 },
             )
         heatmap = None
         if config.heatmaps:
-            if several:
-                title = f"{item.slide_id}: {row['predicted_class']} ({how})"
-            elif survival:
-                title = f"{item.slide_id}: {row['predicted_class']} ({probabilities['risk']:+.2f}; {how})"
-            else:
-                title = f"{item.slide_id}: {row['predicted_class']} (p={probs.max():.2f}; {how})"
+            title = f"{item.slide_id}: {row['predicted_class']} ({answer.headline}{how})"
             coords = read_coords(item.store)
             heatmap = _heatmap(item.store, item.slide_id, coords, attention, out_dir, config, title, encoder)
             if heatmap:
@@ -573,12 +608,12 @@ def predict_slides(
                 "scores_name": scores_name,
                 "classes": classes,
                 "predicted_class": row["predicted_class"],
-                **task_fields,  # the task's own answer: probabilities, a risk, or each target's prediction
+                **answer.fields,  # the task's own answer: probabilities, a risk, or each target's prediction
                 "label": plan.label,
                 "source": plan.source,
                 "folds": plan.folds,
                 "n_tiles": int(row["n_tiles"]),
-                "localisation": localisation,  # attention vs the store's instance_labels, when it has them
+                "localisation": answer.localisation,  # attention vs the store's instance_labels, when it has them
                 "heatmap_skipped": heatmap,
                 "geojson_skipped": no_geojson,
             },
