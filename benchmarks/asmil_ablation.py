@@ -34,8 +34,13 @@ from wsi_pipeline.mil import Anchor, MILOutput, RandomDropping, create_model
 from wsi_pipeline.mil.asmil import ASMIL
 from wsi_pipeline.mil_datasets import MIL_ENCODER, DigitBagsConfig, make_digit_bags
 from wsi_pipeline.store import list_stores, read_features, read_instance_labels, slide_id_from_store
-from wsi_pipeline.training import bag_localisation, bag_loss_terms, make_optimizer, standardization_scale
-from wsi_pipeline.training._train import _cosine  # train_fold's private LR schedule, reused as it is
+from wsi_pipeline.training import (
+    bag_localisation,
+    bag_loss_terms,
+    cosine_schedule,  # train_fold's LR schedule, reused as it is
+    make_optimizer,
+    standardization_scale,
+)
 
 
 class ASMILMeanOfTokens(ASMIL):
@@ -132,7 +137,7 @@ def train_variant(name: str, bags: list[np.ndarray], y: np.ndarray, keys: list, 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, lr=args.lr, weight_decay=args.weight_decay)
     total = args.epochs * len(train_ids)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(total))
     escaped, start = None, time.perf_counter()
     for epoch in range(1, args.epochs + 1):
         model.train()

@@ -20,7 +20,6 @@ from wsi_pipeline.batch import Shard, read_manifest
 from wsi_pipeline.cli import app
 from wsi_pipeline.config import config_to_dict
 from wsi_pipeline.embedding import EmbedConfig, EmbedRuntime, embed_slide, embed_stores, resolve_num_workers
-from wsi_pipeline.embedding import _stream as stream_module
 from wsi_pipeline.encoders import create_encoder, list_encoders
 from wsi_pipeline.slide import Slide
 
@@ -239,7 +238,9 @@ def test_worker_errors_keep_their_one_line_message() -> None:
         "Caught SlideReadError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
         '  File "x.py", line 1, in f\nwsi_pipeline.errors.SlideReadError: a.svs: cannot decode the region\n'
     )
-    clean = stream_module._clean_worker_error(wrapped)
+    from wsi_pipeline.embedding import clean_worker_error
+
+    clean = clean_worker_error(wrapped)
     assert isinstance(clean, SlideReadError) and str(clean) == "a.svs: cannot decode the region"
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st  # noqa: E402
 from tests.conftest import CMU_SMALL  # noqa: E402
 from tests.test_faults import cli, no_traceback  # noqa: E402
 from wsi_pipeline.config import load_config  # noqa: E402
-from wsi_pipeline.discovery import _clean_id, discover_slides  # noqa: E402
+from wsi_pipeline.discovery import clean_slide_id, discover_slides  # noqa: E402
 from wsi_pipeline.errors import ConfigError  # noqa: E402
 from wsi_pipeline.tiling import TileConfig  # noqa: E402
 from wsi_pipeline.training import read_labels  # noqa: E402
@@ -94,7 +94,7 @@ def test_slide_manifests_give_every_row_or_one_line(
         for path, given_id in rows:
             entry = next(e for e in entries if e.path.resolve() == Path(path).resolve())
             if given_id:  # the manifest's id wins (cleaned the one documented way)
-                assert entry.slide_id == _clean_id(given_id)
+                assert entry.slide_id == clean_slide_id(given_id)
 
 
 # --------------------------------------------------------------------------------------------- labels

@@ -64,7 +64,7 @@ def _make_stores(slide_path: Path, out: Path, n_bands: int = 6) -> tuple[Path, P
 @pytest.fixture(autouse=True)
 def _no_report(monkeypatch: pytest.MonkeyPatch) -> None:
     """The report has its own tests (tests/test_report.py); here its deep-zoom pyramids would only add minutes."""
-    monkeypatch.setattr("wsi_pipeline.predict._predict._report", lambda *args, **kwargs: None)
+    monkeypatch.setattr("wsi_pipeline.report.write_report", lambda *args, **kwargs: None)
 
 
 @pytest.fixture(scope="module")

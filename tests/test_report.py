@@ -208,16 +208,17 @@ def test_cli_predict_prints_the_report_and_a_missing_viewer_is_one_warning(cohor
     assert run.returncode == 0, run.stderr
     assert f"report: {out / 'report' / 'index.html'}" in run.stderr.replace("\n", "")
     assert sorted(p.stem for p in (out / "report" / "slides").glob("*.html")) == cohort.slide_ids
-    # Without the built viewer the predictions stand and the report is one warning naming the fix.
-    from wsi_pipeline.predict._predict import _report
 
+    # Without the built viewer the predictions stand and the report is one warning naming the fix.
     def missing(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
         raise MissingPrerequisiteError("static/openseadragon: OpenSeadragon is not built; run `python web/build.py`")
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("wsi_pipeline.report.write_report", missing)
         with pytest.warns(UserWarning, match="report not written: .*web/build.py"):
-            assert _report(out, cohort.slide_ids, {"sha256": "x"}, PredictConfig()) is None
+            settings = PredictConfig(heatmaps=False, top_k=2, write_scores=False, report_max_size=300)  # as above
+            again = predict_slides(cohort.run_dir, [cohort.stores], out, settings)
+        assert again.report is None and {r.status for r in again.batch.records} == {"skipped"}
 
 
 # --------------------------------------------------------------------------------------------- view server

@@ -38,7 +38,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .slide import Slide
 
-__all__ = ["SlideEntry", "discover_slides", "read_mpp_csv", "SLIDE_EXTENSIONS"]
+__all__ = ["SlideEntry", "clean_slide_id", "discover_slides", "read_mpp_csv", "SLIDE_EXTENSIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _resolved(path: Path) -> Path:
         return Path(os.path.abspath(path))
 
 
-def _clean_id(text: str) -> str:
+def clean_slide_id(text: str) -> str:
     # Letters and digits of every script are kept (NFC, so a name typed on macOS and on Linux is one id): ids that
     # differ only in them stay different.
     cleaned = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", text)).strip("._")
@@ -188,13 +188,13 @@ def _read_manifest(path: Path) -> list[tuple[Path, str | None, float | None]]:
 
 def _unique_ids(paths: Sequence[Path], hints: Sequence[str | None]) -> list[str]:
     """Stem-based ids; clashes get the file type, then parent folder names (depends only on the paths)."""
-    base = [_clean_id(h or p.stem) for p, h in zip(paths, hints, strict=True)]
+    base = [clean_slide_id(h or p.stem) for p, h in zip(paths, hints, strict=True)]
 
     def candidate(i: int, depth: int) -> str:
         if depth == 1:  # same stem, different formats in one folder: boxes.tiff vs boxes_0.dcm
-            return _clean_id(f"{base[i]}_{paths[i].suffix.lstrip('.').lower()}")
+            return clean_slide_id(f"{base[i]}_{paths[i].suffix.lstrip('.').lower()}")
         parents = _resolved(paths[i]).parent.parts[1:][::-1]
-        return _clean_id("_".join([*reversed(parents[: depth - 1]), base[i]]))
+        return clean_slide_id("_".join([*reversed(parents[: depth - 1]), base[i]]))
 
     ids = list(base)
     for depth in range(1, 64):
@@ -281,7 +281,7 @@ def discover_slides(
         resolved = _resolved(entry[0])
         key = resolved.parent / "*.dcm" if resolved.suffix.lower() == ".dcm" else resolved
         kept = unique.setdefault(key, entry)
-        if kept is not entry and kept[1] and entry[1] and _clean_id(kept[1]) != _clean_id(entry[1]):
+        if kept is not entry and kept[1] and entry[1] and clean_slide_id(kept[1]) != clean_slide_id(entry[1]):
             raise ConfigError(
                 f"{entry[0]}: listed twice, as slide ids {kept[1]!r} and {entry[1]!r}; one file is one slide: list it "
                 "once (or copy the file to keep both ids)"
@@ -306,7 +306,7 @@ def discover_slides(
     used: set[str] = set()
     entries = []
     for (path, given_id, mpp, _), auto in zip(rows, auto_ids, strict=True):
-        slide_id = _clean_id(given_id) if given_id else auto
+        slide_id = clean_slide_id(given_id) if given_id else auto
         if slide_id in used:
             raise ConfigError(f"{path}: slide id {slide_id!r} is used twice; make the manifest's slide_id unique")
         used.add(slide_id)

@@ -31,6 +31,7 @@ __getattr__, __dir__ = lazy_exports(
         "resolve_precision": "._runtime",
         "SlideJob": "._stream",
         "TileStream": "._stream",
+        "clean_worker_error": "._stream",
     },
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "TileReader",
     "TileRef",
     "TileStream",
+    "clean_worker_error",
     "embed_slide",
     "embed_stage_name",
     "embed_stores",

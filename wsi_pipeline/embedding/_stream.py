@@ -34,7 +34,7 @@ from ..store import FEATURES, FeatureWriter, store_group
 from ._reader import TileBatch, TileReader, TileRef, encoder_view
 from ._runtime import EmbedRuntime
 
-__all__ = ["SlideJob", "TileStream"]
+__all__ = ["SlideJob", "TileStream", "clean_worker_error"]
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class TileStream:
         in_flight = list(self.open.values())
         if not in_flight:
             raise err
-        reason = one_line(_clean_worker_error(err))
+        reason = one_line(clean_worker_error(err))
         log.warning("tile stream stopped (%s); retrying its %d slide(s) in flight one by one", reason, len(in_flight))
         self.open.clear()
         redo = sum(job.landed for job in in_flight)
@@ -202,7 +202,7 @@ class TileStream:
                 self._run_loader(iter([job]), job.n_tiles)
             except Exception as again:  # noqa: BLE001 - fails this slide only
                 self.open.pop(job.number, None)
-                message = one_line(_clean_worker_error(again))
+                message = one_line(clean_worker_error(again))
                 error = SlideError(f"{job.slide_path}: embedding failed, also when retried alone ({message})")
                 self.on_tiles(0, self._fail(job, error))
 
@@ -345,7 +345,7 @@ class TileStream:
         return never
 
 
-def _clean_worker_error(err: Exception) -> Exception:
+def clean_worker_error(err: Exception) -> Exception:
     """A DataLoader worker's exception carries the worker traceback in its message; keep the original line."""
     text = str(err)
     if "Original Traceback" not in text:

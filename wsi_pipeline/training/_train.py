@@ -63,7 +63,7 @@ from ._targets import MULTI_KEYS
 from ._tasks import make_task
 from ._threads import choose_threads
 
-__all__ = ["FoldResult", "FoldTrainer", "TrainResult", "train_fold", "train"]
+__all__ = ["FoldResult", "FoldTrainer", "TrainResult", "cosine_schedule", "train_fold", "train"]
 
 EpochCallback = Callable[[int, int, int, dict[str, Any]], None]
 
@@ -105,7 +105,8 @@ def make_optimizer(params: list[nn.Parameter], *, lr: float, weight_decay: float
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def _cosine(total_steps: int) -> Callable[[int], float]:
+def cosine_schedule(total_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor at each optimiser step: a cosine from 1 to 0 over ``total_steps`` (per iteration)."""
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
@@ -267,7 +268,7 @@ class FoldTrainer:
         self.optimizer = make_optimizer(params, lr=config.lr, weight_decay=config.weight_decay)
         total_steps = config.epochs * self.task.steps_per_epoch()
         self.scheduler = (
-            torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(total_steps))
+            torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_schedule(total_steps))
             if config.schedule == "cosine"
             else None
         )
