@@ -5,6 +5,7 @@ both use them."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import math
@@ -23,7 +24,15 @@ from ._bags import BagLoader
 from ._localisation import bag_localisation, mean_localisation
 from ._metrics import classification_metrics
 
-__all__ = ["Evaluation", "bag_localisation_all", "bag_loss_terms", "evaluate", "train_epoch"]
+__all__ = [
+    "Evaluation",
+    "add_terms",
+    "bag_localisation_all",
+    "bag_loss_terms",
+    "evaluate",
+    "optimiser_step",
+    "train_epoch",
+]
 
 log = logging.getLogger("wsi_pipeline.training._train")  # the name users filter on
 # Progress lines of a run always go to its train.log; they reach the console only at -v (through ``log``).
@@ -147,19 +156,40 @@ def train_epoch(
             bag, keep = dropper(model, bag)  # (N', D), (T',) or None
         own = None if loss_of is None else (lambda logits, sid=sid: loss_of(logits, sid))
         terms = bag_loss_terms(model, bag, targets[sid], keep_tokens=keep, anchor=anchor, loss_of=own)
-        loss = torch.stack(list(terms.values())).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if anchor is not None:
-            anchor.update(model)
-        for name, value in terms.items():
-            sums[name] = sums[name] + value.detach() if name in sums else value.detach().clone()
+        optimiser_step(model, params, terms, optimizer, scheduler=scheduler, anchor=anchor, grad_clip=grad_clip)
+        add_terms(sums, terms)
     return sums
+
+
+def optimiser_step(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    terms: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    anchor: Anchor | None,
+    grad_clip: float | None,
+) -> None:
+    """One step on the sum of the loss ``terms``: clip, step the optimiser and the per-iteration schedule, then let
+    the anchor follow the student."""
+    dtype = functools.reduce(torch.promote_types, (value.dtype for value in terms.values()))  # the widest term's
+    loss = torch.stack([value.to(dtype) for value in terms.values()]).sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    if anchor is not None:
+        anchor.update(model)
+
+
+def add_terms(sums: dict[str, torch.Tensor], terms: dict[str, torch.Tensor]) -> None:
+    """Add each loss term to its running sum, detached (no per-step sync with the device)."""
+    for name, value in terms.items():
+        sums[name] = sums[name] + value.detach() if name in sums else value.detach().clone()
 
 
 def bag_localisation_all(loader: BagLoader, attention: dict[str, np.ndarray]) -> dict[str, dict[str, float] | None]:

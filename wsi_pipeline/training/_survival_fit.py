@@ -14,6 +14,7 @@ from torch import nn
 
 from ..mil import Anchor, RandomDropping
 from ._config import SurvivalSettings
+from ._epoch import add_terms, optimiser_step
 from ._survival import (
     BaselineHazard,
     bin_edges,
@@ -207,18 +208,8 @@ def survival_epoch(
                 [head.loss_of(stacked[:, t], time, event) for t in range(stacked.shape[1])]
             ).mean()
         terms.update({name: value / len(batch) for name, value in per_bag.items()})
-        loss = torch.stack([v.double() for v in terms.values()]).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if anchor is not None:
-            anchor.update(model)
-        for name, value in terms.items():
-            sums[name] = sums[name] + value.detach() if name in sums else value.detach().clone()
+        optimiser_step(model, params, terms, optimizer, scheduler=scheduler, anchor=anchor, grad_clip=grad_clip)
+        add_terms(sums, terms)
     return sums
 
 

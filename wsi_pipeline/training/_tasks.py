@@ -124,7 +124,26 @@ class ClassificationTask(FoldTask):
     """One label per slide: cross-entropy, probabilities calibrated with a temperature fitted on validation."""
 
 
-class SurvivalTask(FoldTask):
+class _OutputsTask(FoldTask):
+    """A task scored from the model's raw outputs (``_metrics``), not from class probabilities."""
+
+    def _metrics(self, outputs: np.ndarray, ids: list[str]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def monitor(self, model: nn.Module, loader: BagLoader, ids: list[str]) -> tuple[dict | None, dict]:
+        evaluation = evaluate(model, loader, ids)
+        metrics = self._metrics(evaluation.outputs, self.split.val) if self.split.val else None
+        return metrics, evaluation.attention
+
+    def score(self, model: nn.Module, loader: BagLoader, ids: list[str]) -> Scored:
+        evaluation = evaluate(model, loader, ids)
+        metrics = self._metrics(evaluation.outputs, ids)
+        per_bag = bag_localisation_all(loader, evaluation.attention)
+        metrics.update(mean_localisation(per_bag.values()))
+        return metrics, evaluation, per_bag
+
+
+class SurvivalTask(_OutputsTask):
     """Time and event per slide: a Cox or discrete-time head (``SurvivalHead``), mini-batches of slides."""
 
     name = "survival"
@@ -164,18 +183,6 @@ class SurvivalTask(FoldTask):
                 metrics["loss"] = float(self.head.loss_of(out, torch.from_numpy(fu[:, 0]), torch.from_numpy(fu[:, 1])))
         return metrics
 
-    def monitor(self, model: nn.Module, loader: BagLoader, ids: list[str]) -> tuple[dict | None, dict]:
-        evaluation = evaluate(model, loader, ids)
-        metrics = self._metrics(evaluation.outputs, self.split.val) if self.split.val else None
-        return metrics, evaluation.attention
-
-    def score(self, model: nn.Module, loader: BagLoader, ids: list[str]) -> Scored:
-        evaluation = evaluate(model, loader, ids)
-        metrics = self._metrics(evaluation.outputs, ids)
-        per_bag = bag_localisation_all(loader, evaluation.attention)
-        metrics.update(mean_localisation(per_bag.values()))
-        return metrics, evaluation, per_bag
-
     def finish(self, model: nn.Module, loader: BagLoader, out_dir: Path) -> tuple[dict, dict, dict[str, Any]]:
         # The baseline hazard (cox) and the risk groups' cut come from the selected model on its training slides.
         self.head.finish(evaluate(model, loader, self.split.train).outputs)
@@ -200,7 +207,7 @@ class SurvivalTask(FoldTask):
         return out["val"], out["test"], {"survival": self.head.as_dict()}
 
 
-class MultiTargetTask(FoldTask):
+class MultiTargetTask(_OutputsTask):
     """Several targets per slide: one head each, a loss that skips missing values (``MultiTargets``)."""
 
     name = "multi"
@@ -239,18 +246,6 @@ class MultiTargetTask(FoldTask):
                 out = torch.from_numpy(np.asarray(outputs)).float()
                 metrics["loss"] = float(self.multi.loss(out, columns, self.config.regression_loss))
         return metrics
-
-    def monitor(self, model: nn.Module, loader: BagLoader, ids: list[str]) -> tuple[dict | None, dict]:
-        evaluation = evaluate(model, loader, ids)
-        metrics = self._metrics(evaluation.outputs, self.split.val) if self.split.val else None
-        return metrics, evaluation.attention
-
-    def score(self, model: nn.Module, loader: BagLoader, ids: list[str]) -> Scored:
-        evaluation = evaluate(model, loader, ids)
-        metrics = self._metrics(evaluation.outputs, ids)
-        per_bag = bag_localisation_all(loader, evaluation.attention)
-        metrics.update(mean_localisation(per_bag.values()))
-        return metrics, evaluation, per_bag
 
     def finish(self, model: nn.Module, loader: BagLoader, out_dir: Path) -> tuple[dict, dict, dict[str, Any]]:
         out: dict[str, dict] = {}
