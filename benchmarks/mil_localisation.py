@@ -46,8 +46,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "asmil": ("asmil", []),  # the paper's recipe (docs/asmil.md)
     "asmil-student": ("asmil", ["--set", "anchor=none", "--set", "drop=none"]),
     # configs/presets/asmil-localise.yaml, as --set (the run already takes the benchmark preset as its config)
-    "asmil-localise": ("asmil", ["--set", "model_kwargs.token_norm=false", "--set", "anchor_reduction=mean"]),
-    "asmil-q1-anchor-mean": ("asmil", ["--set", "model_kwargs.query_std=1.0", "--set", "anchor_reduction=mean"]),
+    "asmil-localise": ("asmil", ["--set", "model_kwargs.token_norm=false", "--set", "anchor.reduction=mean"]),
+    "asmil-q1-anchor-mean": ("asmil", ["--set", "model_kwargs.query_std=1.0", "--set", "anchor.reduction=mean"]),
     "transmil": ("transmil", []),
     "transmil+anchor+dropping": ("transmil", ["--set", "anchor=ema", "--set", "drop=instance"]),
     "clam_sb": ("clam_sb", []),

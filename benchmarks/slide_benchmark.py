@@ -42,7 +42,7 @@ DATA = ROOT.parent / "shared" / "data"
 ENCODER = "efficientnet_lite0"
 
 # name -> (model, extra `wsi-pipeline train` arguments)
-ASMIL_RELEASED = ["--set", "anchor=frozen", "--set", "anchor_reduction=mean"]
+ASMIL_RELEASED = ["--set", "anchor.mode=frozen", "--set", "anchor.reduction=mean"]
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "meanpool": ("meanpool", []),
     "abmil": ("abmil", []),

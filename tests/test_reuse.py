@@ -222,13 +222,13 @@ _TRAIN_THEN_HANG = """
 import os, sys, time
 from pathlib import Path
 
-from wsi_pipeline.training import _train
+from wsi_pipeline.training import FoldTask
 
-original, calls = _train.train_epoch, []
+original, calls = FoldTask.train_pass, []
 
 
-def epoch_then_hang(*args, **kwargs):
-    result = original(*args, **kwargs)  # the epoch's optimiser steps are done in memory ...
+def epoch_then_hang(self, *args, **kwargs):
+    result = original(self, *args, **kwargs)  # the epoch's optimiser steps are done in memory ...
     calls.append(1)
     if len(calls) == int(os.environ["HANG_AT_EPOCH"]):  # ... but never saved: killed here, mid-epoch
         Path(os.environ["HANG_FILE"]).touch()
@@ -236,7 +236,7 @@ def epoch_then_hang(*args, **kwargs):
     return result
 
 
-_train.train_epoch = epoch_then_hang
+FoldTask.train_pass = epoch_then_hang  # every task's training pass (classification here)
 from wsi_pipeline.cli import main
 
 sys.argv = ["wsi-pipeline", *sys.argv[1:]]

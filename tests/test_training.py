@@ -297,7 +297,7 @@ def test_cli_train_passes_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     )
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
-    assert (cfg.model, cfg.folds, cfg.epochs, cfg.anchor, cfg.seed) == ("abmil", 4, 7, "ema", 3)
+    assert (cfg.model, cfg.folds, cfg.epochs, cfg.anchor.mode, cfg.seed) == ("abmil", 4, 7, "ema", 3)
     assert seen["labels"] == Path("labels.csv")
 
 

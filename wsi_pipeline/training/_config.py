@@ -6,7 +6,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["SurvivalSettings", "TrainConfig", "resolve_plugins", "resolve_selection"]
+__all__ = ["AnchorSettings", "SurvivalSettings", "TrainConfig", "resolve_plugins", "resolve_selection"]
+
+
+AnchorMode = Literal["auto", "ema", "frozen", "none"]
+
+
+@dataclass
+class AnchorSettings:
+    """ASMIL's anchor, a plug-in of the training loop for every model (``mil/plugins.py``).
+
+    ``mode``: ``auto`` (``ema`` for asmil, else ``none``), ``ema`` (a copy of the student that follows it by EMA with
+    ``momentum``), ``frozen`` (an independent random network never updated, what the released code does) or
+    ``none``. Its target is ``sigmax(a_anchor / tau)``; the loss, times ``weight``, is summed over the tiles (the
+    paper) or averaged (``reduction: mean``, the released code).
+    """
+
+    mode: AnchorMode = "auto"
+    momentum: float = 0.999
+    tau: float = 0.5
+    weight: float = 1.0
+    reduction: Literal["sum", "mean"] = "sum"
 
 
 @dataclass
@@ -65,12 +85,8 @@ class TrainConfig:
     # last: keep the last epoch; a survival run selects on the validation C-index (c_index) unless loss or last
     selection: Literal["f1_auc", "loss", "accuracy", "c_index", "target_score", "last"] = "f1_auc"
     patience: int | None = None  # early stopping after this many epochs without a better val score
-    # ASMIL plug-ins
-    anchor: Literal["auto", "ema", "frozen", "none"] = "auto"
-    anchor_momentum: float = 0.999
-    anchor_tau: float = 0.5
-    anchor_weight: float = 1.0
-    anchor_reduction: Literal["sum", "mean"] = "sum"
+    # ASMIL plug-ins; `anchor: ema` (a mode alone) is short for `anchor: {mode: ema}`
+    anchor: AnchorSettings | AnchorMode = field(default_factory=lambda: AnchorSettings())
     drop: Literal["auto", "none", "token", "instance"] = "auto"
     n_drop: int = 10
     # run
@@ -81,6 +97,8 @@ class TrainConfig:
     plots: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.anchor, str):  # `--set anchor=ema`: the mode alone
+            self.anchor = AnchorSettings(mode=self.anchor)  # type: ignore[arg-type]
         if self.epochs < 1:
             raise ValueError("epochs must be >= 1")
         if self.folds < 2:
@@ -92,7 +110,8 @@ class TrainConfig:
 def resolve_plugins(config: TrainConfig) -> tuple[str, str]:
     """The anchor mode and dropping mode a run uses once ``auto`` is resolved: ASMIL's recipe for ``asmil``."""
     is_asmil = config.model == "asmil"
-    anchor = config.anchor if config.anchor != "auto" else ("ema" if is_asmil else "none")
+    mode = config.anchor.mode  # type: ignore[union-attr]  # always settings after __post_init__
+    anchor = mode if mode != "auto" else ("ema" if is_asmil else "none")
     drop = config.drop if config.drop != "auto" else ("token" if is_asmil else "none")
     return anchor, drop
 

@@ -41,6 +41,10 @@ def _features_id(store: Path, encoder: str) -> str:
 def run_identity(config: TrainConfig, labels: Labels, stores: dict[str, Path]) -> dict[str, Any]:
     """The identity of a run of ``config`` on ``labels`` with the bags of ``stores`` (``config.encoder`` set)."""
     settings = {k: v for k, v in config_to_dict(config).items() if k not in _NOT_RESULTS}
+    # The anchor's settings as the flat keys they were before they became one section: a run keeps its identity.
+    anchor = settings.pop("anchor")
+    settings["anchor"] = anchor["mode"]
+    settings.update({f"anchor_{key}": value for key, value in anchor.items() if key != "mode"})
     # Settings of the tasks a run is not, and the task's name for classification, are left out: a classification
     # run keeps the identity it had before survival and several targets existed.
     if labels.task != "survival":

@@ -246,16 +246,22 @@ class FoldTrainer:
             self.model = create_model(config.model, **model_kwargs).to(self.device)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"train.model_kwargs {config.model_kwargs} do not fit {config.model!r}: {err}") from err
-        anchor_mode, drop_mode = resolve_plugins(config)
+        # What train() resolved once and recorded (config.yaml's `resolved`); a fold trained alone resolves it here.
+        resolved = (self.meta.get("config") or {}).get("resolved") or {}
+        anchor_mode, drop_mode = resolved.get("anchor"), resolved.get("drop")
+        if anchor_mode is None or drop_mode is None:
+            anchor_mode, drop_mode = resolve_plugins(config)
         self.anchor = None
         if anchor_mode != "none":
+            settings = config.anchor
+            assert not isinstance(settings, str)  # a mode alone became settings in TrainConfig.__post_init__
             self.anchor = Anchor(
                 self.model,
                 mode=anchor_mode,  # type: ignore[arg-type]
-                momentum=config.anchor_momentum,
-                tau=config.anchor_tau,
-                weight=config.anchor_weight,
-                reduction=config.anchor_reduction,
+                momentum=settings.momentum,
+                tau=settings.tau,
+                weight=settings.weight,
+                reduction=settings.reduction,
                 rebuild=lambda: create_model(config.model, **model_kwargs),
             )
         self.dropper = RandomDropping(drop_mode, config.n_drop, self.generator)  # type: ignore[arg-type]
@@ -710,7 +716,8 @@ def _train_folds(
     package_log = logging.getLogger("wsi_pipeline")
     package_log.addHandler(handler)
     run_log.addHandler(handler)
-    anchor_mode, drop_mode = resolve_plugins(config)
+    resolved = meta["config"]["resolved"]
+    anchor_mode, drop_mode = resolved["anchor"], resolved["drop"]
     try:
         _note(
             "run %s (identity %s): %s, %d slides, %d classes, %d fold(s), device %s (%d CPU threads), "
