@@ -18,6 +18,7 @@ from wsi_pipeline.mil_datasets import DigitBagsConfig, make_digit_bags
 from wsi_pipeline.predict import PredictConfig, predict_slides
 from wsi_pipeline.training import (
     BaselineHazard,
+    SurvivalHead,
     SurvivalSettings,
     TrainConfig,
     concordance_harrell,
@@ -57,6 +58,17 @@ def test_cox_and_discrete_time_losses_by_hand() -> None:
     logits = torch.zeros(2, 3, dtype=torch.float64)
     nll = discrete_time_nll(logits, torch.tensor([1, 1]), torch.tensor([1.0, 0.0]))
     assert float(nll) == pytest.approx(-2 * math.log(0.5))
+
+
+def test_discrete_time_risk_and_survival_by_hand() -> None:
+    # Three bins (edges 2 and 5), hazard logits 0: h = 1/2 in each, so S = 1/2, 1/4, 1/8 through bins 0, 1, 2.
+    head = SurvivalHead("nll", np.array([1.0, 3.0, 6.0]), np.array([1, 1, 1]), np.array([2.0, 5.0]))
+    logits = np.zeros((1, 3))
+    assert head.risk(logits)[0] == pytest.approx(-(0.5 + 0.25 + 0.125))  # minus the expected bins survived
+    # The curve drops at each bin's end; the last bin has none, so it stays at S through bin 1 from 5 on.
+    np.testing.assert_allclose(
+        head.survival(logits, np.array([1.0, 2.0, 4.0, 5.0, 100.0]))[0], [1, 0.5, 0.5, 0.25, 0.25]
+    )
 
 
 def test_kaplan_meier_and_breslow_by_hand() -> None:

@@ -110,11 +110,16 @@ class BaselineHazard:
         return np.exp(-np.outer(np.exp(np.asarray(risk, dtype=np.float64)), h0))
 
 
+def bin_survival(hazard_logits: np.ndarray) -> np.ndarray:
+    """``(S, K)``: the probability of surviving through each time bin, the product of (1 - h) up to it."""
+    hazard = 1.0 / (1.0 + np.exp(-np.asarray(hazard_logits, dtype=np.float64)))
+    return np.cumprod(1.0 - hazard, axis=1)
+
+
 def discrete_survival(hazard_logits: np.ndarray, edges: np.ndarray, at: np.ndarray) -> np.ndarray:
     """Survival ``(S, T)`` at times ``at`` from hazard logits ``(S, K)``: the product of (1 - h) over the bins ended
     by then (a step function that drops at each bin's end)."""
-    hazard = 1.0 / (1.0 + np.exp(-np.asarray(hazard_logits, dtype=np.float64)))
-    survival = np.cumprod(1.0 - hazard, axis=1)  # (S, K): survived through bin k
+    survival = bin_survival(hazard_logits)  # (S, K): survived through bin k
     ended = np.searchsorted(np.asarray(edges, dtype=np.float64), np.asarray(at, dtype=np.float64), side="right")
     padded = np.concatenate([np.ones((len(survival), 1)), survival], axis=1)
     return padded[:, ended]
@@ -257,4 +262,4 @@ def logrank_test(time: np.ndarray, event: np.ndarray, group: np.ndarray) -> tupl
     return statistic, float(chi2.sf(statistic, len(labels) - 1))
 
 
-__all__ += ["discrete_survival"]
+__all__ += ["bin_survival", "discrete_survival"]

@@ -18,6 +18,7 @@ from ._epoch import add_terms, optimiser_step
 from ._survival import (
     BaselineHazard,
     bin_edges,
+    bin_survival,
     concordance_harrell,
     concordance_uno,
     cox_loss,
@@ -62,9 +63,7 @@ class SurvivalHead:
         outputs = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
         if self.loss == "cox":
             return outputs[:, 0]
-        survival = discrete_survival(outputs, self.edges, self.edges)  # through each inner edge
-        last = discrete_survival(outputs, self.edges, [math.inf])
-        return -(survival.sum(axis=1) + last[:, 0])
+        return -bin_survival(outputs).sum(axis=1)  # the expected number of bins survived, negated
 
     def survival(self, outputs: np.ndarray, at: np.ndarray) -> np.ndarray:
         """Survival curves ``(S, T)`` at times ``at``."""
