@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -125,15 +126,14 @@ def predict(
         return f"{label} ({row[f'prob_{label}']:.2f}{source})"
 
     console.print(summary_table("predict", result.batch, {"prediction": prediction}))
-    console.print(f"{len(result.rows)} slide(s) in {result.csv}", highlight=False, soft_wrap=True)
+    say = functools.partial(console.print, highlight=False, soft_wrap=True)  # long lines wrap, paths stay plain
+    say(f"{len(result.rows)} slide(s) in {result.csv}")
     if result.metrics and result.metrics.get("task") == "survival":
         m = result.metrics
-        console.print(
+        say(
             f"cohort, out-of-fold ({m['slides']} labelled slide(s), {m['events']} events): C-index {m['c_index']:.3f}; "
             f"high vs low predicted risk ({m['groups']['high']} / {m['groups']['low']} slides): log-rank p "
             f"{m['logrank_p']:.3g} ({result.csv.parent / 'risk_groups.png'})",
-            highlight=False,
-            soft_wrap=True,
         )
     elif result.metrics and result.metrics.get("task") == "multi":
         m = result.metrics
@@ -142,28 +142,22 @@ def predict(
             parts.append(
                 f"{name} AUC {t['auc']:.3f}" if "auc" in t else f"{name} R^2 {t['r2']:.3f}, r {t['pearson_r']:.3f}"
             )
-        console.print(
+        say(
             f"cohort, out-of-fold ({m['slides']} labelled slide(s)): {'; '.join(parts)} "
             f"({result.csv.parent / 'metrics.json'})",
-            highlight=False,
-            soft_wrap=True,
         )
     elif result.metrics:
         m = result.metrics
-        console.print(
+        say(
             f"cohort, out-of-fold ({m['n']} labelled slide(s)): accuracy {m['accuracy']:.3f}, balanced accuracy "
             f"{m['balanced_accuracy']:.3f}, macro-F1 {m['f1_macro']:.3f}, AUC {m['auc']:.3f} "
             f"({result.csv.parent / 'metrics.json'})",
-            highlight=False,
-            soft_wrap=True,
         )
         cal = m.get("calibration")
         if cal:
-            console.print(
+            say(
                 f"calibration: ECE {cal['ece']:.3f} raw, {cal['ece_calibrated']:.3f} with each fold's temperature "
                 f"(columns cal_prob_*; {result.csv.parent / 'reliability.png'})",
-                highlight=False,
-                soft_wrap=True,
             )
         loc = m.get("localisation")
         if loc:
@@ -172,14 +166,12 @@ def predict(
                 if ("loc_lesions_hit" in loc)
                 else ""
             )
-            console.print(
+            say(
                 f"attention vs annotations ({loc['slides']} slide(s) with lesions): tile AUC {loc['loc_auc']:.3f}, "
                 f"attention on lesion tiles {100 * loc['loc_mass']:.1f}% (uniform: {100 * loc['uniform_mass']:.1f}%), "
                 f"top-k precision {loc['loc_precision']:.3f}{hit}",
-                highlight=False,
-                soft_wrap=True,
             )
     if result.report:
-        console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
+        say(f"report: {result.report}")
     if result.failed:
         raise typer.Exit(1)

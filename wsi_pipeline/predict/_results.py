@@ -334,13 +334,12 @@ def write_predictions_csv(
             from ..training import plot_reliability, plot_risk_groups
 
             title = f"{Path(identity['path']).name}: out-of-fold slides"
-            if task == "multi":
-                pass  # per-target numbers only: no figure
-            elif task == "survival":
-                held_out = [row for row in rows if row["slide_id"] in set(metrics["slide_ids"])]
+            if task == "survival":
+                scored = set(metrics["slide_ids"])
+                held_out = [row for row in rows if row["slide_id"] in scored]
                 columns = [[float(row[k]) for row in held_out] for k in ("time", "event", "risk")]
                 plot_risk_groups(*columns, figure, title=title, p_value=metrics["logrank_p"])
-            else:
+            elif task == "classification":  # several targets: per-target numbers only, no figure
                 plot_reliability({**metrics["calibration"], "slides": metrics["n"]}, figure, title=title)
         else:
             metrics_json.unlink(missing_ok=True)  # would describe another model's predictions

@@ -14,11 +14,9 @@ Everything works on log-probabilities (``log_softmax`` of the logits, float64): 
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -193,25 +191,18 @@ def spread(probabilities: Sequence[np.ndarray], predicted: int) -> float | None:
     return float(np.std([float(p[predicted]) for p in probabilities]))
 
 
-def pooled_calibration(prediction_csvs: Sequence[Path]) -> dict[str, Any] | None:
-    """Calibration of the test slides of every fold together (each fold's ``predictions_test.csv``: ``label``,
-    ``prob_<class>`` and ``cal_prob_<class>`` columns), or None when no fold has calibrated predictions."""
-    raw, calibrated, labels, classes = [], [], [], None
-    for path in prediction_csvs:
-        if not path.is_file():
+def pooled_calibration(rows: Sequence[dict[str, str]]) -> dict[str, Any] | None:
+    """Calibration of the test slides of every fold together (the rows of each fold's ``predictions_test.csv``:
+    ``label``, ``prob_<class>`` and ``cal_prob_<class>``), or None when no row has calibrated probabilities (a
+    survival run, or folds trained before calibration existed)."""
+    raw, calibrated, labels = [], [], []
+    classes = next(([k.removeprefix("prob_") for k in row if k.startswith("prob_")] for row in rows), [])
+    for row in rows:
+        if not classes or not all(row.get(f"cal_prob_{c}") not in (None, "") for c in classes):
             continue
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            fields = reader.fieldnames or []
-            names = [f.removeprefix("prob_") for f in fields if f.startswith("prob_")]
-            if not names or not all(f"cal_prob_{c}" in fields for c in names):  # survival, or made before
-                continue
-            if classes is None:
-                classes = names
-            for row in reader:
-                raw.append([float(row[f"prob_{c}"]) for c in classes])
-                calibrated.append([float(row[f"cal_prob_{c}"]) for c in classes])
-                labels.append(classes.index(row["label"]))
+        raw.append([float(row[f"prob_{c}"]) for c in classes])
+        calibrated.append([float(row[f"cal_prob_{c}"]) for c in classes])
+        labels.append(classes.index(row["label"]))
     if not labels:
         return None
     y = np.array(labels, dtype=np.int64)

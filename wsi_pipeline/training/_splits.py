@@ -121,11 +121,16 @@ def read_labels(
         raise ConfigError(f"{path}: need at least two classes, found {classes}")
     ids = sorted(seen)
     index = {c: i for i, c in enumerate(classes)}
-    groups = None
-    if group_column:
-        by_id = {row[id_column]: row[group_column] for row in rows}
-        groups = np.array([by_id[sid] or sid for sid in ids])
+    groups = _groups(rows, ids, id_column, group_column)
     return Labels(ids, np.array([index[seen[sid]] for sid in ids], dtype=np.int64), classes, groups)
+
+
+def _groups(rows: list[dict[str, str]], ids: list[str], id_column: str, group_column: str | None) -> np.ndarray | None:
+    """Each slide's group (patient) from ``group_column``; a slide without one is a group of its own."""
+    if not group_column:
+        return None
+    by_id = {row[id_column]: row[group_column] for row in rows}
+    return np.array([by_id[sid] or sid for sid in ids])
 
 
 SURVIVAL_CLASSES = ["censored", "event"]
@@ -205,10 +210,7 @@ def read_survival_labels(
     events = np.array([seen[sid][1] for sid in ids], dtype=np.int64)
     if events.sum() < 2:
         raise ConfigError(f"{path}: {int(events.sum())} event(s) among {len(ids)} slides; survival needs at least 2")
-    groups = None
-    if group_column:
-        by_id = {row[id_column]: row[group_column] for row in rows}
-        groups = np.array([by_id[sid] or sid for sid in ids])
+    groups = _groups(rows, ids, id_column, group_column)
     times = np.array([seen[sid][0] for sid in ids], dtype=np.float64)
     return Labels(ids, events, list(SURVIVAL_CLASSES), groups, times)
 
@@ -257,9 +259,7 @@ def read_multi_labels(
     y_arr = np.array(y, dtype=np.int64)
     used = sorted(set(y))  # strata that occur, renumbered (a stratum without slides would break the splits)
     remap = {old: new for new, old in enumerate(used)}
-    groups = None
-    if group_column:
-        groups = np.array([by_id[sid][group_column] or sid for sid in ids])
+    groups = _groups(list(by_id.values()), ids, id_column, group_column)
     labels = Labels(ids, np.array([remap[v] for v in y_arr]), [strata[v] for v in used], groups, None, multi)
     return labels
 

@@ -142,6 +142,23 @@ class _OutputsTask(FoldTask):
         metrics.update(mean_localisation(per_bag.values()))
         return metrics, evaluation, per_bag
 
+    def _test_rows(self, ids: list[str], outputs: np.ndarray, per_bag: dict[str, Any]) -> list[dict[str, Any]]:
+        """The rows of ``predictions_test.csv``."""
+        raise NotImplementedError
+
+    def _head(self) -> dict[str, Any]:
+        """What the chosen checkpoint and ``metrics.json`` add beside the model."""
+        return {}
+
+    def finish(self, model: nn.Module, loader: BagLoader, out_dir: Path) -> tuple[dict, dict, dict[str, Any]]:
+        out: dict[str, dict] = {}
+        for name, ids in (("val", self.split.val), ("test", self.split.test)):
+            metrics, evaluation, per_bag = self.score(model, loader, ids)
+            out[name] = metrics
+            if name == "test" and ids:
+                _write_rows(out_dir / "predictions_test.csv", self._test_rows(ids, evaluation.outputs, per_bag))
+        return out["val"], out["test"], self._head()
+
 
 class SurvivalTask(_OutputsTask):
     """Time and event per slide: a Cox or discrete-time head (``SurvivalHead``), mini-batches of slides."""
@@ -186,25 +203,24 @@ class SurvivalTask(_OutputsTask):
     def finish(self, model: nn.Module, loader: BagLoader, out_dir: Path) -> tuple[dict, dict, dict[str, Any]]:
         # The baseline hazard (cox) and the risk groups' cut come from the selected model on its training slides.
         self.head.finish(evaluate(model, loader, self.split.train).outputs)
-        out: dict[str, dict] = {}
-        for name, ids in (("val", self.split.val), ("test", self.split.test)):
-            metrics, evaluation, per_bag = self.score(model, loader, ids)
-            out[name] = metrics
-            if name == "test" and ids:
-                risk = self.head.risk(evaluation.outputs) - self.head.risk_cutoff
-                rows = [
-                    {
-                        "slide_id": s,
-                        "time": self.follow_up[s][0],
-                        "event": self.follow_up[s][1],
-                        "risk": float(r),
-                        "risk_group": "high" if r > 0 else "low",
-                        **(per_bag.get(s) or {}),
-                    }
-                    for s, r in zip(ids, risk, strict=True)
-                ]
-                _write_rows(out_dir / "predictions_test.csv", rows)
-        return out["val"], out["test"], {"survival": self.head.as_dict()}
+        return super().finish(model, loader, out_dir)
+
+    def _test_rows(self, ids: list[str], outputs: np.ndarray, per_bag: dict[str, Any]) -> list[dict[str, Any]]:
+        risk = self.head.risk(outputs) - self.head.risk_cutoff
+        return [
+            {
+                "slide_id": s,
+                "time": self.follow_up[s][0],
+                "event": self.follow_up[s][1],
+                "risk": float(r),
+                "risk_group": "high" if r > 0 else "low",
+                **(per_bag.get(s) or {}),
+            }
+            for s, r in zip(ids, risk, strict=True)
+        ]
+
+    def _head(self) -> dict[str, Any]:
+        return {"survival": self.head.as_dict()}
 
 
 class MultiTargetTask(_OutputsTask):
@@ -220,6 +236,8 @@ class MultiTargetTask(_OutputsTask):
         self.multi: MultiTargets = labels.multi.fit_scaling(split.train)
         columns = [t.tolist() for t in self.multi.encode(labels.slide_ids)]  # per target, over the slides
         self.encoded = dict(zip(labels.slide_ids, zip(*columns, strict=True), strict=True))
+        # Each slide's targets as the one-slide tensors its training loss reads, made once for every epoch.
+        self._bag_targets = {sid: [torch.tensor([v]) for v in values] for sid, values in self.encoded.items()}
 
     @property
     def n_outputs(self) -> int:
@@ -233,9 +251,8 @@ class MultiTargetTask(_OutputsTask):
 
     def _loss_plugin(self) -> dict[str, Any]:
         """The loss of one bag's outputs ``(1, K)`` over its targets, for ``train_epoch``."""
-        tensors = {sid: [torch.tensor([v]) for v in values] for sid, values in self.encoded.items()}
         loss = self.config.regression_loss
-        return {"loss_of": lambda logits, sid: self.multi.loss(logits, tensors[sid], loss)}
+        return {"loss_of": lambda logits, sid: self.multi.loss(logits, self._bag_targets[sid], loss)}
 
     def _metrics(self, outputs: np.ndarray, ids: list[str]) -> dict[str, Any]:
         """Per-target and averaged metrics of ``ids`` and their loss (the slides as one batch)."""
@@ -247,14 +264,8 @@ class MultiTargetTask(_OutputsTask):
                 metrics["loss"] = float(self.multi.loss(out, columns, self.config.regression_loss))
         return metrics
 
-    def finish(self, model: nn.Module, loader: BagLoader, out_dir: Path) -> tuple[dict, dict, dict[str, Any]]:
-        out: dict[str, dict] = {}
-        for name, ids in (("val", self.split.val), ("test", self.split.test)):
-            metrics, evaluation, per_bag = self.score(model, loader, ids)
-            out[name] = metrics
-            if name == "test" and ids:
-                _write_rows(out_dir / "predictions_test.csv", multi_rows(self.multi, ids, evaluation.outputs, per_bag))
-        return out["val"], out["test"], {}
+    def _test_rows(self, ids: list[str], outputs: np.ndarray, per_bag: dict[str, Any]) -> list[dict[str, Any]]:
+        return multi_rows(self.multi, ids, outputs, per_bag)
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -780,16 +780,16 @@ def _summarise(run: Path, results: list[FoldResult]) -> dict[str, Any]:
             name: mean_std([(r.test.get("targets") or {}).get(name, {}) for r in results], per_target) for name in names
         }
     tests = [r.out_dir / "predictions_test.csv" for r in results if r.out_dir is not None]
-    survival_rows = _read_rows([p for p in tests if p.is_file()])
-    if survival_rows and "risk" in survival_rows[0]:
-        values = np.array([[float(r["time"]), float(r["event"]), float(r["risk"])] for r in survival_rows])
+    test_rows = _read_rows([p for p in tests if p.is_file()])  # every fold's test slides, read once
+    if test_rows and "risk" in test_rows[0]:
+        values = np.array([[float(r["time"]), float(r["event"]), float(r["risk"])] for r in test_rows])
         summary["survival"] = {
             "what": "every fold's test slides, risk relative to their fold model's median training risk",
             **risk_groups(values[:, 0], values[:, 1], values[:, 2]),
         }
         title = f"{run.name}: test slides of every fold"
         plot_risk_groups(*values.T, run / "risk_groups.png", title=title, p_value=summary["survival"]["logrank_p"])
-    pooled = pooled_calibration(tests)
+    pooled = pooled_calibration(test_rows)
     if pooled is not None:
         summary["calibration"] = pooled
         plot_reliability(pooled, run / "reliability.png", title=f"{run.name}: test slides of every fold")
