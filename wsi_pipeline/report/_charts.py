@@ -20,7 +20,9 @@ def labelled(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> list[dic
     return [r for r in rows if r.get("label") in classes and r.get("source") != "in-training"]
 
 
-def _frame(title: str, x_label: str, y_label: str, body: str) -> str:
+def _frame(title: str, x_label: str, y_label: str, body: str, heading: str | None = None) -> str:
+    """A square chart: axes, diagonal, ticks and labels around ``body``; ``title`` names it for screen readers and
+    tooltips, ``heading`` (default: the title) is what fits above it."""
     inner = SIZE - 2 * PAD
     ticks = "".join(
         f'<text x="{PAD + t * inner:.1f}" y="{SIZE - PAD + 14}" text-anchor="middle">{t:g}</text>'
@@ -35,7 +37,8 @@ def _frame(title: str, x_label: str, y_label: str, body: str) -> str:
         f'<text x="{SIZE / 2}" y="{SIZE - 4}" text-anchor="middle">{html.escape(x_label)}</text>'
         f'<text x="10" y="{SIZE / 2}" text-anchor="middle" transform="rotate(-90 10 {SIZE / 2})">'
         f"{html.escape(y_label)}</text>"
-        f'<text x="{SIZE / 2}" y="16" text-anchor="middle" class="title">{html.escape(title)}</text>{body}</svg>'
+        f'<text x="{SIZE / 2}" y="16" text-anchor="middle" class="title">{html.escape(heading or title)}</text>'
+        f"{body}</svg>"
     )
 
 
@@ -104,18 +107,23 @@ def reliability_svg(rows: Sequence[dict[str, Any]], n_classes: int, n_bins: int 
     """Accuracy against confidence (the predicted class's probability) in equal-width bins from 1/C (the least a
     prediction's probability can be) to 1; a dot's area is its number of slides. A calibrated model's dots lie on
     the diagonal. Raw probabilities are blue dots; the temperature-scaled ones (``calibrated_probabilities``, where
-    the results have them) orange rings, with both ECEs in the title."""
+    the results have them) orange rings; each series' ECE in the legend and both in the chart's name."""
     if not rows:
         return ""
     correct = np.array([r["label"] == r["predicted_class"] for r in rows], dtype=float)
     edges = np.linspace(1 / max(n_classes, 1), 1, n_bins + 1)
-    series = [("probabilities", "bin", "raw")]
+    series = [("probabilities", "bin", "raw", "#2166ac")]
     if all(r.get("calibrated_probabilities") for r in rows):
-        series.append(("calibrated_probabilities", "bin calibrated", "temperature-scaled"))
-    body, eces = "", []
-    for key, css, name in series:
+        series.append(("calibrated_probabilities", "bin calibrated", "temperature-scaled", "#d95f02"))
+    body, legend, eces = "", "", []
+    for i, (key, css, name, colour) in enumerate(series):
         confidence = np.array([float(r[key][r["predicted_class"]]) for r in rows])
-        eces.append(f"ECE {name} {_ece(confidence, correct):.3f}")
+        ece = _ece(confidence, correct)
+        eces.append(f"ECE {name} {ece:.3f}")
+        legend += (
+            f'<text x="{SIZE - PAD - 4}" y="{SIZE - PAD - 8 - 14 * (len(series) - 1 - i)}" text-anchor="end" '
+            f'fill="{colour}">{name}: ECE {ece:.3f}</text>'
+        )
         which = np.clip(np.digitize(confidence, edges) - 1, 0, n_bins - 1)
         for b in range(n_bins):
             members = which == b
@@ -127,7 +135,9 @@ def reliability_svg(rows: Sequence[dict[str, Any]], n_classes: int, n_bins: int 
                 f'<circle cx="{cx}" cy="{cy}" r="{3 + 2 * np.sqrt(n):.1f}" class="{css}">'
                 f"<title>{name}: {n} slide(s), confidence {conf:.2f}, accuracy {acc:.2f}</title></circle>"
             )
-    return _frame(f"reliability ({', '.join(eces)})", "confidence", "accuracy", body)
+    return _frame(
+        f"reliability ({', '.join(eces)})", "confidence", "accuracy", body + legend, f"reliability ({len(rows)} slides)"
+    )
 
 
 def _ece(confidence: np.ndarray, correct: np.ndarray) -> float:
