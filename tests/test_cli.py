@@ -184,4 +184,4 @@ def test_flat_png_is_tiled_with_slide_mpp(cmu_slide: Path, tmp_path: Path) -> No
     assert "pass --slide-mpp" in without.stderr and "1 failed" in without.stderr
     tiled = run_cli("tile", png, "-o", tmp_path / "b", "--slide-mpp", "0.499")
     assert tiled.returncode == 0 and "1 ok, 0 skipped, 0 failed" in tiled.stderr, tiled.stderr
-    assert (tmp_path / "b" / "crop.zarr").is_dir() and (tmp_path / "b" / "qc" / "crop.png").is_file()
+    assert (tmp_path / "b" / "crop.zarr").is_dir() and (tmp_path / "b" / "qc" / "crop.jpg").is_file()

@@ -210,4 +210,4 @@ def test_tile_and_embed_killed_at_several_points_resume_to_the_clean_result(tmp_
         np.testing.assert_array_equal(
             read_features(store_path(out, sid), "efficientnet_lite0"), read_features(clean, "efficientnet_lite0")
         )
-        assert (out / "qc" / f"{sid}.png").read_bytes() == (tmp_path / "clean" / "qc" / f"{sid}.png").read_bytes()
+        assert (out / "qc" / f"{sid}.jpg").read_bytes() == (tmp_path / "clean" / "qc" / f"{sid}.jpg").read_bytes()

@@ -167,7 +167,7 @@ def test_a_failed_tile_overwrite_leaves_no_old_store_looking_finished(tmp_path: 
         status, reason = tiled[sid]
         assert status == "failed" and "its old store was removed" in reason, reason
         assert not store_path(tmp_path / "stores", sid).exists()
-        assert not (tmp_path / "stores" / "qc" / f"{sid}.png").exists()
+        assert not (tmp_path / "stores" / "qc" / f"{sid}.jpg").exists()
 
     again = cli("embed", tmp_path / "stores", *EMBED)
     no_traceback(again)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,35 @@ def test_tile_store_is_complete_and_records_provenance(tmp_path: Path) -> None:
     assert attrs["wsi_pipeline"]["layout_version"] == store.LAYOUT_VERSION
     assert store.read_coords(path).shape == (6, 2)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary left behind
+
+
+@pytest.mark.parametrize("n", [0, 1, 2_517])
+def test_tile_store_is_the_zarr_store_zarr_writes(tmp_path: Path, n: int) -> None:
+    # The tile stage writes its two arrays without zarr: zarr must read them back bit for bit, with the metadata zarr
+    # itself writes for the same arrays, and add arrays to the store afterwards as to any other.
+    rng = np.random.default_rng(n)
+    coords = rng.integers(0, 2**40, size=(n, 2))
+    fraction = rng.random(n).astype(np.float32)
+    path = store.write_tile_store(
+        tmp_path / "ours.zarr", coords, fraction, {"slide": {"id": "a", "mpp": np.float64(0.5)}}
+    )
+    reference = zarr.open_group(str(tmp_path / "zarr.zarr"), mode="w")
+    gzip = zarr.codecs.GzipCodec(level=1)
+    for name, array in ((store.COORDS, coords), (store.TISSUE_FRACTION, fraction)):
+        reference.create_array(
+            name, shape=array.shape, dtype=array.dtype, chunks=[max(k, 1) for k in array.shape], compressors=gzip
+        )[...] = array
+        ours = zarr.open_array(str(path / name), mode="r")
+        assert ours.dtype == array.dtype and ours.shape == array.shape
+        assert np.array_equal(ours[...], array)
+        assert json.loads((path / name / "zarr.json").read_text()) == json.loads(
+            (tmp_path / "zarr.zarr" / name / "zarr.json").read_text()
+        )
+    group = zarr.open_group(str(path), mode="r")
+    assert group.attrs["slide"] == {"id": "a", "mpp": 0.5} and store.is_complete(path)
+    assert sorted(group.array_keys()) == [store.COORDS, store.TISSUE_FRACTION]
+    store.write_scores(path, "run", np.arange(n, dtype=np.float32))  # later stages add arrays as before
+    assert np.array_equal(store.read_scores(path, "run"), np.arange(n, dtype=np.float32))
 
 
 def test_incomplete_store_is_not_listed(tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ def test_end_to_end_with_a_failing_slide(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "1 ok, 0 skipped, 1 failed" in result.output and "does not recognise" in result.output
     assert [p.name for p in list_stores(out)] == ["good.zarr"]
-    assert (out / "qc" / "good.png").is_file() and (out / "geojson" / "good.geojson").is_file()
+    assert (out / "qc" / "good.jpg").is_file() and (out / "geojson" / "good.geojson").is_file()
     assert (out / "manifests" / "tile.csv").is_file()
     again = runner.invoke(app, ["tile", str(slides / "good.svs"), "--out", str(out)])
     assert again.exit_code == 0 and "0 ok, 1 skipped, 0 failed" in again.output

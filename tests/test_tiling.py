@@ -109,7 +109,7 @@ def test_real_slide_tiles_lie_on_tissue(cmu_slide: Path, tmp_path: Path) -> None
     assert tissue.min() > 0.25, "a kept tile is mostly glass"
     assert np.median(tissue) > 0.7
     assert np.median(background) < 0.3 < np.median(tissue)
-    assert (tmp_path / "qc" / "CMU-1-Small-Region.png").is_file()
+    assert (tmp_path / "qc" / "CMU-1-Small-Region.jpg").is_file()
     assert (tmp_path / "geojson" / "CMU-1-Small-Region.geojson").is_file()
 
 
@@ -201,7 +201,7 @@ def test_qc_and_geojson_come_from_the_mask_picture_in_memory(
     store = tile_slide(Slide(slide_025.path), tmp_path, config=config)
     mask_shape = read_attrs(store)["mask"]["shape"]
     assert reads == [1000 * 750]  # one read: level 1 (1/4 downsample, 1 um/px), shrunk to the 8 um/px mask
-    qc = cv2.imread(str(tmp_path / "qc" / "s025.png"))
+    qc = cv2.imread(str(tmp_path / "qc" / "s025.jpg"))
     assert qc.shape[:2] == (28 + mask_shape[0], 3 * mask_shape[1] + 12)  # header + three panels of the picture
     geo = json.loads((tmp_path / "geojson" / "s025.geojson").read_text())
     outlines = [np.array(f["geometry"]["coordinates"][0], dtype=np.float32) for f in geo["features"]]
@@ -329,10 +329,14 @@ def test_crash_mid_slide_leaves_no_finished_looking_store(few_slides: list[Slide
 def test_exception_mid_slide_leaves_nothing(few_slides: list[SlideEntry], tmp_path: Path, monkeypatch) -> None:
     import wsi_pipeline.store as store
 
-    def broken(*args, **kwargs):
-        raise OSError("disk full")
+    write_array = store._write_v3_array
 
-    monkeypatch.setattr(store.zarr.Group, "create_array", broken)
+    def broken(path, array):  # the coordinates are written, then the disk fills
+        if path.name == store.TISSUE_FRACTION:
+            raise OSError("disk full")
+        write_array(path, array)
+
+    monkeypatch.setattr(store, "_write_v3_array", broken)
     result = tile_slides(few_slides[:2], tmp_path)
     assert [r.status for r in result.records] == ["failed", "failed"] and "disk full" in result.records[0].error
     assert not any(p.name.endswith(".zarr") or ".zarr.tmp-" in p.name for p in tmp_path.iterdir())

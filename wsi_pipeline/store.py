@@ -48,16 +48,18 @@ import socket
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
 
 from . import __version__
 from ._text import read_csv_rows
 from .errors import ConfigError, MissingPrerequisiteError, StoreError
 from .files import atomic_path, atomic_write_text, remove_path
 from .provenance import features_fingerprint, tiles_fingerprint
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -131,14 +133,8 @@ def provenance() -> dict[str, Any]:
 
 def is_complete(path: str | Path) -> bool:
     """True when ``path`` is a finished tile store (a temporary or crashed one never is)."""
-    meta = Path(path) / "zarr.json"
-    if not meta.is_file():
-        return False
-    try:
-        attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
-    except Exception:  # noqa: BLE001 - unreadable metadata means not finished
-        return False
-    return bool(attrs.get("wsi_pipeline", {}).get("complete"))
+    attrs = _read_json_attrs(Path(path) / "zarr.json")  # unreadable or missing metadata means not finished
+    return bool((attrs.get("wsi_pipeline") or {}).get("complete"))
 
 
 def list_stores(stores_dir: str | Path) -> list[Path]:
@@ -271,21 +267,17 @@ def write_tile_store(
     tmp = atomic_path(final)
     remove_path(tmp)
     try:
-        group = zarr.open_group(str(tmp), mode="w")
-        n = max(len(coords), 1)
-        group.create_array(COORDS, shape=coords.shape, dtype="int64", chunks=(n, 2))[...] = coords
-        group.create_array(TISSUE_FRACTION, shape=tissue_fraction.shape, dtype="float32", chunks=(n,))[...] = (
-            tissue_fraction
-        )
+        tmp.mkdir()
+        _write_v3_array(tmp / COORDS, coords)
+        _write_v3_array(tmp / TISSUE_FRACTION, tissue_fraction)
         fingerprint = _tiles_fingerprint(coords, attrs)
-        group.attrs.update(
-            {**dict(attrs), "fingerprint": fingerprint, "wsi_pipeline": {**provenance(), "complete": False}}
-        )
         if keep_arrays and is_complete(final) and store_fingerprint(final) == fingerprint["tiles"]:
             kept = _keep_arrays(final, tmp)
             if kept:
                 log.info("%s: tiles unchanged, kept %s", final, ", ".join(kept))
-        group.attrs["wsi_pipeline"] = {**group.attrs["wsi_pipeline"], "complete": True}
+        # The group's metadata, with complete: true, is written last; the rename makes it all visible at once.
+        done = {**dict(attrs), "fingerprint": fingerprint, "wsi_pipeline": {**provenance(), "complete": True}}
+        _write_v3_metadata(tmp, {"attributes": done, "zarr_format": 3, "node_type": "group"})
         remove_path(final)
         os.replace(tmp, final)
     except BaseException:
@@ -294,9 +286,60 @@ def write_tile_store(
     return final
 
 
+# The tile stage writes its store without importing zarr: zarr's import costs ~0.2 s of CPU, a quarter of tiling a
+# slide in its own process (benchmarks/bench_tile.py), and a one-chunk array is a small file of the zarr v3 format:
+# its metadata (as zarr writes it) and one gzip-compressed chunk. tests/test_store.py checks zarr reads it back
+# bit-identically and that the metadata is the one zarr writes for the same array.
+_V3_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "gzip", "configuration": {"level": 1}}]
+
+
+def _json_value(value: Any) -> Any:
+    """numpy scalars and arrays in attributes as JSON (zarr's own encoder does the same)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _write_v3_metadata(node: Path, metadata: Mapping[str, Any]) -> None:
+    (node / "zarr.json").write_text(json.dumps(metadata, indent=2, default=_json_value))
+
+
+def _write_v3_array(path: Path, array: np.ndarray) -> None:
+    """``array`` (int64 or float32, any shape) as a zarr v3 array of one chunk at ``path``."""
+    import gzip
+
+    path.mkdir()
+    chunk = [max(n, 1) for n in array.shape]
+    fill = 0.0 if array.dtype.kind == "f" else 0
+    _write_v3_metadata(
+        path,
+        {
+            "shape": list(array.shape),
+            "data_type": array.dtype.name,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": fill,
+            "codecs": _V3_CODECS,
+            "attributes": {},
+            "zarr_format": 3,
+            "node_type": "array",
+            "storage_transformers": [],
+        },
+    )
+    if array.size == 0:
+        return  # no chunk: zarr reads an empty array from its metadata alone
+    key = path.joinpath("c", *["0"] * array.ndim)
+    key.parent.mkdir(parents=True)
+    key.write_bytes(gzip.compress(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes(), 1))
+
+
 def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
     """Open a finished store, or raise a ``StoreError`` that says which command makes it."""
     path = Path(path)
+    import zarr
+
     if not is_complete(path):
         raise StoreError(f"{path}: not a finished slide store; run `wsi-pipeline tile` (with --overwrite) to make it")
     return zarr.open_group(str(path), mode=mode)
@@ -309,11 +352,17 @@ def has_array(store: str | Path, *names: str) -> bool:
 
 def open_array(store: str | Path, *names: str) -> zarr.Array:
     """The array ``<store>/<names...>`` opened read-only by itself (no look at the store's own metadata)."""
+    import zarr
+
     return zarr.open_array(str(Path(store).joinpath(*names)), mode="r")
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
-    return open_store(path).attrs.asdict()
+    """The attributes of a finished store (its ``zarr.json``, read without zarr); a ``StoreError`` otherwise."""
+    attrs = _read_json_attrs(Path(path) / "zarr.json")
+    if not (attrs.get("wsi_pipeline") or {}).get("complete"):
+        raise StoreError(f"{path}: not a finished slide store; run `wsi-pipeline tile` (with --overwrite) to make it")
+    return attrs
 
 
 def read_coords(path: str | Path) -> np.ndarray:
@@ -344,7 +393,7 @@ def read_features(path: str | Path, encoder: str) -> np.ndarray:
             f"{path}: no finished '{encoder}' embeddings (found: {', '.join(found) or 'none'}); "
             f"run `wsi-pipeline embed {Path(path).parent} --encoder {encoder}`"
         )
-    return np.asarray(zarr.open_array(str(Path(path) / FEATURES / encoder), mode="r")[...])
+    return np.asarray(open_array(path, FEATURES, encoder)[...])
 
 
 def _rows_per_chunk(n: int, row_bytes: int, target_bytes: int = 64 << 20) -> int:
@@ -360,6 +409,8 @@ def store_group(store: str | Path, name: str) -> zarr.Group:
     its temporary where ``remove_stale_temporaries`` of the array being written finds it.
     """
     open_store(store)  # a finished store, else a StoreError that names the command making it
+    import zarr
+
     return zarr.open_group(str(Path(store) / name), mode="a")
 
 
@@ -485,7 +536,7 @@ def read_scores(store: str | Path, name: str) -> np.ndarray:
     path = Path(store) / SCORES / name
     if not (path / "zarr.json").is_file():
         raise StoreError(f"{store}: no scores named {name!r}; run `wsi-pipeline predict` first")
-    return np.asarray(zarr.open_array(str(path), mode="r")[...])
+    return np.asarray(open_array(path)[...])
 
 
 def write_instance_labels(store: str | Path, labels: np.ndarray, attrs: Mapping[str, Any] | None = None) -> Path:
@@ -519,7 +570,7 @@ def read_instance_labels(store: str | Path) -> np.ndarray | None:
     path = Path(store) / INSTANCE_LABELS
     if not (path / "zarr.json").is_file():
         return None
-    array = zarr.open_array(str(path), mode="r")
+    array = open_array(path)
     if not array.attrs.get("complete"):
         return None
     return np.asarray(array[...])
@@ -530,5 +581,5 @@ def read_instance_labels_attrs(store: str | Path) -> dict[str, Any] | None:
     path = Path(store) / INSTANCE_LABELS
     if not (path / "zarr.json").is_file():
         return None
-    attrs = zarr.open_array(str(path), mode="r").attrs.asdict()
+    attrs = open_array(path).attrs.asdict()
     return attrs if attrs.get("complete") else None

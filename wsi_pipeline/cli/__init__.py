@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import typer
@@ -18,27 +19,9 @@ from rich.console import Console
 from ..errors import UsageError, WsiPipelineError
 from ._logging import setup_logging
 from ._summary import MAX_ROWS, summary_table
-from .annotate import annotate
-from .cohort import lesion_cohort
-from .convert import convert_mil, digit_bags
-from .embed import embed
-from .predict import predict
-from .status import status
-from .submit import submit
-from .tile import tile
-from .train import train
-from .view import view
 
-__all__ = ["app", "main", "summary_table", "MAX_ROWS"]
+__all__ = ["app", "build_app", "app_for", "main", "COMMANDS", "summary_table", "MAX_ROWS"]
 
-app = typer.Typer(
-    name="wsi-pipeline",
-    help="Whole-slide images to diagnosis: tile -> embed -> train -> predict (annotate: tile labels from polygons).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-)
 err_console = Console(stderr=True)
 
 # Usage errors are click exceptions: those of typer's own copy of click (typer >= 0.26) or of click itself (older
@@ -55,7 +38,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     verbose: int = typer.Option(
         0, "--verbose", "-v", count=True, metavar="", help="More logging (-v info, -vv debug)."
@@ -65,17 +47,59 @@ def _root(
     setup_logging(verbose, err_console)
 
 
-app.command(no_args_is_help=True)(tile)
-app.command(no_args_is_help=True)(embed)
-app.command(no_args_is_help=True)(annotate)
-app.command(no_args_is_help=True)(train)
-app.command(no_args_is_help=True)(predict)
-app.command(no_args_is_help=True)(submit)
-app.command(no_args_is_help=True)(status)
-app.command(no_args_is_help=True)(view)
-app.command(name="convert-mil", no_args_is_help=True)(convert_mil)
-app.command(name="digit-bags", no_args_is_help=True)(digit_bags)
-app.command(name="lesion-cohort", no_args_is_help=True)(lesion_cohort)
+# Command name -> (module, function). Typer turns every registered command's signature into a click command each
+# time the program starts (~0.1 s of CPU for all of them); a run needs only its own, so `main` builds an app of the
+# command named on the line, and the whole app only for the top-level help or an unknown command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tile": (".tile", "tile"),
+    "embed": (".embed", "embed"),
+    "annotate": (".annotate", "annotate"),
+    "train": (".train", "train"),
+    "predict": (".predict", "predict"),
+    "submit": (".submit", "submit"),
+    "status": (".status", "status"),
+    "view": (".view", "view"),
+    "convert-mil": (".convert", "convert_mil"),
+    "digit-bags": (".convert", "digit_bags"),
+    "lesion-cohort": (".cohort", "lesion_cohort"),
+}
+
+
+_HELP = "Whole-slide images to diagnosis: tile -> embed -> train -> predict (annotate: tile labels from polygons)."
+
+
+def build_app(names: Iterable[str] = COMMANDS) -> typer.Typer:
+    """The ``wsi-pipeline`` app with the commands ``names`` (default: all of them), in ``COMMANDS`` order."""
+    import importlib
+
+    wanted = set(names)
+    cli = typer.Typer(
+        name="wsi-pipeline",
+        help=_HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich",
+    )
+    cli.callback()(_root)  # a callback keeps even a one-command app a group: `wsi-pipeline tile ...` as always
+    for name, (module, function) in COMMANDS.items():
+        if name in wanted:
+            command = getattr(importlib.import_module(module, __name__), function)
+            cli.command(name=name, no_args_is_help=True)(command)
+    return cli
+
+
+def app_for(argv: Sequence[str]) -> typer.Typer:
+    """The app that runs ``argv``: one of the command it names (the root options take no values, so the command is
+    the first word that is not an option), or the whole app."""
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    return build_app([command]) if command in COMMANDS else build_app()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the whole app, for tests and for embedding the CLI in other programs
+        return build_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _show_warning(
@@ -109,7 +133,7 @@ def main() -> None:
         warnings.showwarning = _show_warning
     try:
         # Without standalone mode click returns (not raises) the code of a typer.Exit: pass it on.
-        code = app(standalone_mode=False)
+        code = app_for(sys.argv[1:])(standalone_mode=False)
     except _ClickException as err:
         err.show()  # type: ignore[attr-defined]
         sys.exit(err.exit_code)  # type: ignore[attr-defined]

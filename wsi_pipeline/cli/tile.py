@@ -60,7 +60,7 @@ def tile(
     shard: ShardOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Find tissue and write tile coordinates: OUT/<slide_id>.zarr, OUT/qc/*.png, OUT/geojson/*.geojson,
+    """Find tissue and write tile coordinates: OUT/<slide_id>.zarr, OUT/qc/*.jpg, OUT/geojson/*.geojson,
     OUT/manifests/tile*.csv. Finished slides are skipped; exit code 1 when any slide failed.
 
     Example: wsi-pipeline tile slides/ --out tiles/ --target-mpp 0.5 --tile-size 224

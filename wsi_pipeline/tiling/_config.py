@@ -14,7 +14,7 @@ EDGE_POLICIES = ("drop", "pad")
 
 @dataclass
 class QcConfig:
-    """QC outputs written beside the stores: ``qc/<slide_id>.png`` and ``geojson/<slide_id>.geojson``."""
+    """QC outputs written beside the stores: ``qc/<slide_id>.jpg`` and ``geojson/<slide_id>.geojson``."""
 
     enabled: bool = True
     geojson: bool = True

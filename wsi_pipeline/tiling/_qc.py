@@ -1,7 +1,10 @@
-"""QC outputs of the tile stage: ``qc/<slide_id>.png`` (thumbnail | tissue mask | kept tiles) and
+"""QC outputs of the tile stage: ``qc/<slide_id>.jpg`` (thumbnail | tissue mask | kept tiles) and
 ``geojson/<slide_id>.geojson`` (tissue outlines in level-0 pixels, QuPath: File > Import objects).
 
-Both are written atomically, and ``qc_paths`` is the one place their names are built.
+Both are written atomically, and ``qc_paths`` is the one place their names are built. The picture is a JPEG of
+quality 90: a tenth of the time and a seventh of the bytes of the same picture as PNG (0.006 s and 0.5 MB against
+0.058 s and 3.1 MB for a 40000 x 30000 px slide; benchmarks/bench_tile.py), and H&E texture is what lossless
+compression cannot shrink.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ _TILE_COLOUR = (20, 90, 230)  # RGB
 
 
 def qc_paths(out_dir: str | Path, slide_id: str) -> tuple[Path, Path]:
-    """``(png, geojson)`` paths of a slide's QC outputs under ``out_dir``."""
+    """``(picture, geojson)`` paths of a slide's QC outputs under ``out_dir``."""
     out_dir = Path(out_dir)
-    return out_dir / "qc" / f"{slide_id}.png", out_dir / "geojson" / f"{slide_id}.geojson"
+    return out_dir / "qc" / f"{slide_id}.jpg", out_dir / "geojson" / f"{slide_id}.geojson"
 
 
 def _tile_boxes(grid: TileGrid, level0_size: tuple[int, int], shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
@@ -55,7 +58,9 @@ def _box_counts(shape: tuple[int, int], x0: np.ndarray, y0: np.ndarray, x1: np.n
     np.add.at(diff, (y0, x1), -1)
     np.add.at(diff, (y1, x0), -1)
     np.add.at(diff, (y1, x1), 1)
-    return diff.cumsum(axis=0).cumsum(axis=1)[:h, :w]
+    # The sums of the difference array over both axes: cv2.integral in float64 (exact for these small integers) is
+    # several times faster than two numpy cumsums; its first row and column are zeros.
+    return cv2.integral(diff.astype(np.float64), sdepth=cv2.CV_64F)[1 : h + 1, 1 : w + 1].astype(np.int32)
 
 
 def render_qc(thumb: np.ndarray, grid: TileGrid, level0_size: tuple[int, int], title: str = "") -> np.ndarray:
@@ -106,7 +111,7 @@ def write_qc(
     out_dir: str | Path, slide: Slide, grid: TileGrid, *, thumbnail_size: int = 1024, geojson: bool = True
 ) -> tuple[Path, Path | None]:
     """Write the QC picture (and GeoJSON) of one tiled slide from the pictures ``grid`` holds; returns their paths."""
-    png_path, geo_path = qc_paths(out_dir, slide.slide_id)
+    picture_path, geo_path = qc_paths(out_dir, slide.slide_id)
     thumb = qc_thumbnail(slide, grid, thumbnail_size)
     t = grid.tiling
     title = (
@@ -114,20 +119,21 @@ def write_qc(
         f"{t['n_tiles']} tiles of {t['tile_size']} px @ {t['target_mpp']:g} um/px, tissue >= {t['min_tissue']:g}"
     )
     picture = render_qc(thumb, grid, slide.dimensions, title)
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:  # pragma: no cover - OpenCV always encodes uint8 RGB
         raise RuntimeError(f"cannot encode the QC picture of {slide.slide_id}")
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(png_path)
+    picture_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(picture_path)
     try:
         tmp.write_bytes(encoded.tobytes())
-        tmp.replace(png_path)
+        tmp.replace(picture_path)
     except OSError as err:
-        err.filename = err.filename or str(png_path)  # a full disk names the file it was writing
+        err.filename = err.filename or str(picture_path)  # a full disk names the file it was writing
         raise
     finally:
         tmp.unlink(missing_ok=True)  # a full disk must not keep half a picture (it fills the disk further)
+    picture_path.with_suffix(".png").unlink(missing_ok=True)  # the PNG that earlier versions wrote, now out of date
     if not geojson:
-        return png_path, None
+        return picture_path, None
     collection = mask_to_geojson(grid.mask, grid.mask_scale)
-    return png_path, write_geojson(geo_path, collection)
+    return picture_path, write_geojson(geo_path, collection)

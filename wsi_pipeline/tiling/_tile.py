@@ -18,7 +18,7 @@ from ..files import remove_path, remove_stale_temporaries
 from ..locks import SlideLock
 from ..provenance import short, slide_changes
 from ..slide import Slide
-from ..store import is_complete, open_store, read_attrs, store_path, update_store_attrs, write_tile_store
+from ..store import is_complete, read_attrs, store_path, update_store_attrs, write_tile_store
 from ..tissue import tissue_mask_with_info
 from ._config import TileConfig
 from ._grid import TileGrid, grid_positions, select_tiles, tissue_fractions
@@ -177,7 +177,7 @@ def store_changes(path: Path, config: TileConfig, slide: Slide) -> dict[str, lis
     when it is the same (a moved slide file is the same slide)."""
     if not is_complete(path):
         return None
-    attrs = open_store(path).attrs.asdict()
+    attrs = read_attrs(path)
     stored_slide = attrs.get("slide") or {}
     stored = attrs.get("signature") or {}
     wanted = config_to_dict(config.signature())
