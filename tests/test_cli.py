@@ -3,6 +3,7 @@ no traceback, and the light commands never import torch or timm."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -122,10 +123,18 @@ def test_version_and_list_models() -> None:
     assert models.returncode == 0 and {"abmil", "acmil", "asmil"} <= set(models.stdout.split())
 
 
+@functools.cache
+def _help(command: str) -> str:
+    """``wsi-pipeline COMMAND --help``, run once per command for the tests below (each reads it)."""
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_help_has_no_type_placeholders_for_flags() -> None:
     # Flags (--overwrite, --recursive...) and the -v counter take no value: their help shows no type.
     for command in ("tile", "embed", "train", "predict", "submit", "convert-mil"):
-        text = run_cli(command, "--help").stdout
+        text = _help(command)
         assert "--overwrite" in text and not re.search(r"<bool>|BOOLEAN", text), command
     root = run_cli("--help").stdout
     assert "--verbose" in root and not re.search(r"<int>|INTEGER", root)
@@ -135,11 +144,11 @@ def test_short_options_are_the_same_in_every_command() -> None:
     # An option several commands take has one short form everywhere.
     shorts: dict[str, set[str]] = {}
     for command in ("tile", "embed", "train", "predict", "submit", "convert-mil"):
-        for long, short in re.findall(r"(--[a-z][a-z-]+)\s+(-[a-zA-Z])\b", run_cli(command, "--help").stdout):
+        for long, short in re.findall(r"(--[a-z][a-z-]+)\s+(-[a-zA-Z])\b", _help(command)):
             shorts.setdefault(long, set()).add(short)
     takers = {"--labels": ("train", "submit"), "--model": ("train", "submit"), "--recursive": ("tile", "submit")}
     for long, commands in takers.items():
-        helps = [run_cli(c, "--help").stdout for c in commands]
+        helps = [_help(c) for c in commands]
         assert all(re.search(rf"{long}\s+-[a-z]", text) for text in helps), long
     assert all(len(forms) == 1 for forms in shorts.values()), shorts
 

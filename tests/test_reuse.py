@@ -336,7 +336,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root, train(root / "stores", labels, root / "runs", config).run_dir
 
 
-PREDICT = ["--no-heatmaps", "--device", "cpu"]
+PREDICT = ["--no-heatmaps", "--no-report", "--device", "cpu"]  # the report has its own tests (test_report.py)
 
 
 def test_predict_fails_stores_tiled_or_embedded_otherwise(cohort: tuple[Path, Path], tmp_path: Path) -> None:
