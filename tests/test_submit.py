@@ -561,6 +561,24 @@ def test_status_counts_slides_and_says_how_to_resume(tmp_path: Path) -> None:
     assert resume.startswith(f"cd {tmp_path} && ")  # the record's working directory: relative paths still hold
 
 
+def test_status_of_an_embed_stage_never_imports_torch(tmp_path: Path) -> None:
+    # `status` finds the embed manifest by the encoder's name; that must not load torch (2 s of CPU per call).
+    code = f"""
+import sys
+from pathlib import Path
+from wsi_pipeline.cluster import SubmissionRecord, status_of_record
+out = Path({str(tmp_path / "run")!r})
+record = SubmissionRecord(out, "slurm", ["wsi-pipeline", "submit"], ".", ["tile", "embed"], ["a"],
+                          {{"WSI_OUT": str(out), "WSI_ENCODER": "hf-hub:org/name"}})
+status = status_of_record(record, [])
+print([s.stage for s in status.stages], sorted(m for m in ("torch", "timm") if m in sys.modules))
+"""
+    _manifest(tmp_path / "run" / "stores", "embed-hf-org--name", [("a", "ok", "")])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['tile', 'embed'] []"
+
+
 def test_status_cli_without_a_record_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     result = subprocess.run(

@@ -16,7 +16,7 @@ __getattr__, __dir__ = lazy_exports(
         "EmbedConfig": "._config",
         "EmbedProgress": "._embed",
         "embed_slide": "._embed",
-        "embed_stage_name": "._embed",
+        "embed_stage_name": "._config",
         "embed_stores": "._embed",
         "features_signature": "._embed",
         "features_view": "._embed",

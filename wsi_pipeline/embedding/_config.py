@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["EmbedConfig"]
+__all__ = ["EmbedConfig", "embed_stage_name"]
 
 
 @dataclass
@@ -74,3 +74,8 @@ class EmbedConfig:
             raise ValueError(f"prefetch_factor must be >= 1, got {self.prefetch_factor}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ValueError(f"device {self.device!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def embed_stage_name(enc_name: str) -> str:
+    """Stage name of one encoder's run: manifests ``manifests/embed-<enc>.csv``, locks ``.locks/embed-<enc>/``."""
+    return f"embed-{enc_name}"

@@ -28,12 +28,12 @@ from ..encoders import Encoder
 from ..errors import SlideError, StoreError, StoreMismatchError
 from ..store import COORDS, features_attrs, list_stores, open_array, open_store, slide_id_from_store
 from ..tiling import TileView, check_store_slide, tile_read_params
-from ._config import EmbedConfig
+from ._config import EmbedConfig, embed_stage_name
 from ._reuse import features_changes
 from ._runtime import EmbedRuntime, load_encoder
 from ._stream import SlideJob, TileStream
 
-__all__ = ["EmbedProgress", "embed_slide", "embed_stores", "embed_stage_name", "features_signature", "features_view"]
+__all__ = ["EmbedProgress", "embed_slide", "embed_stores", "features_signature", "features_view"]
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,6 @@ _SIGNATURE_KEYS = (
     "mean",
     "std",
 )
-
-
-def embed_stage_name(enc_name: str) -> str:
-    """Stage name of one encoder's run: manifests ``manifests/embed-<enc>.csv``, locks ``.locks/embed-<enc>/``."""
-    return f"embed-{enc_name}"
 
 
 @dataclass

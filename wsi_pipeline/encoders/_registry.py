@@ -31,6 +31,14 @@ __all__ = [
 _ENCODERS: dict[str, Callable[..., EncoderConfig]] = {}
 
 
+def _presets() -> dict[str, Callable[..., EncoderConfig]]:
+    """The registered presets. The package's own are registered on first use: their modules import torch, which
+    naming an encoder (``enc_name``, ``wsi-pipeline status``) does not need."""
+    from . import cnn_baselines, vit_foundation  # noqa: F401 - registers the presets (once: modules import once)
+
+    return _ENCODERS
+
+
 def register_encoder(fn: Callable[..., EncoderConfig]) -> Callable[..., EncoderConfig]:
     """Register a preset constructor under its function name (it returns an ``EncoderConfig``)."""
     name = fn.__name__
@@ -42,11 +50,11 @@ def register_encoder(fn: Callable[..., EncoderConfig]) -> Callable[..., EncoderC
 
 def list_encoders() -> list[str]:
     """Registered preset names, sorted (any timm model name works too)."""
-    return sorted(_ENCODERS)
+    return sorted(_presets())
 
 
 def is_encoder(name: str) -> bool:
-    return name in _ENCODERS
+    return name in _presets()
 
 
 def enc_name(name: str) -> str:
@@ -122,7 +130,7 @@ def get_encoder_config(name: str, *, offline: bool = False, **overrides: Any) ->
     Raises ``EncoderError`` (a ``ValueError``) listing the presets when the name is unknown.
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if name in _ENCODERS:
+    if name in _presets():
         cfg = _ENCODERS[name]()
     elif name.startswith("hf-hub:"):
         cfg = _hf_hub_config(name, offline)
