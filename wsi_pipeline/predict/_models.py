@@ -25,6 +25,7 @@ import csv
 import hashlib
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ class FoldModel:
     model: torch.nn.Module | None = None
     mapped: bool = False  # ``model`` holds no weights: ``running`` maps them from ``path`` for each use
     stamp: tuple[int, ...] | None = None  # the checkpoint file as read (device, inode, size, mtime)
+    shared: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # one per ``model``
 
     def identity(self) -> dict[str, Any]:
         return checkpoint_identity(self.path)
@@ -77,14 +79,16 @@ class FoldModel:
         if changed:
             raise CheckpointError(f"{self.path}: changed or removed since predict started; run predict again")
         state = load_checkpoint(self.path, mmap=True)["state_dict"]
-        try:
-            self.model.load_state_dict(state, assign=True)
-        except RuntimeError as err:
-            raise CheckpointError(f"{self.path}: its weights do not fit the model of fold {self.fold}: {err}") from err
-        try:
-            yield self.model
-        finally:
-            self.model.load_state_dict(empty_state(state), assign=True)
+        with self.shared:  # folds of one architecture share the model: one runs at a time
+            try:
+                self.model.load_state_dict(state, assign=True)
+            except RuntimeError as err:
+                message = f"{self.path}: its weights do not fit the model of fold {self.fold}: {err}"
+                raise CheckpointError(message) from err
+            try:
+                yield self.model
+            finally:
+                self.model.load_state_dict(empty_state(state), assign=True)
 
     @property
     def survival(self) -> Any:
@@ -191,7 +195,7 @@ class ModelSet:
         from ..training import model_from_checkpoint, model_skeleton
 
         on_cpu = torch.device(device).type == "cpu"
-        skeletons: dict[str, torch.nn.Module] = {}
+        skeletons: dict[str, tuple[torch.nn.Module, threading.Lock]] = {}
         for member in self.members:
             if member.model is not None:
                 continue
@@ -201,8 +205,8 @@ class ModelSet:
             shapes = {key: (tuple(v.shape), str(v.dtype)) for key, v in member.ckpt["state_dict"].items()}
             key = repr((member.ckpt["model_name"], sorted(member.ckpt["model_kwargs"].items()), sorted(shapes.items())))
             if key not in skeletons:
-                skeletons[key] = model_skeleton(member.ckpt)
-            member.model, member.mapped = skeletons[key], True
+                skeletons[key] = (model_skeleton(member.ckpt), threading.Lock())
+            (member.model, member.shared), member.mapped = skeletons[key], True
 
 
 def _stamp(path: Path) -> tuple[int, ...]:
