@@ -216,6 +216,32 @@ def test_precision_auto_is_fp32_on_cpu() -> None:
     assert runtime.device.type == "cpu" and runtime.precision == "fp32"
 
 
+def test_cpu_embedding_keeps_freed_memory_only_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """glibc's malloc keeps the encoder's freed memory for its next batch while tiles are embedded (no page faults
+    per batch); after, the freed memory is handed back and large blocks are mapped again, so what runs next (a
+    predict's fold models and heatmap) does not come on top of it."""
+    from wsi_pipeline.embedding import _runtime
+
+    calls: list[tuple[str, int, int]] = []
+
+    class Libc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append(("mallopt", param, value))
+            return 1
+
+        def malloc_trim(self, pad: int) -> int:
+            calls.append(("malloc_trim", pad, 0))
+            return 1
+
+    monkeypatch.setattr(_runtime, "_libc", Libc)
+    monkeypatch.setattr(_runtime, "CPU_CHUNK", 4)
+    runtime = EmbedRuntime.create(create_encoder(ENC), dataclasses.replace(FAST, device="cpu"))
+    assert not calls  # making the runtime changes no process-wide setting
+    with runtime.cpu_threads():
+        assert calls == [("mallopt", -3, 32 << 20), ("mallopt", -1, 1 << 30)]
+    assert calls[2:] == [("mallopt", -3, 8 << 20), ("mallopt", -1, 16 << 20), ("malloc_trim", 0, 0)]
+
+
 def test_worker_count_respects_slurm_and_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_num_workers(EmbedConfig(), cuda, {"SLURM_CPUS_PER_TASK": "6"}) == 5

@@ -288,6 +288,45 @@ def test_run_folder_averages_the_folds_on_new_slides(trained: tuple[Path, Path],
     assert one.rows[0]["prob_upper"] == pytest.approx(float(per_fold[1][2][1]), abs=1e-5)
 
 
+def test_cpu_fold_models_hold_no_weights_between_uses(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """On the CPU each fold's weights are mapped from its checkpoint only while that fold runs, so k folds take the
+    memory of one: the answers are those of the checkpoints read into memory, to the bit; a checkpoint replaced
+    after predict started is refused, not silently used under the identity recorded at the start."""
+    import torch
+
+    from wsi_pipeline.predict import load_models, predict_slide, predict_store
+    from wsi_pipeline.training import load_checkpoint, model_from_checkpoint
+
+    checkpoint, stores = trained
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint.parent.parent, run)
+    new = tmp_path / "new" / "unseen.zarr"
+    shutil.copytree(stores / "cmu_band4.zarr", new)
+    models = load_models(run)
+    models.load("cpu")
+
+    def held() -> list[torch.Tensor]:
+        return [t for m in models.members for t in m.model.state_dict().values() if not t.is_meta]
+
+    assert not held()  # before: the old code held every fold's weights, twice (checkpoint and model)
+    answer = predict_slide(models, new)
+    assert not held()  # and after
+    assert answer.plan.folds == [0, 1, 2]
+    per_fold = []
+    for fold_dir in sorted(run.glob("fold_*")):
+        ckpt = load_checkpoint(fold_dir / "checkpoint_best.pt")
+        per_fold.append(predict_store(new, model_from_checkpoint(ckpt), ckpt))
+    expected = np.mean([probs for _, _, probs in per_fold], axis=0)
+    assert [answer.probabilities[c] for c in models.classes] == [float(p) for p in expected]
+    np.testing.assert_array_equal(answer.attention, np.mean([attn for _, attn, _ in per_fold], axis=0))
+
+    replaced = run / "fold_1" / "checkpoint_best.pt"
+    shutil.copyfile(replaced, tmp_path / "copy.pt")
+    (tmp_path / "copy.pt").replace(replaced)  # the same bytes, another file: as a re-trained run writes it
+    with pytest.raises(CheckpointError, match="changed or removed since predict started"):
+        predict_slide(models, new)
+
+
 def test_unfinished_run_and_missing_fold_are_one_line_errors(trained: tuple[Path, Path], tmp_path: Path) -> None:
     import subprocess
     import sys

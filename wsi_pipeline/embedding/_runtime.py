@@ -30,7 +30,10 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 # page faults were in batch norm and fill kernels writing new activations, and system time was 0.65x user time.
 # Chunks of 4 tiles keep them in the heap and in cache: 256 tiles went from 21.6 s to 6.1 s of CPU, 6.2 M to
 # 0.15 M page faults (benchmarks/bench_predict.py). The embeddings are those of the whole batch, tile by tile.
-# WSI_PIPELINE_CPU_CHUNK=0 restores whole batches and glibc's defaults (the benchmark's "before").
+# WSI_PIPELINE_CPU_CHUNK=0 restores whole batches and glibc's defaults (the benchmark's "before"). The malloc
+# settings are made when tiles are embedded (``cpu_threads``), and on its exit the memory they kept goes back: kept
+# past the embedding, the encoder's freed memory stayed in the process (165 MB after embedding a raw slide in
+# `predict`) and what came next (the fold models, the heatmap) was allocated on top of it.
 CPU_CHUNK = int(os.environ.get("WSI_PIPELINE_CPU_CHUNK", "4"))
 
 
@@ -89,8 +92,6 @@ class EmbedRuntime:
         precision = resolve_precision(config.precision, device, encoder.precision)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # every batch has the same shape: pick the fastest kernels once
-        if device.type == "cpu" and CPU_CHUNK > 0:
-            _keep_freed_memory()
         model = encoder.model.to(device).eval()
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -127,8 +128,8 @@ class EmbedRuntime:
 
     @contextlib.contextmanager
     def cpu_threads(self) -> Iterator[int]:
-        """On CPU, give the encoder the CPUs the readers leave free (never more than this process may use); yields
-        the encoder's thread count."""
+        """On CPU, give the encoder the CPUs the readers leave free (never more than this process may use) and keep
+        the memory it frees for its next batch (``_keep_freed_memory``); yields the encoder's thread count."""
         if self.device.type != "cpu":
             yield torch.get_num_threads()
             return
@@ -136,27 +137,49 @@ class EmbedRuntime:
         threads = self.config.torch_threads or max(1, available_cpus() - self.num_workers)
         torch.set_num_threads(threads)
         try:
-            yield threads
+            with _keep_freed_memory() if CPU_CHUNK > 0 else contextlib.nullcontext():
+                yield threads
         finally:
             torch.set_num_threads(before)
 
 
-def _keep_freed_memory() -> None:
-    """glibc only: a fixed mmap threshold (32 MiB, its maximum: no longer raised and lowered as blocks come and go)
-    and a high trim threshold, so the memory of one batch's activations is reused by the next instead of being
-    returned to the system and faulted in again. Process-wide; a no-op elsewhere."""
+def _libc() -> Any:
+    """glibc, or None elsewhere (its malloc settings are glibc's own)."""
     import ctypes
     import ctypes.util
     import platform
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-    except (OSError, AttributeError):
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _keep_freed_memory() -> Iterator[None]:
+    """glibc only, for the duration: a fixed mmap threshold (32 MiB, its maximum: no longer raised and lowered as
+    blocks come and go) and a high trim threshold, so the memory of one batch's activations is reused by the next
+    instead of being returned to the system and faulted in again. On exit the memory freed meanwhile goes back to
+    the system (``malloc_trim``), and blocks of 8 MiB and more (a heatmap's picture, a slide's features) are mapped
+    and unmapped again, so what comes next is not allocated on top of memory the encoder no longer uses; smaller
+    ones (decoded regions, report tiles) keep reusing the heap. Process-wide; a no-op elsewhere."""
+    libc = _libc()
+    if libc is None:
         log.debug("mallopt unavailable; CPU embedding may page-fault more")
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, _AFTER_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _AFTER_MMAP_THRESHOLD)
+        libc.malloc_trim(0)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # malloc.h
+_AFTER_MMAP_THRESHOLD = 8 << 20  # with 128 KiB (glibc's default) predict made twice the page faults of before

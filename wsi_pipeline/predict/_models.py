@@ -12,13 +12,21 @@ A whole run gives each slide the honest answer the run can give:
 Which slides a fold saw comes from the split each checkpoint records (``split``); checkpoints without it fall back
 to the run's ``fold_<k>/predictions_test.csv`` (exact for k-fold CV). ``--fold k`` (or one checkpoint file) uses
 one model, with the same ``source`` labels.
+
+On the CPU the folds' weights are not held in memory: each fold's checkpoint is memory-mapped while that fold runs
+on a slide and let go after (``FoldModel.running``), so a run of k folds needs the memory of one fold's weights, not
+k, and no private copy of them (they are the file's pages). On a GPU each fold's weights are copied there once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import os
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,9 +53,42 @@ class FoldModel:
     seen: frozenset[str] = frozenset()
     tested: frozenset[str] = frozenset()
     model: torch.nn.Module | None = None
+    mapped: bool = False  # ``model`` holds no weights: ``running`` maps them from ``path`` for each use
+    stamp: tuple[int, ...] | None = None  # the checkpoint file as read (device, inode, size, mtime)
+    shared: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # one per ``model``
 
     def identity(self) -> dict[str, Any]:
         return checkpoint_identity(self.path)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[torch.nn.Module]:
+        """The fold's model, ready to run. A model without weights (``mapped``: on the CPU) gets them mapped from
+        the checkpoint file for the duration (``load_checkpoint(mmap=True)``, no copy) and lets go of them on exit,
+        so its pages leave memory with it. Raises ``CheckpointError`` when the file is no longer the one read at
+        the start (a re-trained run: its identity, recorded with every result, would not be what ran)."""
+        from ..training import empty_state, load_checkpoint
+
+        assert self.model is not None, "call ModelSet.load() first"
+        if not self.mapped:
+            yield self.model
+            return
+        try:
+            changed = _stamp(self.path) != self.stamp
+        except OSError:
+            changed = True
+        if changed:
+            raise CheckpointError(f"{self.path}: changed or removed since predict started; run predict again")
+        state = load_checkpoint(self.path, mmap=True)["state_dict"]
+        with self.shared:  # folds of one architecture share the model: one runs at a time
+            try:
+                self.model.load_state_dict(state, assign=True)
+            except RuntimeError as err:
+                message = f"{self.path}: its weights do not fit the model of fold {self.fold}: {err}"
+                raise CheckpointError(message) from err
+            try:
+                yield self.model
+            finally:
+                self.model.load_state_dict(empty_state(state), assign=True)
 
     @property
     def survival(self) -> Any:
@@ -149,11 +190,45 @@ class ModelSet:
         return SlidePlan(tuple(self.members), "in-training", label)
 
     def load(self, device: torch.device | str) -> None:
-        from ..training import model_from_checkpoint
+        """Make every member's model. On a GPU each holds its weights there. On the CPU the models hold none
+        (``FoldModel.running`` maps them in for each use) and folds of the same architecture share one model."""
+        from ..training import model_from_checkpoint, model_skeleton
 
+        on_cpu = torch.device(device).type == "cpu"
+        skeletons: dict[str, tuple[torch.nn.Module, threading.Lock]] = {}
         for member in self.members:
-            if member.model is None:
+            if member.model is not None:
+                continue
+            if not on_cpu:
                 member.model = model_from_checkpoint(member.ckpt, device)
+                continue
+            shapes = {key: (tuple(v.shape), str(v.dtype)) for key, v in member.ckpt["state_dict"].items()}
+            key = repr((member.ckpt["model_name"], sorted(member.ckpt["model_kwargs"].items()), sorted(shapes.items())))
+            if key not in skeletons:
+                skeletons[key] = (model_skeleton(member.ckpt), threading.Lock())
+            (member.model, member.shared), member.mapped = skeletons[key], True
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    info = os.stat(path)
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _read(path: Path) -> tuple[tuple[int, ...] | None, dict[str, Any]]:
+    """The checkpoint file's stamp, and the checkpoint with its weights mapped, not read: they are read when a
+    fold runs (``FoldModel.running``)."""
+    from ..training import load_checkpoint
+
+    try:
+        stamp: tuple[int, ...] | None = _stamp(path)  # first: a file replaced meanwhile is found changed when used
+    except OSError:
+        stamp = None  # load_checkpoint says what is wrong
+    return stamp, load_checkpoint(path, mmap=True)
+
+
+def _member(fold: int | None, path: Path) -> FoldModel:
+    stamp, ckpt = _read(path)
+    return FoldModel(fold if fold is not None else _fold_of(path, ckpt), path, ckpt, stamp=stamp)
 
 
 def _fold_of(path: Path, ckpt: dict[str, Any]) -> int | None:
@@ -228,15 +303,12 @@ def load_models(path: str | Path, *, fold: int | None = None) -> ModelSet:
     Raises ``CheckpointError`` for a missing or unreadable checkpoint, a run whose training has not finished, or a
     fold the run does not have.
     """
-    from ..training import load_checkpoint
-
     path = Path(path)
     if path.is_file():
         if fold is not None:
             raise CheckpointError(f"{path}: --fold picks a fold of a training run folder; pass the run folder")
-        ckpt = load_checkpoint(path)
         run = _run_of(path)
-        models = ModelSet(path, [FoldModel(_fold_of(path, ckpt), path, ckpt)], run=run)
+        models = ModelSet(path, [_member(None, path)], run=run)
         _attach_splits(models, _fold_checkpoints(run) if run else {})
         return models
     if not path.is_dir():
@@ -258,7 +330,7 @@ def load_models(path: str | Path, *, fold: int | None = None) -> ModelSet:
                 "the same train command: finished folds are kept) or predict with one fold: --fold K"
             )
         chosen = folds
-    members = [FoldModel(k, p, load_checkpoint(p)) for k, p in chosen.items()]
+    members = [_member(k, p) for k, p in chosen.items()]
     _check_same(members)
     models = ModelSet(path, members, run=path, whole_run=fold is None)
     _attach_splits(models, folds)
@@ -277,13 +349,12 @@ class ModelOutput(NamedTuple):
 
 def forward(member: FoldModel, features: np.ndarray, device: torch.device | str) -> ModelOutput:
     """One model on one bag ``(N, D)``, the bag normalised as in training (see ``ModelOutput``)."""
-    assert member.model is not None, "call ModelSet.load() first"
     bag = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(device)  # (N, D)
     norm = member.ckpt.get("feature_norm")
     if norm:
         bag = (bag - norm["mean"].to(device)) / norm["std"].to(device)  # (N, D)
-    with torch.inference_mode():
-        out = member.model(bag)
+    with member.running() as model, torch.inference_mode():
+        out = model(bag)
         probs = torch.softmax(out.logits.float(), dim=-1)[0].cpu().numpy()  # (C,)
         log_probs = torch.log_softmax(out.logits.double(), dim=-1)[0].cpu().numpy()  # (C,)
         attention = out.attention()[0].float().cpu().numpy()  # (N,)

@@ -210,21 +210,24 @@ def _heatmap(
     outlines = annotation_outlines(store)
     with Slide(slide_path) as wsi:
         thumb, scale = wsi.thumbnail(config.thumbnail_size)
-        draw_heatmap(
-            thumb,
-            scale,
-            coords,
-            tile_size,
-            scores,
-            out_dir / "heatmaps" / f"{sid}.png",
-            scaling=config.scaling,
-            title=title,
-            outlines=outlines,
-        )
-        if config.top_k > 0:
-            from ..embedding import features_view
+    # Drawn with the slide closed: its tile cache (OpenSlide's, 32 MiB) is not held while matplotlib draws.
+    draw_heatmap(
+        thumb,
+        scale,
+        coords,
+        tile_size,
+        scores,
+        out_dir / "heatmaps" / f"{sid}.png",
+        scaling=config.scaling,
+        title=title,
+        outlines=outlines,
+    )
+    del thumb
+    if config.top_k > 0:
+        from ..embedding import features_view
 
-            view = features_view(store, encoder)  # the pixels the encoder saw
+        view = features_view(store, encoder)  # the pixels the encoder saw
+        with Slide(slide_path) as wsi:
             save_top_tiles(wsi, coords, tiling, scores, out_dir / "top_tiles" / sid, k=config.top_k, view=view)
     return None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,16 @@ from ..errors import CheckpointError
 from ..store import LAYOUT_VERSION, provenance
 from ._runs import fold_dir, parse_run_dir, run_dir
 
-__all__ = ["run_dir", "parse_run_dir", "fold_dir", "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
+__all__ = [
+    "run_dir",
+    "parse_run_dir",
+    "fold_dir",
+    "save_checkpoint",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "model_skeleton",
+    "empty_state",
+]
 
 CHECKPOINT_FORMAT = 1
 _REQUIRED = ("model_name", "model_kwargs", "state_dict", "classes", "in_dim", "encoder", "config")
@@ -55,8 +65,13 @@ def save_checkpoint(path: Path, model: nn.Module, **meta: Any) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by ``train``, or raise ``CheckpointError`` saying what is wrong."""
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by ``train``, or raise ``CheckpointError`` saying what is wrong.
+
+    ``mmap``: the tensors of ``state_dict`` are mapped from the file instead of read into memory: nothing of them
+    is read until used, and what is read is the file's pages (shared with the page cache, dropped when the last
+    tensor goes), not a private copy.
+    """
     path = Path(path)
     wanted = "pass the checkpoint_best.pt (or checkpoint_last.pt) of a train run, e.g. RUN/fold_0/checkpoint_best.pt"
     if path.is_dir():
@@ -66,7 +81,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; {wanted}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # Only torch's zip format (torch.save's default since 1.6) can be mapped; an older file is read.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         if "unsupported global" not in str(err).lower():
             raise CheckpointError(f"{path}: not a torch checkpoint ({err.__class__.__name__}); {wanted}") from err
@@ -95,3 +111,24 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cp
     except (ValueError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"checkpoint of model {ckpt['model_name']!r} does not load: {err}") from err
     return model.to(device).eval()
+
+
+def model_skeleton(ckpt: dict[str, Any]) -> nn.Module:
+    """The model a checkpoint describes without its weights (eval mode): every tensor of its state dict is on the
+    meta device (a shape, no memory) until a state dict is loaded into it with ``assign=True``, which makes that
+    state dict's tensors its own (no copy). Its random initial weights are made once, then dropped."""
+    from ..mil import checkpoint_model_kwargs, create_model
+
+    try:
+        kwargs = checkpoint_model_kwargs(ckpt["model_name"], ckpt["model_kwargs"], ckpt["state_dict"])
+        model = create_model(ckpt["model_name"], **kwargs)
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise CheckpointError(f"checkpoint of model {ckpt['model_name']!r} does not load: {err}") from err
+    model.load_state_dict(empty_state(model.state_dict()), assign=True)
+    return model.eval()
+
+
+def empty_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Meta tensors of the shapes and dtypes of ``state_dict``: loaded with ``assign=True``, a model lets go of
+    its weights."""
+    return {key: torch.empty_like(value, device="meta") for key, value in state_dict.items()}
