@@ -210,6 +210,26 @@ def test_run_slide_batch_records_failures_and_skips_done(tmp_path: Path) -> None
     assert [r.status for r in again.records] == ["skipped", "skipped", "skipped", "failed", "skipped", "skipped"]
 
 
+def test_a_run_removes_the_manifest_temporary_a_killed_run_left(tmp_path: Path) -> None:
+    # A run killed between writing its manifest's temporary and renaming it leaves `.demo.csv.tmp-<host>-<pid>`: the
+    # next run removes it; a live writer's (another run on the folder) and another host's stay.
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    host = socket.gethostname()
+    dead = manifests / f".demo.csv.tmp-{host}-{_dead_pid()}"
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live writer's process
+    live = manifests / f".demo.csv.tmp-{host}-{writer.pid}"
+    elsewhere = manifests / ".demo.csv.tmp-another-host-1"
+    for path in (dead, live, elsewhere):
+        path.write_text("slide_id\n")
+    try:
+        run_slide_batch(_items(2), _process_to_file(tmp_path), stage="demo", out_dir=tmp_path, is_done=lambda _: False)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert not dead.exists() and live.exists() and elsewhere.exists()
+
+
 def _batch_worker(out_dir: str, log: str, shard: str | None) -> None:
     out = Path(out_dir)
     run_slide_batch(

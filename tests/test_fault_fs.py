@@ -59,13 +59,14 @@ def leftovers(folder: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------------------------- a full disk
 def test_tile_on_a_full_disk_fails_each_slide_in_one_line_and_the_rerun_finishes(tmp_path: Path) -> None:
-    """Two slides with QC pictures onto a 3 MB file system: each fails with the path and the fix, the batch goes
-    on to the second, no temporary or lock file stays; once there is room, the rerun tiles them as a clean run."""
+    """Two slides with QC pictures (~630 KB each) onto a 512 KB file system: each fails with the path and the fix,
+    the batch goes on to the second, no temporary or lock file stays; once there is room, the rerun tiles them as a
+    clean run."""
     need_real_data(CMU_SMALL)
     copies(CMU_SMALL, tmp_path / "slides", ["a", "b"])
     clean = cli("tile", tmp_path / "slides", "-o", tmp_path / "clean", "--set", "max_tiles=8")
     assert clean.returncode == 0, clean.stderr
-    with small_fs(tmp_path / "disk", "3m") as disk:
+    with small_fs(tmp_path / "disk", "512k") as disk:
         full = cli("tile", tmp_path / "slides", "-o", disk / "out", "--set", "max_tiles=8")
         assert full.returncode == 1
         no_traceback(full)

@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 
 from .errors import ConfigError, LockedError, SlideError, UsageError, WsiPipelineError
 from .files import atomic_write_text
-from .locks import STALE_AFTER_S, SlideLock
+from .locks import STALE_AFTER_S, SlideLock, pid_alive
 
 __all__ = [
     "Shard",
@@ -129,6 +129,18 @@ class SlideRecord:
 
 
 MANIFEST_COLUMNS = [f.name for f in fields(SlideRecord)]
+
+
+def _remove_dead_writers_temporaries(final: Path) -> None:
+    """The temporaries of ``final`` (``files.atomic_path``: ``.<name>.tmp-<host>-<pid>``) that a process of this host
+    left when it was killed. A manifest has no slide lock, so a live writer's temporary (another run of the stage on
+    the same folder) is left alone, and so are other hosts' (whether their writer lives cannot be told from here)."""
+    if not final.parent.is_dir():
+        return
+    for tmp in final.parent.glob(f".{final.name}.tmp-{socket.gethostname()}-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
 
 
 def manifest_path(out_dir: Path, stage: str, shard: Shard | None = None) -> Path:
@@ -307,6 +319,7 @@ class SlideBatch:
 
     def __enter__(self) -> SlideBatch:
         self._exit.enter_context(_sigterm_as_interrupt())
+        _remove_dead_writers_temporaries(self.manifest)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -109,6 +109,14 @@ COORDS = "coords"
 TISSUE_FRACTION = "tissue_fraction"
 
 
+def features_name(encoder: str) -> str:
+    """The name of an encoder's array under ``features/``: presets and timm names as they are (``timm:resnet18`` ->
+    ``resnet18``), ``hf-hub:ORG/NAME`` -> ``hf-ORG--NAME`` (``encoders.enc_name``; here so that naming one needs no
+    torch, e.g. in ``wsi-pipeline status``)."""
+    safe = encoder.removeprefix("timm:").replace("hf-hub:", "hf-").replace("/", "--").replace(":", "-")
+    return safe.lstrip(".") or "encoder"
+
+
 def store_path(stores_dir: str | Path, slide_id: str) -> Path:
     """Where the store of ``slide_id`` lives; ``slide_id_from_store`` is its inverse."""
     return Path(stores_dir) / f"{slide_id}{STORE_SUFFIX}"

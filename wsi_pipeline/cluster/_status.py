@@ -227,9 +227,9 @@ def _manifest_source(record: SubmissionRecord, stage: str) -> tuple[Path, str] |
         return stores, "tile"
     if stage == "embed" and env.get("WSI_ENCODER"):
         from ..embedding import embed_stage_name
-        from ..encoders import enc_name
+        from ..store import features_name  # the encoders package would import torch (2 s) for a name
 
-        return stores, embed_stage_name(enc_name(env["WSI_ENCODER"]))
+        return stores, embed_stage_name(features_name(env["WSI_ENCODER"]))
     if stage == "predict":
         return Path(env.get("WSI_PREDICTIONS", out / "predictions")), "predict"
     return None

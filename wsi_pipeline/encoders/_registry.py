@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EncoderError, WeightsError
+from ..store import features_name
 from ._config import EncoderConfig
 
 if TYPE_CHECKING:
@@ -31,14 +32,6 @@ __all__ = [
 _ENCODERS: dict[str, Callable[..., EncoderConfig]] = {}
 
 
-def _presets() -> dict[str, Callable[..., EncoderConfig]]:
-    """The registered presets. The package's own are registered on first use: their modules import torch, which
-    naming an encoder (``enc_name``, ``wsi-pipeline status``) does not need."""
-    from . import cnn_baselines, vit_foundation  # noqa: F401 - registers the presets (once: modules import once)
-
-    return _ENCODERS
-
-
 def register_encoder(fn: Callable[..., EncoderConfig]) -> Callable[..., EncoderConfig]:
     """Register a preset constructor under its function name (it returns an ``EncoderConfig``)."""
     name = fn.__name__
@@ -50,18 +43,16 @@ def register_encoder(fn: Callable[..., EncoderConfig]) -> Callable[..., EncoderC
 
 def list_encoders() -> list[str]:
     """Registered preset names, sorted (any timm model name works too)."""
-    return sorted(_presets())
+    return sorted(_ENCODERS)
 
 
 def is_encoder(name: str) -> bool:
-    return name in _presets()
+    return name in _ENCODERS
 
 
 def enc_name(name: str) -> str:
-    """The store array name of an encoder name: presets and timm names as they are (``timm:resnet18`` -> ``resnet18``),
-    ``hf-hub:ORG/NAME`` -> ``hf-ORG--NAME``."""
-    safe = name.removeprefix("timm:").replace("hf-hub:", "hf-").replace("/", "--").replace(":", "-")
-    return safe.lstrip(".") or "encoder"
+    """The store array name of an encoder name (``features/<enc_name>``; ``store.features_name``)."""
+    return features_name(name)
 
 
 def _unknown(name: str) -> EncoderError:
@@ -130,7 +121,7 @@ def get_encoder_config(name: str, *, offline: bool = False, **overrides: Any) ->
     Raises ``EncoderError`` (a ``ValueError``) listing the presets when the name is unknown.
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if name in _presets():
+    if name in _ENCODERS:
         cfg = _ENCODERS[name]()
     elif name.startswith("hf-hub:"):
         cfg = _hf_hub_config(name, offline)
