@@ -340,7 +340,8 @@ def _write_v3_array(path: Path, array: np.ndarray) -> None:
         return  # no chunk: zarr reads an empty array from its metadata alone
     key = path.joinpath("c", *["0"] * array.ndim)
     key.parent.mkdir(parents=True)
-    key.write_bytes(gzip.compress(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes(), 1))
+    raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    key.write_bytes(gzip.compress(raw, compresslevel=1, mtime=0))  # mtime 0: the same tiles give the same bytes
 
 
 def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
