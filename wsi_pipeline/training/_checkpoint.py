@@ -100,30 +100,31 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
+def _build(ckpt: dict[str, Any], weights: dict[str, torch.Tensor] | None) -> nn.Module:
+    """The model a checkpoint describes, with ``weights`` loaded (``None``: its random initial ones); a
+    ``CheckpointError`` naming the model when the checkpoint does not fit it."""
     from ..mil import checkpoint_model_kwargs, create_model
 
     try:
         kwargs = checkpoint_model_kwargs(ckpt["model_name"], ckpt["model_kwargs"], ckpt["state_dict"])
         model = create_model(ckpt["model_name"], **kwargs)
-        model.load_state_dict(ckpt["state_dict"])
+        if weights is not None:
+            model.load_state_dict(weights)
     except (ValueError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"checkpoint of model {ckpt['model_name']!r} does not load: {err}") from err
-    return model.to(device).eval()
+    return model
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
+    return _build(ckpt, ckpt["state_dict"]).to(device).eval()
 
 
 def model_skeleton(ckpt: dict[str, Any]) -> nn.Module:
     """The model a checkpoint describes without its weights (eval mode): every tensor of its state dict is on the
     meta device (a shape, no memory) until a state dict is loaded into it with ``assign=True``, which makes that
     state dict's tensors its own (no copy). Its random initial weights are made once, then dropped."""
-    from ..mil import checkpoint_model_kwargs, create_model
-
-    try:
-        kwargs = checkpoint_model_kwargs(ckpt["model_name"], ckpt["model_kwargs"], ckpt["state_dict"])
-        model = create_model(ckpt["model_name"], **kwargs)
-    except (ValueError, RuntimeError, TypeError) as err:
-        raise CheckpointError(f"checkpoint of model {ckpt['model_name']!r} does not load: {err}") from err
+    model = _build(ckpt, None)
     model.load_state_dict(empty_state(model.state_dict()), assign=True)
     return model.eval()
 
