@@ -13,11 +13,12 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 __all__ = [
     "atomic_path",
+    "atomic_write_bytes",
     "atomic_write_text",
     "remove_path",
     "remove_stale_temporaries",
@@ -62,10 +63,19 @@ def remove_path(path: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
+    _atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """``atomic_write_text`` for bytes (a picture)."""
+    _atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_path(path)
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     except OSError as err:
         err.filename = err.filename or str(path)  # a full disk names the file it was writing

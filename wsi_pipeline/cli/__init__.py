@@ -90,7 +90,7 @@ def build_app(names: Iterable[str] = COMMANDS) -> typer.Typer:
 
 
 def app_for(argv: Sequence[str]) -> typer.Typer:
-    """The app that runs ``argv``: one of the command it names (the root options take no values, so the command is
+    """The app that runs ``argv``: one with only the command it names (the root options take no values, so that is
     the first word that is not an option), or the whole app."""
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     return build_app([command]) if command in COMMANDS else build_app()

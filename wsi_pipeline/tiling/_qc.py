@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from ..files import atomic_path
+from ..files import atomic_write_bytes
 from ..tissue import mask_to_geojson, write_geojson
 
 if TYPE_CHECKING:
@@ -122,16 +122,7 @@ def write_qc(
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:  # pragma: no cover - OpenCV always encodes uint8 RGB
         raise RuntimeError(f"cannot encode the QC picture of {slide.slide_id}")
-    picture_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(picture_path)
-    try:
-        tmp.write_bytes(encoded.tobytes())
-        tmp.replace(picture_path)
-    except OSError as err:
-        err.filename = err.filename or str(picture_path)  # a full disk names the file it was writing
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)  # a full disk must not keep half a picture (it fills the disk further)
+    atomic_write_bytes(picture_path, encoded.tobytes())  # a full disk names the file and keeps no half picture
     picture_path.with_suffix(".png").unlink(missing_ok=True)  # the PNG that earlier versions wrote, now out of date
     if not geojson:
         return picture_path, None
