@@ -46,7 +46,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TIME = Path("/usr/bin/time")
@@ -134,9 +136,8 @@ def _hs2p_worker(kind: str, slide_path: str, out_dir: str) -> dict:
     import hs2p  # noqa: F401
     import hs2p.configs  # noqa: F401
 
-    start, cpu = time.perf_counter(), time.process_time()
-    n_tiles = hs2p_tile(slide_path, out_dir, kind)
-    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "n_tiles": n_tiles}
+    n_tiles, row = _timed(lambda: hs2p_tile(slide_path, out_dir, kind))
+    return {**row, "n_tiles": n_tiles}
 
 
 def _hs2p_version(python: str) -> str | None:
@@ -152,22 +153,24 @@ def _worker(kind: str, slide_path: str, out_dir: str) -> dict:
         import numpy  # noqa: F401
         import openslide  # noqa: F401
 
-        start, cpu = time.perf_counter(), time.process_time()
-        n_tiles = bare_minimum(slide_path, "1/64" if kind == "bare 1/64" else "mask")
-        return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "n_tiles": n_tiles}
-    import zarr
-
+        n_tiles, row = _timed(lambda: bare_minimum(slide_path, "1/64" if kind == "bare 1/64" else "mask"))
+        return {**row, "n_tiles": n_tiles}
     import wsi_pipeline.tiling._qc  # noqa: F401 - the QC module is imported when first used; not timed either
     from wsi_pipeline.slide import Slide
+    from wsi_pipeline.store import read_attrs
     from wsi_pipeline.tiling import TileConfig, tile_slide
 
     config = TileConfig()
     config.qc.enabled = kind == "tile_slide + QC"
+    store, row = _timed(lambda: tile_slide(Slide(slide_path), out_dir, config=config))
+    return {**row, "n_tiles": int(read_attrs(store)["tiling"]["n_tiles"])}
+
+
+def _timed(run: Callable[[], Any]) -> tuple[Any, dict]:
+    """``run()``'s result, and the wall and CPU seconds it took in this process."""
     start, cpu = time.perf_counter(), time.process_time()
-    store = tile_slide(Slide(slide_path), out_dir, config=config)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    n_tiles = int(zarr.open_group(str(store), mode="r").attrs["tiling"]["n_tiles"])
-    return {"seconds": seconds, "cpu": cpu, "n_tiles": n_tiles}
+    result = run()
+    return result, {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
 
 
 def _in_process(kind: str, slide: Path, out_dir: Path, hs2p_python: str | None) -> dict:
