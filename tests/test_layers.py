@@ -26,7 +26,7 @@ DOC = ROOT / "docs" / "architecture.md"
 
 # Floor of each top-level module or subpackage of wsi_pipeline, from the ground up; the same as docs/architecture.md.
 FLOORS: dict[int, set[str]] = {
-    0: {"__init__", "_lazy", "_text", "errors", "files", "locks", "config", "provenance", "device"},
+    0: {"__init__", "_lazy", "_text", "_memory", "errors", "files", "locks", "config", "provenance", "device"},
     1: {"flat_image", "slide", "stain", "discovery", "store", "batch"},
     2: {"tissue", "encoders", "mil", "mil_datasets"},
     3: {"tiling", "annotations", "cohort"},

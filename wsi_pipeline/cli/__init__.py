@@ -16,6 +16,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from .._memory import return_freed_memory
 from ..errors import UsageError, WsiPipelineError
 from ._logging import setup_logging
 from ._summary import MAX_ROWS, summary_table
@@ -161,6 +162,8 @@ def main() -> None:
         if err.errno in DISK_FULL:
             _error(disk_full_message(err, _out_option()), 1)
         _error(f"{err} (WSI_PIPELINE_DEBUG=1 shows where)", 1)
+    if "torch" in sys.modules:
+        return_freed_memory()  # before the interpreter exits: torch's libraries page in more then (see its doc)
     if code == _INTERRUPTED:
         err_console.print("interrupted; finished slides are kept and the next run resumes")
     if isinstance(code, int) and code:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .._memory import keep_freed_memory
 from ..batch import available_cpus
 from ..device import resolve_device
 from ..encoders import Encoder, create_encoder
@@ -117,19 +118,23 @@ class EmbedRuntime:
             # A fixed batch shape avoids recompiling for the last, shorter batch.
             pad = tiles.new_zeros((self.config.batch_size - n, *tiles.shape[1:]))
             tiles = torch.cat([tiles, pad])
-        with torch.inference_mode():
-            x = to_model_input(tiles, self.mean, self.std, channels_last=self.config.channels_last)  # (B, 3, S, S)
-            with self.autocast():
-                if self.device.type == "cpu" and not self.config.compile and CPU_CHUNK > 0:
-                    out = torch.cat([self.model(chunk) for chunk in x.split(CPU_CHUNK)])  # (B, D)
-                else:
-                    out = self.model(x)  # (B, D)
+        channels_last = self.config.channels_last
+        with torch.inference_mode(), self.autocast():
+            if self.device.type == "cpu" and not self.config.compile and CPU_CHUNK > 0:
+                # Each chunk made into model input on its own: the whole batch's float copies (2 x 38 MB for 64
+                # tiles of 224 px) stayed in the heap for the whole embedding.
+                chunks = tiles.split(CPU_CHUNK)
+                out = torch.cat(
+                    [self.model(to_model_input(c, self.mean, self.std, channels_last=channels_last)) for c in chunks]
+                )  # (B, D)
+            else:
+                out = self.model(to_model_input(tiles, self.mean, self.std, channels_last=channels_last))  # (B, D)
             return out[:n].float()
 
     @contextlib.contextmanager
     def cpu_threads(self) -> Iterator[int]:
         """On CPU, give the encoder the CPUs the readers leave free (never more than this process may use) and keep
-        the memory it frees for its next batch (``_keep_freed_memory``); yields the encoder's thread count."""
+        the memory it frees for its next batch (``keep_freed_memory``); yields the encoder's thread count."""
         if self.device.type != "cpu":
             yield torch.get_num_threads()
             return
@@ -137,49 +142,7 @@ class EmbedRuntime:
         threads = self.config.torch_threads or max(1, available_cpus() - self.num_workers)
         torch.set_num_threads(threads)
         try:
-            with _keep_freed_memory() if CPU_CHUNK > 0 else contextlib.nullcontext():
+            with keep_freed_memory() if CPU_CHUNK > 0 else contextlib.nullcontext():
                 yield threads
         finally:
             torch.set_num_threads(before)
-
-
-def _libc() -> Any:
-    """glibc, or None elsewhere (its malloc settings are glibc's own)."""
-    import ctypes
-    import ctypes.util
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-@contextlib.contextmanager
-def _keep_freed_memory() -> Iterator[None]:
-    """glibc only, for the duration: a fixed mmap threshold (32 MiB, its maximum: no longer raised and lowered as
-    blocks come and go) and a high trim threshold, so the memory of one batch's activations is reused by the next
-    instead of being returned to the system and faulted in again. On exit the memory freed meanwhile goes back to
-    the system (``malloc_trim``), and blocks of 8 MiB and more (a heatmap's picture, a slide's features) are mapped
-    and unmapped again, so what comes next is not allocated on top of memory the encoder no longer uses; smaller
-    ones (decoded regions, report tiles) keep reusing the heap. Process-wide; a no-op elsewhere."""
-    libc = _libc()
-    if libc is None:
-        log.debug("mallopt unavailable; CPU embedding may page-fault more")
-        yield
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-    try:
-        yield
-    finally:
-        libc.mallopt(_M_MMAP_THRESHOLD, _AFTER_MMAP_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _AFTER_MMAP_THRESHOLD)
-        libc.malloc_trim(0)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # malloc.h
-_AFTER_MMAP_THRESHOLD = 8 << 20  # with 128 KiB (glibc's default) predict made twice the page faults of before

@@ -149,16 +149,12 @@ def draw_heatmap(
     import matplotlib.pyplot as plt
 
     h, w = thumbnail.shape[:2]
-    overlay = np.full((h, w), np.nan, dtype=np.float32)
-    values = scale_scores(scores, scaling)
-    size = max(1, int(round(tile_size_level0 / thumb_scale)))
-    for (x, y), value in zip(np.asarray(coords), values, strict=True):
-        col, row = int(x / thumb_scale), int(y / thumb_scale)
-        overlay[row : row + size, col : col + size] = value
+    cmap = matplotlib.colormaps[colormap_for(scaling)]
     fig, ax = plt.subplots(figsize=(8, 8 * h / max(w, 1) + 0.5))
-    ax.imshow(thumbnail)
-    cmap = colormap_for(scaling)
-    image = ax.imshow(np.ma.masked_invalid(overlay), cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
+    blended = _blend_tiles(thumbnail, thumb_scale, coords, tile_size_level0, scores, scaling, cmap, alpha)
+    # The picture keeps the thumbnail's pixel coordinates (extent), which the outlines are drawn in.
+    ax.imshow(_for_imshow(blended, DRAWN_PX), extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    del blended
     for ring in outlines or []:
         xy = np.asarray(ring, dtype=np.float64) / thumb_scale
         xy = np.vstack([xy, xy[:1]])
@@ -173,7 +169,8 @@ def draw_heatmap(
         "percentile": "colours 1st-99th percentile",
         "linear": "colours min-max",
     }
-    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=f"attention ({how[scaling]})")
+    scale = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0.0, 1.0), cmap=cmap)
+    bar = fig.colorbar(scale, ax=ax, alpha=alpha, fraction=0.046, pad=0.04, label=f"attention ({how[scaling]})")
     if len(scores):
         positions, labels = colour_bar_ticks(scores, scaling)
         bar.set_ticks(positions, labels=labels)
@@ -202,6 +199,51 @@ def draw_heatmap(
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return out_png
+
+
+def _blend_tiles(
+    thumbnail: np.ndarray,
+    thumb_scale: float,
+    coords: np.ndarray,
+    tile_size_level0: int,
+    scores: np.ndarray,
+    scaling: Scaling,
+    cmap: Any,
+    alpha: float,
+) -> np.ndarray:
+    """The thumbnail (uint8 RGB) with each tile's colour blended over it (``alpha``); a later tile replaces an
+    earlier one where they overlap, and the thumbnail shows through where no tile has a score."""
+    rgb = np.asarray(thumbnail, dtype=np.uint8)
+    rgb = np.repeat(rgb[..., None], 3, axis=2) if rgb.ndim == 2 else rgb[..., :3]
+    blended = rgb.copy()
+    colours = cmap(scale_scores(scores, scaling))[:, :3] * 255.0
+    size = max(1, int(round(tile_size_level0 / thumb_scale)))
+    for (x, y), colour in zip(np.asarray(coords), colours, strict=True):
+        col, row = int(x / thumb_scale), int(y / thumb_scale)
+        under = rgb[row : row + size, col : col + size]  # the thumbnail's own pixels, not an earlier tile's blend
+        blended[row : row + size, col : col + size] = np.rint(under * (1.0 - alpha) + colour * alpha)
+    return blended
+
+
+# The heatmap figure is 8 inches wide at 100 dpi: its picture is drawn ~600 px wide. A thumbnail of more than
+# DRAWN_PX on its long side is shrunk to it (area means) before matplotlib draws it: matplotlib makes float copies
+# of all it is given (two float64 RGBA copies of a 2048 px overlay were ~250 MB of predict's peak RSS).
+DRAWN_PX = 1024
+
+
+def _for_imshow(picture: np.ndarray, max_px: int) -> np.ndarray:
+    """uint8 RGB -> float32 RGBA in [0, 1] of at most ``max_px`` on its long side, as matplotlib draws it: a uint8
+    picture would be divided in numpy.ma, which makes a float64 copy of it."""
+    import cv2
+
+    h, w = picture.shape[:2]
+    if max(h, w) > max_px:
+        factor = max_px / max(h, w)
+        size = (max(1, round(w * factor)), max(1, round(h * factor)))
+        picture = cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
+    rgba = np.ones(picture.shape[:2] + (4,), dtype=np.float32)
+    np.multiply(picture, np.float32(1 / 255), out=rgba[..., :3])
+    return rgba
 
 
 def save_top_tiles(
