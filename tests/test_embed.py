@@ -243,7 +243,6 @@ def test_cpu_embedding_keeps_freed_memory_only_while_it_runs(monkeypatch: pytest
     assert calls[2:] == [("mallopt", -3, 8 << 20), ("mallopt", -1, 16 << 20), ("malloc_trim", 0, 0)]
 
 
-
 def test_a_command_that_loaded_torch_gives_the_freed_heap_back_before_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     """At exit the libraries of torch's CUDA build page in ~120 MiB of their own: the CLI hands the freed heap back
     first (malloc_trim), so that moment is not the process's peak."""
@@ -263,6 +262,7 @@ def test_a_command_that_loaded_torch_gives_the_freed_heap_back_before_exit(monke
     assert "torch" in sys.modules  # this test process has loaded it, as embed, train and predict do
     cli.main()
     assert trims == [0]
+
 
 def test_worker_count_respects_slurm_and_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
