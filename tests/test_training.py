@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,46 @@ def test_metrics_binary_multiclass_and_missing_class() -> None:
     assert m3["accuracy"] == 1.0 and m3["auc"] == pytest.approx(1.0)
     missing = classification_metrics(np.array([1, 1]), np.array([[0.2, 0.8], [0.6, 0.4]]), 2)
     assert math.isnan(missing["auc"]) and missing["accuracy"] == 0.5
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_metrics_equal_scikit_learns_on_random_predictions_with_ties(n_classes: int) -> None:
+    """The numpy metrics give scikit-learn's numbers: accuracy, balanced accuracy (a class never labelled left out),
+    macro-F1 (zero_division=0), AUC (binary, or one-vs-rest macro) and the ROC curve, with tied scores."""
+    from sklearn import metrics as sk
+
+    from wsi_pipeline.training import roc_curve
+
+    rng = np.random.default_rng(n_classes)
+    for trial in range(40):
+        n = int(rng.integers(2, 60))
+        y = rng.integers(0, n_classes, n)
+        logits = np.round(rng.normal(size=(n, n_classes)) + 1.5 * np.eye(n_classes)[y] * rng.random(), 1)  # ties
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        if trial % 5 == 0:
+            y[y == n_classes - 1] = 0  # a class never labelled
+        m = classification_metrics(y, probs, n_classes)
+        pred = probs.argmax(1)
+        labels = list(range(n_classes))
+        assert m["accuracy"] == pytest.approx(sk.accuracy_score(y, pred))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scikit-learn warns of a predicted class no slide has
+            expected_balanced = sk.balanced_accuracy_score(y, pred)
+        assert m["balanced_accuracy"] == pytest.approx(expected_balanced)
+        assert m["f1_macro"] == pytest.approx(sk.f1_score(y, pred, labels=labels, average="macro", zero_division=0))
+        assert m["confusion"] == sk.confusion_matrix(y, pred, labels=labels).tolist()
+        if len(np.unique(y)) < n_classes:
+            assert math.isnan(m["auc"])
+        elif n_classes == 2:
+            assert m["auc"] == pytest.approx(sk.roc_auc_score(y, probs[:, 1]))
+        else:
+            assert m["auc"] == pytest.approx(sk.roc_auc_score(y, probs, multi_class="ovr", labels=labels))
+        positive, score = y == 0, probs[:, 0]
+        if positive.any() and not positive.all():
+            for ours, theirs in zip(roc_curve(positive, score), sk.roc_curve(positive, score), strict=True):
+                np.testing.assert_allclose(ours, theirs)
+    not_probabilities = classification_metrics(np.arange(3), np.eye(3) * 2, 3)
+    assert math.isnan(not_probabilities["auc"]) and not_probabilities["accuracy"] == 1.0
 
 
 # ----------------------------------------------------------------------------------------- splits

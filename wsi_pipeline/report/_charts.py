@@ -49,7 +49,7 @@ def _xy(x: float, y: float) -> str:
 
 def roc_svg(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> str:
     """One ROC curve per class, one-vs-rest (binary: the second class only), with its AUC in the legend."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from ..training import binary_auc, roc_curve
 
     if not rows:
         return ""
@@ -62,7 +62,7 @@ def roc_svg(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> str:
             continue
         score = np.array([float(r["probabilities"][name]) for r in rows])
         fpr, tpr, _ = roc_curve(positive, score)
-        auc = roc_auc_score(positive, score)
+        auc = binary_auc(positive, score)
         colour = _COLOURS[i % len(_COLOURS)]
         points = " ".join(_xy(a, b) for a, b in zip(fpr, tpr, strict=True))
         body += f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>'

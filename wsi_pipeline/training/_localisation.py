@@ -23,20 +23,12 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ._metrics import binary_auc
+
 __all__ = ["LOCALISATION_KEYS", "LESION_TOP_K", "bag_localisation", "lesion_regions", "mean_localisation"]
 
 LOCALISATION_KEYS = ("loc_auc", "loc_precision", "loc_mass", "loc_lesions_hit")
 LESION_TOP_K = 8
-
-
-def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Mann-Whitney ROC AUC with average ranks for ties."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores)
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _top_k_precision(scores: np.ndarray, positive: np.ndarray, k: int) -> float:
@@ -110,7 +102,7 @@ def bag_localisation(
     scores = attention[known]
     total = scores.sum()
     out = {
-        "loc_auc": _auc(scores, key),
+        "loc_auc": binary_auc(key, scores),
         "loc_precision": _top_k_precision(scores, key, int(key.sum())),
         "loc_mass": float(scores[key].sum() / total) if total > 0 else math.nan,
         "key_fraction": float(key.mean()),
