@@ -259,9 +259,12 @@ def test_killed_train_resumes_to_the_uninterrupted_result(bags: tuple[Path, list
     labels = _write_labels(tmp_path / "labels.csv", ids)
     args = ["train", stores, "-l", labels, "-m", "asmil", "-k", "2", "--epochs", "3", "--device", "cpu"]
     args += ["--set", "plots=false", "--set", "model_kwargs.hidden_dim=16"]
+    # checkpoint_last.pt after every epoch (by default: every 30 s), so that the kill finds fold 1's epoch 1 saved;
+    # not a setting of the run's identity, so the rerun below may leave it out.
+    killed_args = [*args, "--set", "checkpoint_seconds=0"]
     hang = tmp_path / "hanging"
     killed = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(_TRAIN_THEN_HANG), *map(str, args), "-o", tmp_path / "runs"],
+        [sys.executable, "-c", textwrap.dedent(_TRAIN_THEN_HANG), *map(str, killed_args), "-o", tmp_path / "runs"],
         cwd=ROOT,
         env={**os.environ, "HANG_AT_EPOCH": "5", "HANG_FILE": str(hang)},  # fold 0: epochs 1-3; fold 1: 1, 2
         start_new_session=True,

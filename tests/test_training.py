@@ -284,6 +284,44 @@ def test_run_folder_layout_and_checkpoint(musk_small: tuple[Path, Path], tmp_pat
     assert (run / "fold_0" / "checkpoint_best.pt").stat().st_mtime_ns == mtime
 
 
+def test_checkpoint_last_is_written_every_checkpoint_seconds_and_after_the_last_epoch(
+    musk_small: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By default checkpoint_last.pt is written when 30 s have passed since the last one and after a fold's last
+    epoch (an early stop's too), not after every quick epoch; checkpoint_seconds=0 writes it after every epoch."""
+    from wsi_pipeline.training import _train
+
+    written: list[tuple[str, str, int]] = []
+    save = _train.save_checkpoint
+
+    def spy(path: Path, model: torch.nn.Module, **meta: object) -> Path:
+        if path.name == "checkpoint_last.pt":
+            written.append((path.parent.name, path.parent.parent.name, int(meta["epoch"])))
+        return save(path, model, **meta)
+
+    monkeypatch.setattr(_train, "save_checkpoint", spy)
+    stores, labels = musk_small
+    runs = {}
+    for seconds in (30.0, 0.0):
+        written.clear()
+        result = train(
+            stores, labels, tmp_path / str(seconds), _small_config(model="abmil", epochs=4, checkpoint_seconds=seconds)
+        )
+        runs[seconds] = sorted((fold, epoch) for fold, _, epoch in written)
+        for fold in result.folds:
+            last = load_checkpoint(fold.out_dir / "checkpoint_last.pt")
+            assert last["epoch"] == len(json.loads((fold.out_dir / "metrics.json").read_text())["history"])
+    assert runs[30.0] == [(f"fold_{k}", 4) for k in range(3)]  # these epochs take well under a second each
+    assert runs[0.0] == [(f"fold_{k}", e) for k in range(3) for e in range(1, 5)]
+    written.clear()
+    stopped = train(
+        stores, labels, tmp_path / "stop", _small_config(model="abmil", epochs=30, patience=1, checkpoint_seconds=30.0)
+    )
+    stop_epochs = {fold.out_dir.name: len(fold.history) for fold in stopped.folds}
+    assert any(epochs < 30 for epochs in stop_epochs.values())  # patience 1 stopped early
+    assert sorted((fold, epoch) for fold, _, epoch in written) == sorted(stop_epochs.items())
+
+
 def test_wrong_encoder_is_a_clear_error(musk_small: tuple[Path, Path], tmp_path: Path) -> None:
     stores, labels = musk_small
     with pytest.raises(StoreMismatchError, match="no finished 'uni' embeddings"):

@@ -95,6 +95,9 @@ class TrainConfig:
     threads: int | None = None
     deterministic: bool = True
     plots: bool = True
+    # checkpoint_last.pt after an epoch when this many seconds have passed since the last one was written, and
+    # after a fold's last epoch; 0: after every epoch. A kill loses at most this much training.
+    checkpoint_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if isinstance(self.anchor, str):  # `--set anchor=ema`: the mode alone
@@ -105,6 +108,8 @@ class TrainConfig:
             raise ValueError("folds must be >= 2")
         if not 0.0 <= self.val_fraction < 0.5:
             raise ValueError("val_fraction must be in [0, 0.5)")
+        if self.checkpoint_seconds < 0:
+            raise ValueError("checkpoint_seconds must be >= 0 (0: after every epoch)")
 
 
 def resolve_plugins(config: TrainConfig) -> tuple[str, str]:

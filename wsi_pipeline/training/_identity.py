@@ -25,7 +25,7 @@ __all__ = ["IDENTITY_FILE", "run_identity", "identity_changes", "read_identity",
 
 IDENTITY_FILE = "identity.json"
 # Settings that change how fast or where a run goes, or what it draws, never what it learns.
-_NOT_RESULTS = ("device", "threads", "cache", "max_cache_gb", "plots", "deterministic")
+_NOT_RESULTS = ("device", "threads", "cache", "max_cache_gb", "plots", "deterministic", "checkpoint_seconds")
 
 
 def _features_id(store: Path, encoder: str) -> str:

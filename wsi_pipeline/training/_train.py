@@ -215,6 +215,7 @@ class FoldTrainer:
         self.split, self.labels, self.loader, self.config = split, labels, loader, config
         self.out_dir, self.meta, self.on_epoch = out_dir, meta, on_epoch
         self.progress = _Progress()
+        self.saved_at = time.monotonic()  # when checkpoint_last.pt was last written (or the fold started)
 
     def run(self) -> FoldResult:
         self.set_up()
@@ -318,12 +319,18 @@ class FoldTrainer:
     def train_epochs(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         progress, config, fold = self.progress, self.config, self.split.fold
+        self.saved_at = time.monotonic()
         for epoch in range(progress.epoch + 1, config.epochs + 1):
             if progress.stopped:
                 break
             row, metrics = self.run_epoch(epoch)
             self.select(epoch, metrics)
-            self.save_last()
+            # Not after every epoch by default: ASMIL's state at 1280-d is 371 MB, and writing it took half the
+            # training time of a small cohort.
+            last = epoch == config.epochs or progress.stopped
+            if last or time.monotonic() - self.saved_at >= config.checkpoint_seconds:
+                self.save_last()
+                self.saved_at = time.monotonic()
             if self.on_epoch is not None:
                 self.on_epoch(fold, epoch, config.epochs, row)
             _note(
@@ -385,7 +392,7 @@ class FoldTrainer:
             progress.stopped = True
 
     def save_last(self) -> None:
-        """The model after this epoch plus everything the next epoch needs; replaced atomically each epoch."""
+        """The model after this epoch plus everything the next epoch needs; replaced atomically."""
         training_state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -456,10 +463,11 @@ def train_fold(
     slides the last epoch is kept. Attention stability is tracked on the validation slides (the training slides
     when there are none).
 
-    After every epoch ``checkpoint_last.pt`` holds the model and everything the next epoch draws from (optimiser,
-    scheduler, anchor, random states, the best model so far, the history). A fold killed mid-way resumes from it
-    when ``meta["run_identity"]`` is the same, and ends exactly as an uninterrupted fold would (on CPU, bit for
-    bit). ``metrics.json``, written last, is what marks the fold finished. The steps are ``FoldTrainer``'s.
+    ``checkpoint_last.pt`` holds the model after an epoch and everything the next epoch draws from (optimiser,
+    scheduler, anchor, random states, the best model so far, the history); it is written when
+    ``config.checkpoint_seconds`` have passed since the last write, and after the last epoch. A fold killed mid-way
+    resumes from it when ``meta["run_identity"]`` is the same, and ends exactly as an uninterrupted fold would (on
+    CPU, bit for bit). ``metrics.json``, written last, is what marks the fold finished. The steps are ``FoldTrainer``'s.
     """
     return FoldTrainer(split, labels, loader, config, out_dir=out_dir, meta=meta, on_epoch=on_epoch).run()
 
