@@ -221,6 +221,59 @@ def test_cli_predict_prints_the_report_and_a_missing_viewer_is_one_warning(cohor
         assert again.report is None and {r.status for r in again.batch.records} == {"skipped"}
 
 
+@pytest.mark.parametrize("cap", [8192, 2048])
+def test_pyramid_tiles_have_deep_zooms_geometry_and_each_level_halves_the_one_above(cap: int, tmp_path: Path) -> None:
+    """Every written tile has the size Deep Zoom's geometry gives it (1 px overlaps inside the level), whether the
+    top level is the slide's full resolution (8192) or one resized from another slide level (2048: there
+    openslide's tiles can come out 1 px short); the top level's tiles are openslide.deepzoom's own, and each level
+    below is the level above in 2 x 2 means (stitched, they match within JPEG noise: a row or column out of place
+    would not)."""
+    import cv2
+    from PIL import Image
+
+    from wsi_pipeline.report._pyramid import open_deepzoom, write_pyramid
+
+    need_real_data(CMU_SMALL)
+    files = tmp_path / "files"
+    write_pyramid(CMU_SMALL, files, tmp_path / "stamp.json", {}, max_size=cap)
+
+    def level_picture(dz, level: int) -> np.ndarray:  # the level's tiles stitched, overlaps cut off
+        width, height = dz.generator.level_dimensions[level]
+        cols, rows = dz.generator.level_tiles[level]
+        picture = np.zeros((height, width, 3), dtype=np.int32)
+        for row in range(rows):
+            for col in range(cols):
+                tile = np.asarray(Image.open(files / str(level) / f"{col}_{row}.jpeg"))
+                core_h, core_w = min(254, height - row * 254), min(254, width - col * 254)
+                want = (core_h + (row > 0) + (row < rows - 1), core_w + (col > 0) + (col < cols - 1), 3)
+                if level < dz.top_level:
+                    assert tile.shape == want, (level, col, row)
+                elif tile.shape != want:  # openslide's own top-level tiles may be 1 px short
+                    tile = cv2.resize(tile, want[1::-1], interpolation=cv2.INTER_AREA)
+                top, left = int(row > 0), int(col > 0)
+                picture[row * 254 : row * 254 + core_h, col * 254 : col * 254 + core_w] = tile[
+                    top : top + core_h, left : left + core_w
+                ]
+        return picture
+
+    with open_deepzoom(CMU_SMALL, max_size=cap) as dz:
+        top = dz.top_level
+        assert sorted(int(p.name) for p in files.iterdir()) == list(range(top + 1))
+        assert (files / str(top) / "0_0.jpeg").read_bytes() == dz.tile_jpeg(top, 0, 0)
+        above = level_picture(dz, top)
+        for level in (top - 1, top - 2):
+            below = level_picture(dz, level)
+            h, w = above.shape[0] // 2, above.shape[1] // 2  # the whole 2 x 2 blocks of the level above
+            halved = above[: 2 * h : 2, : 2 * w : 2] + above[1 : 2 * h : 2, : 2 * w : 2]
+            halved = (halved + above[: 2 * h : 2, 1 : 2 * w : 2] + above[1 : 2 * h : 2, 1 : 2 * w : 2]) / 4
+            aligned = np.abs(below[:h, :w] - halved).mean()
+            shifted = min(
+                np.abs(below[1:h, :w] - halved[: h - 1]).mean(), np.abs(below[:h, 1:w] - halved[:, : w - 1]).mean()
+            )
+            assert aligned < 4.0 and shifted > 2 * aligned, level  # JPEG noise, and what one row out of place makes
+            above = below
+
+
 # --------------------------------------------------------------------------------------------- view server
 @pytest.fixture(scope="module")
 def view_url(cohort: Cohort):

@@ -146,17 +146,8 @@ def write_pyramid(
     """
     files_dir.parent.mkdir(parents=True, exist_ok=True)
     with open_deepzoom(slide_path, tile_size=tile_size, overlap=overlap, max_size=max_size) as dz:
-        n_bytes = 0
         with temporary_then_rename(files_dir) as tmp:
-            for level in range(dz.top_level + 1):
-                folder = tmp / str(level)
-                folder.mkdir(parents=True)
-                cols, rows = dz.generator.level_tiles[level]
-                for row in range(rows):
-                    for col in range(cols):
-                        data = dz.tile_jpeg(level, col, row, quality)
-                        (folder / f"{col}_{row}.jpeg").write_bytes(data)
-                        n_bytes += len(data)
+            n_bytes = _write_levels(dz, tmp, quality)
         l0_w, l0_h = dz.slide.dimensions
         stamp = {
             **want,
@@ -170,3 +161,136 @@ def write_pyramid(
         }
     atomic_write_text(stamp_path, json.dumps(stamp, indent=1) + "\n")
     return stamp
+
+
+def _write_levels(dz: DeepZoom, folder: Path, quality: int) -> int:
+    """Write every level of ``dz`` up to its top as ``folder/<level>/<col>_<row>.jpeg``; return the bytes written.
+
+    The top level's tiles are ``DeepZoomGenerator``'s (what ``view`` serves); each level below is made from the
+    level above by 2 x 2 means, a band of rows at a time, rather than read from the slide again: reading each lower
+    level's regions through OpenSlide cost as much again as the top level (Deep Zoom level 11 of a 4096 px slide
+    reads its 512 px regions from level 0). Memory: a band of tile rows per level.
+    """
+    import cv2
+    import numpy as np
+
+    n_bytes = 0
+
+    def write(level: int, col: int, row: int, pixels: Any) -> None:
+        nonlocal n_bytes
+        data = _jpeg(pixels, quality)
+        (folder / str(level) / f"{col}_{row}.jpeg").write_bytes(data)
+        n_bytes += len(data)
+
+    top = dz.top_level
+    for level in range(top + 1):
+        (folder / str(level)).mkdir(parents=True)
+    size, overlap = dz.tile_size, dz.overlap
+    below = None
+    for level in range(top):  # from level 0 up, so that each knows the level below it
+        width, height = dz.generator.level_dimensions[level]
+        below = _HalvedLevel(level, width, height, size, overlap, write, below)
+    cols, rows = dz.generator.level_tiles[top]
+    for row in range(rows):
+        band = []
+        for col in range(cols):
+            tile = dz.generator.get_tile(top, (col, row))
+            write(top, col, row, tile)
+            if below is None:
+                continue
+            up, left = overlap * (row > 0), overlap * (col > 0)
+            core_h, core_w = min(size, dz.height - row * size), min(size, dz.width - col * size)
+            want = (up + core_h + overlap * (row < rows - 1), left + core_w + overlap * (col < cols - 1))
+            pixels = np.asarray(tile)
+            if pixels.shape[:2] != want:  # a tile resized from another slide level can be 1 px short (kept aspect)
+                pixels = cv2.resize(pixels, want[::-1], interpolation=cv2.INTER_AREA)
+            band.append(pixels[up : up + core_h, left : left + core_w])
+        if below is not None:
+            below.push(np.concatenate(band, axis=1))
+    if below is not None:
+        below.finish()
+    return n_bytes
+
+
+def _jpeg(pixels: Any, quality: int) -> bytes:
+    from PIL import Image
+
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+class _HalvedLevel:
+    """A Deep Zoom level below the top one, made as the rows of the level above arrive (``push``): each pair of
+    rows becomes one row of 2 x 2 means (an odd last row or column is averaged alone, as a level's size is the
+    ceiling of half the one above). A row of tiles is written as soon as its rows, with the overlap, are in; rows
+    no tile needs any more are dropped; each finished row is passed on to the level below."""
+
+    def __init__(
+        self, level: int, width: int, height: int, tile_size: int, overlap: int, write: Any, below: Any
+    ) -> None:
+        import numpy as np
+
+        self.level, self.width, self.height = level, width, height
+        self.tile_size, self.overlap, self.write, self.below = tile_size, overlap, write, below
+        self.rows = np.zeros((0, width, 3), dtype=np.uint8)  # this level's rows from ``first`` on
+        self.first = self.made = self.tile_row = 0
+        self.odd: Any = None  # a row of the level above waiting for its pair
+        self.tile_rows = -(-height // tile_size)
+        self.tile_cols = -(-width // tile_size)
+
+    def push(self, above: Any) -> None:
+        import numpy as np
+
+        if self.odd is not None:
+            above, self.odd = np.concatenate([self.odd, above]), None
+        if len(above) % 2:
+            above, self.odd = above[:-1], above[-1:]
+        if len(above):
+            self._add(_halve(above))
+
+    def finish(self) -> None:
+        import numpy as np
+
+        if self.odd is not None:
+            self._add(_halve(np.concatenate([self.odd, self.odd])))
+            self.odd = None
+        if self.made != self.height:
+            raise RuntimeError(f"Deep Zoom level {self.level}: made {self.made} rows of {self.height}")
+        if self.below is not None:
+            self.below.finish()
+
+    def _add(self, rows: Any) -> None:
+        import numpy as np
+
+        self.rows = np.concatenate([self.rows, rows])
+        self.made += len(rows)
+        if self.below is not None:
+            self.below.push(rows)
+        size, overlap = self.tile_size, self.overlap
+        while self.tile_row < self.tile_rows:
+            row = self.tile_row
+            top, bottom = max(0, row * size - overlap), min(self.height, (row + 1) * size + overlap)
+            if self.made < bottom:
+                return
+            band = self.rows[top - self.first : bottom - self.first]
+            for col in range(self.tile_cols):
+                left, right = max(0, col * size - overlap), min(self.width, (col + 1) * size + overlap)
+                self.write(self.level, col, row, np.ascontiguousarray(band[:, left:right]))
+            self.tile_row += 1
+            keep_from = (row + 1) * size - overlap  # where the next row of tiles starts
+            if keep_from > self.first:
+                self.rows = self.rows[keep_from - self.first :]
+                self.first = keep_from
+
+
+def _halve(rows: Any) -> Any:
+    """2 x 2 means of an even number of rows; an odd last column is averaged with itself."""
+    import cv2
+    import numpy as np
+
+    if rows.shape[1] % 2:
+        rows = np.concatenate([rows, rows[:, -1:]], axis=1)
+    height, width = rows.shape[0] // 2, rows.shape[1] // 2
+    return cv2.resize(rows, (width, height), interpolation=cv2.INTER_AREA)  # at exactly 1/2: the 2 x 2 means
