@@ -74,7 +74,7 @@ status:  ## jobs, slides, logs and the resume command of the run in OUT (exit 0 
 # trained run, an embedded cohort, the one-machine Slurm cluster) are made once (loadgroup cannot: pytest 9 ignores
 # the node ids xdist rewrites for it).
 test:  ## the test suite (real data from ../shared/data or fetched once into ~/.cache; Slurm tests need Slurm)
-	$(PYTHON) -m pytest -q -n auto --dist loadfile
+	$(PYTHON) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 lint:  ## ruff: lint and formatting check
 	$(PYTHON) -m ruff check .

@@ -24,6 +24,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     ensure_test_data()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding a ``slow`` (end-to-end) test run first, each file's tests kept together and in order: with
+    ``make test``'s ``-n auto --dist loadfile --no-loadscope-reorder``, a long file left to the end would keep one
+    worker busy while the others have nothing left to do."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the rest keep their order
+
+
 def need_real_data(path: Path) -> Path:
     """``path`` under the data root, or skip the test saying why the data is missing."""
     if not path.exists():

@@ -152,6 +152,7 @@ def _sparse_digit_run(tmp_path: Path, name: str, model: str, preset: str | None 
     return history[-1]
 
 
+@pytest.mark.slow
 def test_localise_preset_leaves_uniform_attention_where_the_paper_recipe_stays(tmp_path: Path) -> None:
     """docs/asmil.md: with the paper's recipe (a module per branch, as the authors built it) the attention stays near
     uniform on sparse bags (entropy 0.998, 0.08 of the mass on 5% keys with seed 0); with the asmil-localise preset

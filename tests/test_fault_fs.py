@@ -86,6 +86,7 @@ def test_tile_on_a_full_disk_fails_each_slide_in_one_line_and_the_rerun_finishes
             )
 
 
+@pytest.mark.slow
 def test_train_on_a_full_disk_says_which_file_and_leaves_no_half_checkpoint(tmp_path: Path) -> None:
     """Training into a 300 KB file system: one line naming the checkpoint and the fix (no torch traceback), no
     temporary checkpoint keeping the disk full; with room, the rerun finishes as a clean run does."""
@@ -103,6 +104,7 @@ def test_train_on_a_full_disk_says_which_file_and_leaves_no_half_checkpoint(tmp_
         assert list((disk / "runs").glob("*/summary.json"))
 
 
+@pytest.mark.slow
 def test_embed_on_a_full_disk_fails_the_slides_and_the_rerun_finishes(tmp_path: Path) -> None:
     """Stores on a file system filled up to the last bytes: embed fails each slide with the path and the fix and
     leaves no temporary array or lock; with room again the rerun embeds them as a clean run does."""
@@ -181,6 +183,7 @@ def killed_at(n: int, *args: str | Path, tmp_path: Path) -> subprocess.Completed
     return subprocess.run(cmd, capture_output=True, text=True, env=environ, cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 def test_tile_and_embed_killed_at_several_points_resume_to_the_clean_result(tmp_path: Path) -> None:
     """``tile`` killed at its 1st and 4th rename of a finished output (a QC picture, a store of the first slide,
     the manifest...) and ``embed`` at its 1st and 3rd: the reruns leave no temporary or lock behind and give the

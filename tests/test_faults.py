@@ -90,6 +90,7 @@ def make_run(root: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- case 1
+@pytest.mark.slow
 def test_predict_slide_files_never_reuses_a_result_of_a_replaced_slide(run: Path, tmp_path: Path) -> None:
     """Issue 20 case 1: a slide file replaced by another under the same name, predicted into the same folder, fails
     with what changed and ``--overwrite``; its old result leaves predictions.csv; ``--overwrite`` redoes it."""
@@ -117,6 +118,7 @@ def test_predict_slide_files_never_reuses_a_result_of_a_replaced_slide(run: Path
     assert not store_path(tmp_path / "pred" / "stores", "s").exists()
 
 
+@pytest.mark.slow
 def test_predict_slide_files_never_reuses_a_result_made_at_another_slide_mpp(run: Path, tmp_path: Path) -> None:
     """Issue 20 case 1: a slide without its own resolution predicted with ``--slide-mpp 0.25``, then ``0.5``, into
     the same folder: the second run fails the slide with the change instead of keeping the 0.25 result."""
@@ -280,6 +282,7 @@ def test_manifests_with_a_bom_keep_non_ascii_ids_and_refuse_one_file_under_two_i
     assert f"{latin1}: not UTF-8 text" in line and "save the slide manifest as UTF-8" in line
 
 
+@pytest.mark.slow
 def test_labels_with_a_bom_and_duplicates_then_predicting_other_stores(tmp_path: Path) -> None:
     """Issue 20 case 6: a labels CSV with a BOM and an identical duplicate row trains (the duplicate is said, once
     counted); stores without embeddings get `embed` as the fix, not an empty encoder list; a model trained on
@@ -391,6 +394,7 @@ def _predictions(out: Path) -> dict[str, tuple[str, ...]]:
         return {row["slide_id"]: tuple(row.values()) for row in csv.DictReader(handle)}
 
 
+@pytest.mark.slow
 def test_predict_on_a_full_disk_and_killed_at_several_points_ends_as_a_clean_run(run: Path, tmp_path: Path) -> None:
     """``predict`` onto a full file system fails each slide in one line and leaves nothing behind; killed with
     SIGKILL at its 1st, 3rd and 5th rename, the rerun gives the predictions of a clean run (the fault module's

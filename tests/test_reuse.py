@@ -108,6 +108,7 @@ def test_slide_mpp_never_rescales_a_slide_that_states_its_own(cmu_slide: Path, t
 
 
 # --------------------------------------------------------------------------------------------- embed
+@pytest.mark.slow
 def test_embed_refuses_features_made_with_other_weights_or_dtype(
     cmu_slide: Path, weights_dir: Path, tmp_path: Path
 ) -> None:
@@ -177,6 +178,7 @@ def _write_labels(path: Path, slide_ids: list[str], n_negative: int = 13) -> Pat
     return path
 
 
+@pytest.mark.slow
 def test_train_refuses_a_run_folder_of_other_settings_or_data(bags: tuple[Path, list[str]], tmp_path: Path) -> None:
     stores, ids = bags
     added = ids[-1]
@@ -251,6 +253,7 @@ def _fold_outcome(fold: Path) -> tuple[list[dict], dict, dict[str, torch.Tensor]
     return history, {"best_epoch": metrics["best_epoch"], "test": metrics["test"]}, ckpt["state_dict"]
 
 
+@pytest.mark.slow
 def test_killed_train_resumes_to_the_uninterrupted_result(bags: tuple[Path, list[str]], tmp_path: Path) -> None:
     """kill -9 in fold 1's second epoch, while a second ``train`` on the same folder is refused by the run's lock;
     the next run keeps fold 0, resumes fold 1 from its checkpoint_last.pt, and ends bit for bit where an
@@ -373,6 +376,7 @@ def test_predict_fails_stores_tiled_or_embedded_otherwise(cohort: tuple[Path, Pa
     assert "not what" in _refusal(none_fit) and not (tmp_path / "p2" / "slides").exists()
 
 
+@pytest.mark.slow
 def test_predict_raw_slides_finds_or_is_given_the_weights(cohort: tuple[Path, Path], tmp_path: Path) -> None:
     """Embedded with a relative ``-w wcopy/effnet.pth``; predicting slide files from another folder finds the file
     by its absolute path, and once it moved (another machine) takes ``--weights`` (or ``--set weights=``), checked
