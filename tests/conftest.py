@@ -3,6 +3,7 @@ into a cache), generated slides, and the one wording of every skip (``needs <wha
 
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
 
@@ -25,11 +26,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files holding a ``slow`` (end-to-end) test run first, each file's tests kept together and in order: with
+    """Files holding ``slow`` (end-to-end) tests run first, those with the most first (the Slurm file, whose waits
+    for the scheduler are best spent beside other files' work), each file's tests kept together and in order: with
     ``make test``'s ``-n auto --dist loadfile --no-loadscope-reorder``, a long file left to the end would keep one
     worker busy while the others have nothing left to do."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: the rest keep their order
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])  # stable: the rest keep their order
 
 
 def need_real_data(path: Path) -> Path:
