@@ -72,7 +72,7 @@ status:  ## jobs, slides, logs and the resume command of the run in OUT (exit 0 
 
 # pytest-xdist, a worker per CPU; --dist loadfile keeps each test file on one worker, so module-scoped fixtures (a
 # trained run, an embedded cohort, the one-machine Slurm cluster) are made once (loadgroup cannot: pytest 9 ignores
-# the node ids xdist rewrites for it).
+# the node ids xdist rewrites for it); --no-loadscope-reorder keeps tests/conftest.py's order: slow files first.
 test:  ## the test suite (real data from ../shared/data or fetched once into ~/.cache; Slurm tests need Slurm)
 	$(PYTHON) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
