@@ -28,6 +28,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -166,7 +167,12 @@ def perf_profile(cmd: list[str], env: dict[str, str], cwd: Path, work: Path) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, required=True, help="keeps the slide and the run between runs")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "wsi-pipeline-bench-predict",
+        help="keeps the slide and the run between runs",
+    )
     parser.add_argument("--size", default="40000x30000")
     parser.add_argument("--encoder", default="efficientnet_lite0")
     parser.add_argument("--folds", type=int, default=5)
