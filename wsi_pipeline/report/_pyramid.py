@@ -96,9 +96,7 @@ class DeepZoom:
         cols, rows = self.generator.level_tiles[level]
         if not (0 <= col < cols and 0 <= row < rows):
             raise ValueError(f"no tile {col}_{row} at level {level}")
-        buffer = io.BytesIO()
-        self.generator.get_tile(level, (col, row)).save(buffer, "JPEG", quality=quality)
-        return buffer.getvalue()
+        return _jpeg(self.generator.get_tile(level, (col, row)), quality)
 
 
 @contextmanager
@@ -198,13 +196,15 @@ def _write_levels(dz: DeepZoom, folder: Path, quality: int) -> int:
             write(top, col, row, tile)
             if below is None:
                 continue
-            up, left = overlap * (row > 0), overlap * (col > 0)
-            core_h, core_w = min(size, dz.height - row * size), min(size, dz.width - col * size)
-            want = (up + core_h + overlap * (row < rows - 1), left + core_w + overlap * (col < cols - 1))
+            top_y, bottom_y = _span(row, size, overlap, dz.height)
+            left_x, right_x = _span(col, size, overlap, dz.width)
             pixels = np.asarray(tile)
-            if pixels.shape[:2] != want:  # a tile resized from another slide level can be 1 px short (kept aspect)
-                pixels = cv2.resize(pixels, want[::-1], interpolation=cv2.INTER_AREA)
-            band.append(pixels[up : up + core_h, left : left + core_w])
+            if pixels.shape[:2] != (bottom_y - top_y, right_x - left_x):  # 1 px short when resized (kept aspect)
+                pixels = cv2.resize(pixels, (right_x - left_x, bottom_y - top_y), interpolation=cv2.INTER_AREA)
+            up, left = row * size - top_y, col * size - left_x  # without the overlap: the tile's own pixels
+            band.append(
+                pixels[up : up + min(size, dz.height - row * size), left : left + min(size, dz.width - col * size)]
+            )
         if below is not None:
             below.push(np.concatenate(band, axis=1))
     if below is not None:
@@ -271,18 +271,24 @@ class _HalvedLevel:
         size, overlap = self.tile_size, self.overlap
         while self.tile_row < self.tile_rows:
             row = self.tile_row
-            top, bottom = max(0, row * size - overlap), min(self.height, (row + 1) * size + overlap)
+            top, bottom = _span(row, size, overlap, self.height)
             if self.made < bottom:
                 return
             band = self.rows[top - self.first : bottom - self.first]
             for col in range(self.tile_cols):
-                left, right = max(0, col * size - overlap), min(self.width, (col + 1) * size + overlap)
+                left, right = _span(col, size, overlap, self.width)
                 self.write(self.level, col, row, np.ascontiguousarray(band[:, left:right]))
             self.tile_row += 1
             keep_from = (row + 1) * size - overlap  # where the next row of tiles starts
             if keep_from > self.first:
                 self.rows = self.rows[keep_from - self.first :]
                 self.first = keep_from
+
+
+def _span(index: int, tile_size: int, overlap: int, length: int) -> tuple[int, int]:
+    """Where Deep Zoom tile ``index`` starts and stops along a level of ``length`` px: its own ``tile_size`` px and
+    ``overlap`` px of each neighbour, within the level."""
+    return max(0, index * tile_size - overlap), min(length, (index + 1) * tile_size + overlap)
 
 
 def _halve(rows: Any) -> Any:
