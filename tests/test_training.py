@@ -31,6 +31,7 @@ from wsi_pipeline.training import (
     stability_between,
     train,
 )
+from wsi_pipeline.training._folds import stratified_folds, stratified_group_folds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,6 +176,57 @@ def test_stratified_cv_covers_every_slide_once_and_keeps_groups(tmp_path: Path) 
         assert split.val and set(labels.y[[labels.slide_ids.index(s) for s in split.test]]) == {0, 1}
     again = make_splits(labels, split_csv=None, folds=5, val_fraction=0.2, seed=3)
     assert [s.test for s in again] == [s.test for s in splits]
+
+
+def _sklearn_folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int) -> np.ndarray:
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if groups is None:
+        parts = StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(y, y)
+    else:
+        parts = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(y, y, groups)
+    folds = np.full(len(y), -1)
+    for k, (_, test) in enumerate(parts):
+        folds[test] = k
+    return folds
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class")
+def test_folds_are_scikit_learns_so_earlier_runs_keep_theirs() -> None:
+    """train's own fold rules give scikit-learn's StratifiedKFold / StratifiedGroupKFold folds (shuffle=True,
+    random_state=seed), which made every run before them: a run resumed by this version keeps its folds."""
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(300):
+        n_classes = int(rng.integers(2, 5))
+        n = int(rng.integers(8, 80))
+        y = rng.choice(n_classes, n, p=rng.dirichlet(np.ones(n_classes) * 2)) * 3 + 1  # labels need not be 0..C-1
+        n_splits, seed = int(rng.integers(2, 7)), int(rng.integers(0, 2**31))
+        if np.bincount(y).max() < n_splits:
+            continue
+        groups = np.array([f"p{g}" for g in rng.integers(0, max(n_splits, n // int(rng.integers(1, 4))), n)])
+        np.testing.assert_array_equal(stratified_folds(y, n_splits, seed), _sklearn_folds(y, None, n_splits, seed))
+        if len(set(groups)) >= n_splits:
+            ours = stratified_group_folds(y, groups, n_splits, seed)
+            np.testing.assert_array_equal(ours, _sklearn_folds(y, groups, n_splits, seed))
+            assert all(len(set(ours[groups == g])) == 1 for g in set(groups))
+            checked += 1
+    assert checked > 100
+
+
+def test_few_patients_hold_out_fewer_folds_and_too_few_for_cv_is_an_error() -> None:
+    # 3 patients with 8 slides each, two classes per patient: the 10 hold-out folds of val_fraction 0.1 cannot
+    # be made from a training part's 2 patients (scikit-learn raised a ValueError here), so it holds out 1 of 2.
+    ids = [f"s{i:02d}" for i in range(24)]
+    groups = np.array([f"p{i // 8}" for i in range(24)])
+    labels = Labels(ids, np.array([i % 2 for i in range(24)]), ["a", "b"], groups)
+    splits = make_splits(labels, split_csv=None, folds=3, val_fraction=0.1, seed=0)
+    patient = dict(zip(ids, groups, strict=True))
+    for split in splits:
+        assert len({patient[s] for s in split.val}) == 1 and len({patient[s] for s in split.train}) == 1
+        assert len({patient[s] for s in split.test}) == 1
+    with pytest.raises(ConfigError, match="4-fold CV needs at least 4 groups .--group-column., 3 found"):
+        make_splits(labels, split_csv=None, folds=4, val_fraction=0.1, seed=0)
 
 
 def test_split_csv_and_label_errors(tmp_path: Path) -> None:

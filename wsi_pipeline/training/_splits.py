@@ -12,6 +12,7 @@ import numpy as np
 
 from .._text import open_csv, read_csv_rows
 from ..errors import ConfigError
+from ._folds import stratified_folds, stratified_group_folds
 
 if TYPE_CHECKING:
     from ._targets import MultiTargets
@@ -290,24 +291,24 @@ def _read_split_csv(path: Path, known: set[str]) -> list[Split]:
 
 
 def _hold_out(ids: np.ndarray, y: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int):
-    """Split ``ids`` into (train, val) stratified (and grouped); val about ``fraction`` of them."""
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
+    """Split ``ids`` into (train, val) stratified (and grouped); val about ``fraction`` of them: the first of
+    ``round(1 / fraction)`` folds (fewer when a class, or the groups, are too few for that many)."""
     if fraction <= 0:
         return ids, ids[:0]
     n_splits = max(2, round(1 / fraction))
     min_class = np.bincount(y).min() if len(y) else 0
     if min_class < n_splits:
         n_splits = max(2, int(min_class))
-    if min_class < 2:
+    if groups is not None:
+        n_splits = min(n_splits, len(set(groups.tolist())))
+    if min_class < 2 or n_splits < 2:
         return ids, ids[:0]
-    if groups is None:
-        splitter = StratifiedKFold(n_splits, shuffle=True, random_state=seed)
-        tr, va = next(splitter.split(ids, y))
-    else:
-        splitter = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
-        tr, va = next(splitter.split(ids, y, groups))
-    return ids[tr], ids[va]
+    folds = _folds(y, groups, n_splits, seed)
+    return ids[folds != 0], ids[folds == 0]
+
+
+def _folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int) -> np.ndarray:
+    return stratified_folds(y, n_splits, seed) if groups is None else stratified_group_folds(y, groups, n_splits, seed)
 
 
 def make_splits(labels: Labels, *, split_csv: Path | None, folds: int, val_fraction: float, seed: int) -> list[Split]:
@@ -316,19 +317,20 @@ def make_splits(labels: Labels, *, split_csv: Path | None, folds: int, val_fract
     In CV, fold k tests on the k-th part; ``val_fraction`` of the rest (stratified, same groups kept together)
     is held out for model selection.
     """
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
     if split_csv is not None:
         return _read_split_csv(Path(split_csv), set(labels.slide_ids))
     ids, y = np.array(labels.slide_ids), labels.y
     if np.bincount(y).min() < folds:
         raise ConfigError(f"{folds}-fold CV needs at least {folds} slides per class; lower folds or add slides")
-    if labels.groups is None:
-        parts = StratifiedKFold(folds, shuffle=True, random_state=seed).split(ids, y)
-    else:
-        parts = StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(ids, y, labels.groups)
+    n_groups = len(ids) if labels.groups is None else len(set(labels.groups.tolist()))
+    if n_groups < folds:
+        raise ConfigError(
+            f"{folds}-fold CV needs at least {folds} groups (--group-column), {n_groups} found; lower folds"
+        )
+    fold_of = _folds(y, labels.groups, folds, seed)
     out = []
-    for k, (rest, test) in enumerate(parts):
+    for k in range(folds):
+        rest, test = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
         groups = None if labels.groups is None else labels.groups[rest]
         train, val = _hold_out(ids[rest], y[rest], groups, val_fraction, seed + k)
         out.append(Split(k, sorted(train.tolist()), sorted(val.tolist()), sorted(ids[test].tolist())))
