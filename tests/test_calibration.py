@@ -87,7 +87,7 @@ def test_spread_is_the_folds_disagreement_on_the_predicted_class() -> None:
 
 def test_train_fits_a_temperature_per_fold_and_predict_applies_it(mil_dir: Path, tmp_path: Path) -> None:
     stores, labels = _musk_subset(mil_dir, tmp_path / "data", n_per_class=15)
-    config = TrainConfig(folds=3, epochs=4, val_fraction=0.3, lr=5e-4, model="abmil", plots=False, standardize=True)
+    config = TrainConfig(folds=3, epochs=4, val_fraction=0.3, lr=5e-4, model="abmil", plots=True, standardize=True)
     result = train(stores, labels, tmp_path / "runs", config)
     run = result.run_dir
     temperatures = []

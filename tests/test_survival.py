@@ -166,7 +166,7 @@ def test_a_planted_risk_is_learned_and_predicted(loss: str, lr: float, tmp_path:
         epochs=15,
         lr=lr,
         standardize=True,
-        plots=False,
+        plots=loss == "cox",  # plots: false draws no figure, not even the summary's
         survival=SurvivalSettings(time_column="days", event_column="died", loss=loss, batch=8),
     )
     result = train(stores, survival_csv, tmp_path / "runs", config)
@@ -175,7 +175,7 @@ def test_a_planted_risk_is_learned_and_predicted(loss: str, lr: float, tmp_path:
     assert ckpt["task"] == "survival" and ckpt["survival"]["loss"] == loss
     assert ckpt["model_kwargs"]["n_classes"] == (1 if loss == "cox" else 4)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["survival"]["slides"] == 60 and (run / "risk_groups.png").is_file()
+    assert summary["survival"]["slides"] == 60 and (run / "risk_groups.png").is_file() == (loss == "cox")
     c_index = summary["test_mean_std"]["c_index"]["mean"]
     assert c_index > 0.65, summary["test_mean_std"]  # knowing which bags hold the digit gives 0.72 here
     assert 0 < summary["test_mean_std"]["ibs"]["mean"] < 0.25  # better than a constant 0.5 survival

@@ -614,7 +614,7 @@ def train(
             results = _train_folds(run, splits, labels, loader, config, meta, on_epoch=on_epoch, device=device)
         finally:
             torch.set_num_threads(threads_before)
-        summary = _summarise(run, results)
+        summary = _summarise(run, results, plots=config.plots)
     return TrainResult(run, results, summary)
 
 
@@ -766,10 +766,10 @@ def _read_rows(paths: list[Path]) -> list[dict[str, str]]:
     return rows
 
 
-def _summarise(run: Path, results: list[FoldResult]) -> dict[str, Any]:
+def _summarise(run: Path, results: list[FoldResult], *, plots: bool = True) -> dict[str, Any]:
     """Write ``summary.json`` and ``summary.csv``: each fold's test metrics with the selected and with the last
     epoch's model, then mean and std over folds (localisation too, where instance labels exist), and the
-    calibration of the folds' test predictions pooled (``reliability.png``)."""
+    calibration of the folds' test predictions pooled (``reliability.png`` with ``plots``)."""
     keys = tuple(dict.fromkeys(SCALARS + SURVIVAL_KEYS + MULTI_KEYS + LOCALISATION_KEYS + CALIBRATION_KEYS))
     summary = {
         "folds": [
@@ -796,11 +796,13 @@ def _summarise(run: Path, results: list[FoldResult]) -> dict[str, Any]:
             **risk_groups(values[:, 0], values[:, 1], values[:, 2]),
         }
         title = f"{run.name}: test slides of every fold"
-        plot_risk_groups(*values.T, run / "risk_groups.png", title=title, p_value=summary["survival"]["logrank_p"])
+        if plots:
+            plot_risk_groups(*values.T, run / "risk_groups.png", title=title, p_value=summary["survival"]["logrank_p"])
     pooled = pooled_calibration(test_rows)
     if pooled is not None:
         summary["calibration"] = pooled
-        plot_reliability(pooled, run / "reliability.png", title=f"{run.name}: test slides of every fold")
+        if plots:
+            plot_reliability(pooled, run / "reliability.png", title=f"{run.name}: test slides of every fold")
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=1, default=float) + "\n")
     present = [k for k in keys if any(k in r.test for r in results)]
     rows = [
