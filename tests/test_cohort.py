@@ -179,7 +179,7 @@ def test_tile_embed_annotate_train_predict_find_easy_lesions(tmp_path: Path) -> 
     cli("annotate", str(stores), "--annotations", str(cohort.annotations_dir), "--classes", "tumor")
     for model in ("abmil", "asmil"):  # 2-fold CV: every slide is predicted by the fold that never trained on it
         cli("train", str(stores), "-l", str(cohort.labels_csv), "-e", "efficientnet_lite0", "-o", str(runs),
-            "-m", model, "--folds", "2", "--set", "epochs=20", "--set", "lr=5e-4", "--set", "threads=1",
+            "-m", model, "--folds", "2", "--set", "epochs=10", "--set", "lr=5e-4", "--set", "threads=1",
             "--set", "plots=false")  # fmt: skip
         run = next(runs.glob(f"{model}_*"))
         # The heatmaps (lesions outlined) and the report are drawn once, for ABMIL: they are the same for any model.

@@ -22,7 +22,7 @@ from wsi_pipeline.batch import read_manifest
 from wsi_pipeline.store import read_attrs, store_path
 
 QUICK = ["--set", "max_tiles=4", "--set", "qc.enabled=false"]
-PREDICT = ["--no-heatmaps", "--device", "cpu"]
+PREDICT = ["--no-heatmaps", "--no-report", "--device", "cpu"]  # the report has its own tests (test_report.py)
 SMALL = SLIDES / "small.svs"  # a real 16 x 16 px Aperio slide
 
 
