@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tests.data import skip_reason
 from wsi_pipeline.config import load_config
-from wsi_pipeline.errors import ConfigError, StoreMismatchError
+from wsi_pipeline.errors import ConfigError, RunMismatchError, StoreMismatchError
 from wsi_pipeline.mil_datasets import MIL_ENCODER, convert_mil_csv
 from wsi_pipeline.training import (
     Labels,
@@ -279,6 +279,27 @@ def test_seeded_runs_are_reproducible_on_cpu(musk_small: tuple[Path, Path], tmp_
         _small_config(model="asmil", seed=1, model_kwargs={"hidden_dim": 32, "n_tokens": 12}),
     )
     assert other.folds[0].history[0]["train_loss"] != first.folds[0].history[0]["train_loss"]
+
+
+def test_a_run_whose_folds_hold_other_slides_is_refused(musk_small: tuple[Path, Path], tmp_path: Path) -> None:
+    """A run folder of the same identity is kept only when its folds were trained on the slides this version deals
+    them: a fold made by another fold rule (scikit-learn before 1.8 shuffled grouped folds otherwise) is refused."""
+    stores, labels = musk_small
+    config = _small_config(model="abmil", folds=2, epochs=1)
+    run = train(stores, labels, tmp_path, config).run_dir
+    assert train(stores, labels, tmp_path, config).run_dir == run  # the same folds: kept
+    best = run / "fold_1" / "checkpoint_best.pt"
+    ckpt = torch.load(best, weights_only=True)
+    moved = ckpt["split"]["test"].pop(0)  # as if dealt by another rule: one test slide trained on
+    ckpt["split"]["train"].append(moved)
+    torch.save(ckpt, best)
+    with pytest.raises(
+        RunMismatchError, match=rf"fold 1 was trained with other slides .*1 moved, e\.g\. {moved}: train -> test"
+    ):
+        train(stores, labels, tmp_path, config)
+    again = train(stores, labels, tmp_path, config, overwrite=True)
+    assert load_checkpoint(run / "fold_1" / "checkpoint_best.pt")["split"]["test"][0] == moved
+    assert len(again.folds) == 2
 
 
 def test_uncached_bags_give_the_same_run(musk_small: tuple[Path, Path], tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 The rules are scikit-learn's ``StratifiedKFold`` and ``StratifiedGroupKFold`` with ``shuffle=True,
 random_state=seed``, written here so that ``train`` needs no scikit-learn (its import was a quarter of a small
 run's CPU) and a run's folds never change with the installed scikit-learn. tests/test_training.py checks that
-both give scikit-learn's folds (1.9) on random labels, groups and seeds: runs made before keep their folds.
+both give scikit-learn's folds (1.9) on random labels, groups and seeds. Grouped folds made before scikit-learn 1.8
+(which fixed the group order of the shuffle, its pull request 32540) differ: ``train`` refuses to keep or resume a
+fold whose checkpoint records other slides (``_check_fold_slides``).
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from ._localisation import LOCALISATION_KEYS, mean_localisation
 from ._metrics import SCALARS, mean_std, selection_score
 from ._plots import plot_history, plot_reliability, plot_risk_groups
 from ._splits import (
+    SPLIT_NAMES,
     Labels,
     Split,
     detect_task,
@@ -593,7 +594,7 @@ def train(
     threads_before = torch.get_num_threads()
     with _run_lock(run):
         identity = run_identity(config, labels, {s: store_map[s] for s in usable})
-        _prepare_run(run, identity, overwrite)
+        _prepare_run(run, identity, overwrite, splits)
         threads = _run_threads(run, config, loader, sum(p.numel() for p in probe.parameters()))
         torch.set_num_threads(threads)
         config_dict = {
@@ -661,9 +662,10 @@ def _trained_folds(run: Path) -> list[Path]:
     )
 
 
-def _prepare_run(run: Path, identity: dict[str, Any], overwrite: bool) -> None:
-    """Make ``run`` a folder of this identity's run: keep it when it is one (finished folds are kept, an interrupted
-    fold resumes), clear it with ``overwrite``, and otherwise refuse with what changed: never a mix of two runs."""
+def _prepare_run(run: Path, identity: dict[str, Any], overwrite: bool, splits: list[Split]) -> None:
+    """Make ``run`` a folder of this identity's run: keep it when it is one and its folds hold the slides ``splits``
+    gives them (finished folds are kept, an interrupted fold resumes), clear it with ``overwrite``, and otherwise
+    refuse with what changed: never a mix of two runs."""
     old = read_identity(run)
     trained = _trained_folds(run)
     finished = trained or (run / "summary.json").is_file()
@@ -675,6 +677,7 @@ def _prepare_run(run: Path, identity: dict[str, Any], overwrite: bool) -> None:
             remove_path(path)
         return
     if old is not None and old.get("sha256") == identity["sha256"]:
+        _check_fold_slides(run, splits)
         return  # the same run: finished folds are kept, an interrupted one resumes
     if old is None:
         raise RunMismatchError(
@@ -685,6 +688,33 @@ def _prepare_run(run: Path, identity: dict[str, Any], overwrite: bool) -> None:
         f"{run}: holds a run of other settings or data ({'; '.join(identity_changes(old, identity))}); retrain it "
         "with --overwrite, or train into another --out"
     )
+
+
+def _check_fold_slides(run: Path, splits: list[Split]) -> None:
+    """Refuse a run whose trained folds hold other train/val/test slides than ``splits`` gives them. The identity
+    covers settings and data, not the rule that deals slides into folds, and that rule has changed: scikit-learn
+    1.8 fixed ``StratifiedGroupKFold``'s shuffle, whose folds ``training/_folds.py`` now makes."""
+    for split in splits:
+        now = {sid: part for part in SPLIT_NAMES for sid in getattr(split, part)}
+        for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
+            path = fold_dir(run, split.fold) / name
+            if not path.is_file():
+                continue
+            try:  # mapped: only the recorded split is read, not the weights
+                recorded = load_checkpoint(path, mmap=True).get("split") or {}
+            except CheckpointError:
+                continue  # unreadable: reported, or trained again, where it is loaded
+            before = {sid: part for part in SPLIT_NAMES for sid in recorded.get(part, ())}
+            moved = sorted(sid for sid in before.keys() | now.keys() if before.get(sid) != now.get(sid))
+            if moved:
+                first = moved[0]
+                raise RunMismatchError(
+                    f"{run}: fold {split.fold} was trained with other slides than this version deals it "
+                    f"({len(moved)} moved, e.g. {first}: {before.get(first, 'none')} -> {now.get(first, 'none')}; "
+                    "grouped folds changed with scikit-learn 1.8's StratifiedGroupKFold); retrain it with "
+                    "--overwrite, or train into another --out"
+                )
+            break  # the best checkpoint's record is the fold's; the last one's is the same run's
 
 
 def _finished_fold(fdir: Path, run_identity: str) -> FoldResult | None:
