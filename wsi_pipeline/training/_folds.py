@@ -24,7 +24,7 @@ def stratified_folds(y: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
     _, appearance = np.unique(first, return_inverse=True)
     encoded = appearance[inverse.reshape(-1)]
     n_classes = len(first)
-    if n_splits > len(y) or np.all(np.bincount(encoded) < n_splits):
+    if np.all(np.bincount(encoded) < n_splits):  # also when there are fewer samples than folds
         raise ValueError(f"{n_splits} folds need at least {n_splits} samples of some class")
     ordered = np.sort(encoded)
     # allocation[f, c]: how many of class c fold f tests on (the sorted labels dealt round-robin)
@@ -43,9 +43,9 @@ def stratified_group_folds(y: np.ndarray, groups: np.ndarray, n_splits: int, see
     y = np.asarray(y)
     rng = np.random.RandomState(seed)
     _, y_inverse, class_counts = np.unique(y, return_inverse=True, return_counts=True)
-    _, group_inverse = np.unique(np.asarray(groups), return_inverse=True)
+    group_names, group_inverse = np.unique(np.asarray(groups), return_inverse=True)
     y_inverse, group_inverse = y_inverse.reshape(-1), group_inverse.reshape(-1)
-    n_groups = int(group_inverse.max()) + 1 if len(group_inverse) else 0
+    n_groups = len(group_names)
     if np.all(class_counts < n_splits):
         raise ValueError(f"{n_splits} folds need at least {n_splits} samples of some class")
     if n_splits > n_groups:
@@ -55,9 +55,9 @@ def stratified_group_folds(y: np.ndarray, groups: np.ndarray, n_splits: int, see
     order = np.arange(n_groups)
     rng.shuffle(order)
     per_group = per_group[order]
-    shuffled = np.empty_like(order)
-    shuffled[order] = np.arange(n_groups)
-    group_inverse = shuffled[group_inverse]
+    position = np.empty_like(order)  # each group's row in the shuffled order
+    position[order] = np.arange(n_groups)
+    group_inverse = position[group_inverse]
     per_fold = np.zeros((n_splits, len(class_counts)))
     fold_of_group = np.empty(n_groups, dtype=np.int64)
     # stable: groups equally skewed keep their shuffled order

@@ -300,7 +300,14 @@ def _hold_out(ids: np.ndarray, y: np.ndarray, groups: np.ndarray | None, fractio
     if min_class < n_splits:
         n_splits = max(2, int(min_class))
     if groups is not None:
-        n_splits = min(n_splits, len(set(groups.tolist())))
+        n_groups = len(set(groups.tolist()))
+        if n_groups < n_splits:
+            log.warning(
+                "a training part has %d groups: validation holds out 1 of them, not %.0f%% (val_fraction)",
+                n_groups,
+                100 * fraction,
+            )
+        n_splits = min(n_splits, n_groups)
     if min_class < 2 or n_splits < 2:
         return ids, ids[:0]
     folds = _folds(y, groups, n_splits, seed)

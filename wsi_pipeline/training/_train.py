@@ -673,7 +673,8 @@ def _prepare_run(run: Path, identity: dict[str, Any], overwrite: bool, splits: l
         return
     if overwrite:  # even a run of the same identity: --overwrite means "train it again"
         _note("--overwrite: %s is retrained from scratch (%d fold folder(s) removed)", run, len(trained))
-        for path in [*run.glob("fold_*"), run / "summary.json", run / "summary.csv", run / IDENTITY_FILE]:
+        figures = [run / "reliability.png", run / "risk_groups.png"]  # plots: false would leave the old run's
+        for path in [*run.glob("fold_*"), run / "summary.json", run / "summary.csv", run / IDENTITY_FILE, *figures]:
             remove_path(path)
         return
     if old is not None and old.get("sha256") == identity["sha256"]:
@@ -711,10 +712,10 @@ def _check_fold_slides(run: Path, splits: list[Split]) -> None:
                 raise RunMismatchError(
                     f"{run}: fold {split.fold} was trained with other slides than this version deals it "
                     f"({len(moved)} moved, e.g. {first}: {before.get(first, 'none')} -> {now.get(first, 'none')}; "
-                    "grouped folds changed with scikit-learn 1.8's StratifiedGroupKFold); retrain it with "
-                    "--overwrite, or train into another --out"
+                    "the folds are dealt as by scikit-learn 1.8, whose grouped folds differ from older versions'); "
+                    "retrain it with --overwrite, or train into another --out"
                 )
-            break  # the best checkpoint's record is the fold's; the last one's is the same run's
+            break  # checkpoint_best.pt's record is enough: checkpoint_last.pt is of the same fold
 
 
 def _finished_fold(fdir: Path, run_identity: str) -> FoldResult | None:
