@@ -329,8 +329,7 @@ def make_splits(labels: Labels, *, split_csv: Path | None, folds: int, val_fract
     ids, y = np.array(labels.slide_ids), labels.y
     if np.bincount(y).min() < folds:
         raise ConfigError(f"{folds}-fold CV needs at least {folds} slides per class; lower folds or add slides")
-    n_groups = len(ids) if labels.groups is None else len(set(labels.groups.tolist()))
-    if n_groups < folds:
+    if labels.groups is not None and (n_groups := len(set(labels.groups.tolist()))) < folds:
         raise ConfigError(
             f"{folds}-fold CV needs at least {folds} groups (--group-column), {n_groups} found; lower folds"
         )

@@ -696,26 +696,34 @@ def _check_fold_slides(run: Path, splits: list[Split]) -> None:
     covers settings and data, not the rule that deals slides into folds, and that rule has changed: scikit-learn
     1.8 fixed ``StratifiedGroupKFold``'s shuffle, whose folds ``training/_folds.py`` now makes."""
     for split in splits:
+        recorded = _recorded_split(fold_dir(run, split.fold))
+        if recorded is None:
+            continue
+        before = {sid: part for part in SPLIT_NAMES for sid in recorded.get(part, ())}
         now = {sid: part for part in SPLIT_NAMES for sid in getattr(split, part)}
-        for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
-            path = fold_dir(run, split.fold) / name
-            if not path.is_file():
-                continue
-            try:  # mapped: only the recorded split is read, not the weights
-                recorded = load_checkpoint(path, mmap=True).get("split") or {}
+        moved = sorted(sid for sid in before.keys() | now.keys() if before.get(sid) != now.get(sid))
+        if moved:
+            first = moved[0]
+            raise RunMismatchError(
+                f"{run}: fold {split.fold} was trained with other slides than this version deals it "
+                f"({len(moved)} moved, e.g. {first}: {before.get(first, 'none')} -> {now.get(first, 'none')}; "
+                "the folds are dealt as by scikit-learn 1.8, whose grouped folds differ from older versions'); "
+                "retrain it with --overwrite, or train into another --out"
+            )
+
+
+def _recorded_split(fdir: Path) -> dict[str, Any] | None:
+    """The slides a fold's checkpoint records it was trained, validated and tested on (``checkpoint_best.pt``'s,
+    else ``checkpoint_last.pt``'s), or None when it has no readable checkpoint (it is reported, or trained again,
+    where it is loaded). The checkpoint is mapped: only the record is read, not the weights."""
+    for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
+        path = fdir / name
+        if path.is_file():
+            try:
+                return load_checkpoint(path, mmap=True).get("split") or {}
             except CheckpointError:
-                continue  # unreadable: reported, or trained again, where it is loaded
-            before = {sid: part for part in SPLIT_NAMES for sid in recorded.get(part, ())}
-            moved = sorted(sid for sid in before.keys() | now.keys() if before.get(sid) != now.get(sid))
-            if moved:
-                first = moved[0]
-                raise RunMismatchError(
-                    f"{run}: fold {split.fold} was trained with other slides than this version deals it "
-                    f"({len(moved)} moved, e.g. {first}: {before.get(first, 'none')} -> {now.get(first, 'none')}; "
-                    "the folds are dealt as by scikit-learn 1.8, whose grouped folds differ from older versions'); "
-                    "retrain it with --overwrite, or train into another --out"
-                )
-            break  # checkpoint_best.pt's record is enough: checkpoint_last.pt is of the same fold
+                continue
+    return None
 
 
 def _finished_fold(fdir: Path, run_identity: str) -> FoldResult | None:
@@ -818,6 +826,7 @@ def _summarise(run: Path, results: list[FoldResult], *, plots: bool = True) -> d
         summary["targets_mean_std"] = {
             name: mean_std([(r.test.get("targets") or {}).get(name, {}) for r in results], per_target) for name in names
         }
+    pooled_title = f"{run.name}: test slides of every fold"  # the figures of every fold's test slides
     tests = [r.out_dir / "predictions_test.csv" for r in results if r.out_dir is not None]
     test_rows = _read_rows([p for p in tests if p.is_file()])  # every fold's test slides, read once
     if test_rows and "risk" in test_rows[0]:
@@ -826,14 +835,14 @@ def _summarise(run: Path, results: list[FoldResult], *, plots: bool = True) -> d
             "what": "every fold's test slides, risk relative to their fold model's median training risk",
             **risk_groups(values[:, 0], values[:, 1], values[:, 2]),
         }
-        title = f"{run.name}: test slides of every fold"
         if plots:
-            plot_risk_groups(*values.T, run / "risk_groups.png", title=title, p_value=summary["survival"]["logrank_p"])
+            p_value = summary["survival"]["logrank_p"]
+            plot_risk_groups(*values.T, run / "risk_groups.png", title=pooled_title, p_value=p_value)
     pooled = pooled_calibration(test_rows)
     if pooled is not None:
         summary["calibration"] = pooled
         if plots:
-            plot_reliability(pooled, run / "reliability.png", title=f"{run.name}: test slides of every fold")
+            plot_reliability(pooled, run / "reliability.png", title=pooled_title)
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=1, default=float) + "\n")
     present = [k for k in keys if any(k in r.test for r in results)]
     rows = [
